@@ -1,0 +1,193 @@
+"""The shared image-optimisation loop of the DM family (DM, IDM, IID, DSDM).
+
+Each iteration: draw a network from the pool; sample a real batch of ``batch_real`` images per
+class (all classes in one tensor); decode the synthetic set (factor-l partition/expansion);
+apply siamese DSA (one parameter draw per class shared by that class's real and synthetic
+images, all classes in one call); evaluate the objective; one SGD step on the images.
+
+Stepping all classes jointly equals the reference's per-class steps: the objectives are sums
+of per-class terms over disjoint synthetic images, the network is frozen, and with instance norm
+a batch forward equals per-sample forwards (tested in tests/test_models.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .augment import DSA, decode, mosaic_init
+from .losses import mean_embedding_loss
+from .models import has_batchnorm
+from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
+
+
+@dataclass
+class SyntheticSet:
+    """Learnable synthetic images (normalised space), class-major labels, partition factor."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    factor: int = 1
+
+    @property
+    def ipc(self) -> int:
+        return len(self.labels) // self.num_classes
+
+    def decoded(self):
+        """(x, y) the training images: factor x factor upsampled quadrants per stored image."""
+        return decode(self.images, self.labels, self.factor)
+
+    def detached(self):
+        """Decoded images and labels without grad (for evaluation and saving)."""
+        with torch.no_grad():
+            x, y = self.decoded()
+        return x.detach().clone(), y.detach().clone()
+
+
+def init_synthetic(dataset, ipc: int, factor: int = 1, init: str = "real", generator=None,
+                   device=None) -> SyntheticSet:
+    """``ipc`` stored images per class: random real images (``init="real"``; with ``factor > 1``
+    a mosaic of factor^2 downscaled real images each) or Gaussian noise (``init="noise"``)."""
+    if init not in ("real", "noise"):
+        raise ValueError(f"init={init!r}; expected 'real' or 'noise'")
+    if ipc < 1:
+        raise ValueError(f"ipc={ipc} must be >= 1")
+    dev = resolve_device(device)
+    k = dataset.num_classes
+    labels = torch.arange(k).repeat_interleave(ipc)
+    if init == "noise":
+        images = torch.randn(k * ipc, dataset.channels, *dataset.im_size, generator=generator)
+    else:
+        per_class = []
+        for c in range(k):
+            real = dataset.sample(c, ipc * factor * factor, generator).cpu()
+            if len(real) < ipc * factor * factor:
+                raise ValueError(f"class {c} has only {len(real)} training images; ipc={ipc} x factor^2="
+                                 f"{factor * factor} needs {ipc * factor * factor}")
+            per_class.append(mosaic_init(real, factor) if factor > 1 else real)
+        images = torch.cat(per_class)
+    return SyntheticSet(images.to(dev).detach().clone().requires_grad_(True), labels.to(dev), k, factor)
+
+
+@dataclass
+class MatchBatch:
+    """What an objective sees in one iteration (both sides already siamese-augmented)."""
+
+    net: nn.Module
+    x_real: torch.Tensor
+    y_real: torch.Tensor
+    x_syn: torch.Tensor
+    y_syn: torch.Tensor
+    iteration: int
+    num_classes: int
+
+
+def per_class_forward(fn: Callable, net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int):
+    """``fn(x)`` in one pass when ``net`` has no BatchNorm (instance norm: identical results),
+    else one pass per class (BatchNorm statistics must stay per class, as in the reference)."""
+    if not has_batchnorm(net):
+        return fn(x)
+    out = None
+    for c in range(num_classes):
+        idx = (y == c).nonzero().squeeze(1)
+        if len(idx) == 0:
+            continue
+        part = fn(x[idx])
+        if out is None:
+            out = part.new_empty((len(x),) + tuple(part.shape[1:]))
+        out = out.index_copy(0, idx, part)
+    return out
+
+
+def dm_objective(batch: MatchBatch) -> dict:
+    """DM (Zhao & Bilen 2023, Eq. 2; REFERENCE_NOTES "DM"): sum over classes of the squared
+    distance between mean real and mean synthetic embeddings; real side without grad."""
+    with torch.no_grad():
+        f_real = per_class_forward(batch.net.embed, batch.net, batch.x_real, batch.y_real, batch.num_classes)
+    f_syn = per_class_forward(batch.net.embed, batch.net, batch.x_syn, batch.y_syn, batch.num_classes)
+    loss = mean_embedding_loss(f_real, batch.y_real, f_syn, batch.y_syn, batch.num_classes)
+    return {"loss": loss}
+
+
+def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict], pool, iterations: int,
+            lr_img: float = 1.0, momentum: float = 0.5, batch_real: int = 256, dsa=True, seed: int = 0,
+            device=None, after_step: Callable | None = None, clamp: tuple | None = None,
+            checkpoint: str | Path | None = None, checkpoint_every: int = 200, extra_state: dict | None = None,
+            progress: bool = True, desc: str = "distill") -> list:
+    """Optimise ``syn.images`` for ``iterations`` steps of ``objective`` (see module docstring).
+
+    - ``objective(batch) -> {"loss": tensor, "<term>": tensor, ...}``; every term is logged.
+    - ``pool``: ``draw(generator)`` and optional ``after_iteration(dataset, generator)``.
+    - ``dsa``: True (the dataset's strategy), False/"none", a strategy string or a ``DSA``.
+    - ``after_step(iteration, syn, batch)``: e.g. DSDM's memory-bank update.
+    - ``clamp``: (lo, hi) bounds applied to the images after each step (DSDM clamps pixels).
+    - ``checkpoint``: a path; the loop saves its state there every ``checkpoint_every`` iterations
+      (atomic) and resumes from it when it exists (``extra_state``: objects with
+      ``state_dict``/``load_state_dict`` saved along, e.g. a prototype bank).
+    Returns the history: one dict of floats per iteration.
+    """
+    dev = resolve_device(device)
+    data = dataset.to(dev)
+    aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
+                                                      DSA(dsa) if isinstance(dsa, str) else dsa)
+    g_data = make_generator(seed, "cpu")
+    g_aug = make_generator(seed + 1, dev)
+    g_pool = make_generator(seed + 2, "cpu")
+    opt = torch.optim.SGD([syn.images], lr=lr_img, momentum=momentum)
+    history, start = [], 0
+    extra_state = extra_state or {}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = safe_torch_load(checkpoint, expect={"shape": list(syn.images.shape)})
+        with torch.no_grad():
+            syn.images.copy_(state["images"].to(dev))
+        opt.load_state_dict(state["opt"])
+        g_data.set_state(state["g_data"])
+        g_aug.set_state(state["g_aug"].cpu() if dev.type == "cpu" else state["g_aug"])
+        g_pool.set_state(state["g_pool"])
+        for k, obj in extra_state.items():
+            obj.load_state_dict(state["extra"][k])
+        if hasattr(pool, "load_state_dict") and "pool" in state:
+            pool.load_state_dict(state["pool"])
+        history, start = state["history"], state["iteration"]
+
+    def save(iteration):
+        atomic_torch_save({
+            "meta": {"shape": list(syn.images.shape), "kind": "distill-checkpoint"},
+            "images": syn.images.detach().cpu(), "opt": opt.state_dict(), "iteration": iteration,
+            "history": history, "g_data": g_data.get_state(), "g_aug": g_aug.get_state(),
+            "g_pool": g_pool.get_state(), "extra": {k: o.state_dict() for k, o in extra_state.items()},
+            **({"pool": pool.state_dict()} if hasattr(pool, "state_dict") else {})}, checkpoint)
+
+    k = data.num_classes
+    bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
+    for it in bar:
+        net = pool.draw(g_pool)
+        x_real, y_real = data.sample_classes(batch_real, generator=g_data)
+        x_syn, y_syn = syn.decoded()
+        if aug is not None:
+            p = aug.sample(k, generator=g_aug, device=dev)
+            x_real = aug.apply(x_real, p, y_real)
+            x_syn = aug.apply(x_syn, p, y_syn if y_syn.dim() == 1 else y_syn.argmax(1))
+        batch = MatchBatch(net, x_real, y_real, x_syn, y_syn, it, k)
+        terms = objective(batch)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        if clamp is not None:
+            with torch.no_grad():
+                syn.images.clamp_(*clamp)
+        if hasattr(pool, "after_iteration"):
+            pool.after_iteration(data, g_pool)
+        if after_step is not None:
+            after_step(it, syn, batch)
+        history.append({name: float(v.detach() if torch.is_tensor(v) else v) for name, v in terms.items()})
+        if progress and it % 10 == 0:
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
+        if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+            save(it + 1)
+    return history

@@ -1,0 +1,82 @@
+"""Pictures: image grids of synthetic sets, loss curves, t-SNE of features."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def image_grid(x: torch.Tensor, y: torch.Tensor, dataset, per_class: int | None = None, title: str = "",
+               max_per_class: int = 10, scale: float = 0.9):
+    """One row per class (class name at the left), up to ``max_per_class`` images each, denormalised.
+
+    ``y`` may be hard (N,) or soft (N, K) labels (soft: argmax)."""
+    x = dataset.denormalize(x.detach().float().cpu())
+    y = (y.argmax(1) if y.dim() == 2 else y).cpu()
+    k = dataset.num_classes
+    rows = [torch.nonzero(y == c).squeeze(1)[:max_per_class] for c in range(k)]
+    cols = per_class or max(1, max(len(r) for r in rows))
+    fig, axes = plt.subplots(k, cols, figsize=(cols * scale, k * scale), squeeze=False)
+    for c, idx in enumerate(rows):
+        for j in range(cols):
+            ax = axes[c][j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < len(idx):
+                img = x[idx[j]].permute(1, 2, 0).numpy()
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                          vmin=0, vmax=1)
+        axes[c][0].set_ylabel(str(dataset.classes[c])[:10], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(histories: dict, keys=None, smooth: int = 1, logy: bool = True, title: str = "loss"):
+    """Plot named histories (``{label: [ {term: value}, ...]}``), one line per label and term."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, hist in histories.items():
+        terms = keys or [k for k in hist[0]] if hist else []
+        for term in terms:
+            v = np.array([h[term] for h in hist], dtype=float)
+            if smooth > 1 and len(v) >= smooth:
+                v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(v, label=f"{label}: {term}" if len(histories) > 1 or len(terms) > 1 else term)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tsne_plot(groups: dict, seed: int = 0, title: str = "t-SNE", perplexity: float = 30.0):
+    """t-SNE of several feature sets in one embedding: ``{name: (features (N, D), labels (N,))}``.
+
+    Points are coloured by class; each set gets its own marker (e.g. real dots, synthetic stars)."""
+    from sklearn.manifold import TSNE
+
+    names = list(groups)
+    feats = [groups[n][0].detach().float().cpu().numpy() for n in names]
+    labels = [np.asarray(groups[n][1].cpu()) for n in names]
+    all_f = np.concatenate(feats)
+    perp = min(perplexity, max(2.0, (len(all_f) - 1) / 3))
+    emb = TSNE(n_components=2, perplexity=perp, random_state=seed, init="pca").fit_transform(all_f)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    markers, sizes = ["o", "*", "^", "s"], [6, 90, 40, 30]
+    start = 0
+    for i, n in enumerate(names):
+        e = emb[start:start + len(feats[i])]
+        start += len(feats[i])
+        sc = ax.scatter(e[:, 0], e[:, 1], c=labels[i], cmap="tab10", vmin=0, vmax=9, s=sizes[i % 4],
+                        marker=markers[i % 4], label=n, alpha=0.5 if i == 0 else 0.95,
+                        edgecolors="k" if i else "none", linewidths=0.3)
+    ax.legend()
+    ax.set_title(title)
+    ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(sc, ax=ax, label="class")
+    fig.tight_layout()
+    return fig
