@@ -1,0 +1,38 @@
+# ddkit: two commands for a fresh machine (Python 3.11 + pip): `make demo`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ddkit-installed
+# Tests and notebooks pin BLAS/OpenMP threads to the machine (2 cores here).
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test test-fast bench lab clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: a sweep of every notebook at a small CPU setting on the bundled data, then the report.
+demo: $(STAMP)
+	$(BIN)/ddkit sweep params/demo.yaml --workers 1
+	$(BIN)/ddkit report --results results --out results/report
+
+## The whole suite: unit tests + every notebook executed at its tiny defaults (nbval).
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean-results:
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

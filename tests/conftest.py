@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from ddkit.data import load_dataset
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def tiny_ds(mnist5k):
+    """A 4-class, 20-per-class slice of mnist5k for fast loop tests."""
+    from ddkit.data import ImageDataset
+    keep = torch.cat([mnist5k.class_indices(c)[:20] for c in range(4)])
+    keep_t = torch.cat([torch.nonzero(mnist5k.y_test == c).squeeze(1)[:20] for c in range(4)])
+    return ImageDataset("mnist5k", mnist5k.x_train[keep], mnist5k.y_train[keep], mnist5k.x_test[keep_t],
+                        mnist5k.y_test[keep_t], mnist5k.mean, mnist5k.std, mnist5k.classes[:4],
+                        mnist5k.dsa_strategy)

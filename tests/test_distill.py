@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from ddkit.distill import MatchBatch, dm_objective, distill, init_synthetic, per_class_forward
+from ddkit.evaluate import evaluate_synset
+from ddkit.losses import mean_embedding_loss
+from ddkit.models import get_model
+from ddkit.pools import RandomPool
+from ddkit.utils import make_generator
+
+
+def test_init_synthetic_from_real_and_factor(tiny_ds):
+    syn = init_synthetic(tiny_ds, 3, generator=make_generator(0))
+    assert syn.images.shape == (12, 1, 28, 28) and syn.images.requires_grad
+    assert torch.equal(syn.labels, torch.arange(4).repeat_interleave(3))
+    real = {tuple(r) for r in tiny_ds.x_train.flatten(1)[:, ::5].tolist()}
+    assert all(tuple(r) in real for r in syn.images.detach().flatten(1)[:, ::5].tolist())
+    syn2 = init_synthetic(tiny_ds, 2, factor=2, generator=make_generator(0))
+    x, y = syn2.decoded()
+    assert syn2.images.shape == (8, 1, 28, 28) and x.shape == (32, 1, 28, 28)
+    assert torch.equal(torch.bincount(y), torch.full((4,), 8))
+    with pytest.raises(ValueError, match="only 20 training images"):
+        init_synthetic(tiny_ds, 6, factor=2)
+
+
+def test_one_forward_equals_per_class_forwards(tiny_ds):
+    """Instance norm: one pass over all classes gives the same DM loss as per-class passes."""
+    net = get_model("ConvNet", 1, 4, (28, 28))
+    x, y = tiny_ds.sample_classes(5, generator=make_generator(0))
+    xs, ys = tiny_ds.sample_classes(2, generator=make_generator(1))
+    batched = dm_objective(MatchBatch(net, x, y, xs, ys, 0, 4))["loss"]
+    per_class = sum(((net.embed(x[y == c]).mean(0) - net.embed(xs[ys == c]).mean(0)) ** 2).sum()
+                    for c in range(4))
+    assert torch.allclose(batched, per_class, rtol=1e-4)
+
+
+def test_batchnorm_models_get_per_class_passes(tiny_ds):
+    net = get_model("ConvNetBN", 1, 4, (28, 28)).train()
+    x, y = tiny_ds.sample_classes(3, generator=make_generator(0))
+    out = per_class_forward(net.embed, net, x, y, 4)
+    expect = torch.cat([net.embed(x[y == c]) for c in range(4)])
+    assert torch.allclose(out, expect, atol=1e-5)
+    assert not torch.allclose(net.embed(x), expect, atol=1e-3)
+
+
+def _run(tiny_ds, iterations, **kw):
+    syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
+    pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=16)
+    hist = distill(syn, tiny_ds, dm_objective, pool, iterations, batch_real=4, seed=0, progress=False, **kw)
+    return syn.images.detach().clone(), hist
+
+
+def test_distill_is_deterministic_and_resumes(tiny_ds, tmp_path):
+    a, ha = _run(tiny_ds, 4)
+    b, hb = _run(tiny_ds, 4)
+    assert torch.equal(a, b) and ha == hb
+    ck = tmp_path / "ck.pt"
+    _run(tiny_ds, 2, checkpoint=ck, checkpoint_every=1)  # "interrupted" after 2 iterations
+    c, hc = _run(tiny_ds, 4, checkpoint=ck, checkpoint_every=1)  # resumes at 2
+    assert torch.allclose(a, c, atol=1e-6) and [h["loss"] for h in hc] == pytest.approx([h["loss"] for h in ha])
+
+
+def test_distill_rejects_foreign_checkpoint(tiny_ds, tmp_path):
+    ck = tmp_path / "ck.pt"
+    _run(tiny_ds, 1, checkpoint=ck)
+    syn = init_synthetic(tiny_ds, 3, generator=make_generator(0))
+    with pytest.raises(ValueError, match="shape"):
+        distill(syn, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds), 2, checkpoint=ck,
+                progress=False)
+
+
+def test_dm_beats_random_real_images_at_ipc1(mnist5k):
+    """The distilled set beats the real images it started from (IPC 1, real MNIST digits)."""
+    g = make_generator(0)
+    syn = init_synthetic(mnist5k, 1, generator=g)
+    x0, y0 = syn.detached()
+    pool = RandomPool.for_dataset("ConvNet", mnist5k)
+    hist = distill(syn, mnist5k, dm_objective, pool, 30, batch_real=32, seed=0, progress=False)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    x1, y1 = syn.detached()
+    kw = dict(num_models=2, epochs=60, seed=0, progress=False)
+    random_acc = evaluate_synset(x0, y0, mnist5k, **kw).mean
+    dm_acc = evaluate_synset(x1, y1, mnist5k, **kw).mean
+    assert dm_acc > random_acc + 5, (dm_acc, random_acc)
