@@ -18,7 +18,7 @@ install: $(STAMP)
 
 ## The main job: a sweep of every notebook at a small CPU setting on the bundled data, then the report.
 demo: $(STAMP)
-	$(BIN)/ddkit sweep params/demo.yaml --workers 1
+	$(BIN)/ddkit sweep params/demo.yaml --workers 2
 	$(BIN)/ddkit report --results results --out results/report
 
 ## The whole suite: unit tests + every notebook executed at its tiny defaults (nbval).

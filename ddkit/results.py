@@ -140,12 +140,16 @@ class Run:
 
     def finish(self, *, method: str, accs, model: str | None = None, ipc=None, rd: Path | None = None,
                seconds: float | None = None, **extra) -> dict:
-        """Write ``result.json`` (contract keys + ``extra``) and return the record."""
+        """Write ``result.json`` (contract keys + ``extra``) and return the record.
+
+        ``model`` is the distillation/matching model (the ``model`` parameter); the architecture
+        the accuracies were measured on is recorded as ``eval_model``."""
         return write_result(rd or self.dir, method=method, dataset=self.params["dataset"],
                             ipc=self.params.get("ipc") if ipc is None else ipc,
-                            model=model or self.params.get("eval_model", self.params.get("model")),
-                            params=self.params, accs=accs, seconds=self.seconds if seconds is None else seconds,
-                            device=self.device, notebook=self.notebook, run_name=self.name, **extra)
+                            model=model or self.params.get("model"), params=self.params, accs=accs,
+                            seconds=self.seconds if seconds is None else seconds, device=self.device,
+                            notebook=self.notebook, run_name=self.name,
+                            **{"eval_model": self.params.get("eval_model"), **extra})
 
 
 def start_run(params, notebook: str, **kw) -> Run:

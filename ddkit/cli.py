@@ -1,0 +1,157 @@
+"""The ``ddkit`` console script: ``ddkit sweep`` and ``ddkit report``.
+
+Examples::
+
+    ddkit sweep params/demo.yaml --dry-run          # list the runs and their status
+    ddkit sweep params/demo.yaml --workers 2        # run what is missing, 2 at a time
+    ddkit sweep params/paper/03_iid/cifar10.yaml --scheduler tcp://10.0.0.5:8786
+    ddkit sweep grid.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
+    ddkit sweep params/paper/03_iid/cifar10.yaml --workers 2 --gpus 0,1   # one run per GPU
+    ddkit report                                    # results/ -> results/report/
+    ddkit report --results-dir results --out /tmp/report --formats md,csv --no-paper
+
+Exit status: 0 success, 1 some runs failed, 2 invalid grid file / arguments,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+
+import yaml
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        value = yaml.safe_load(v) if v != "" else ""
+    except yaml.YAMLError:
+        value = v
+    return k.strip(), value
+
+
+def _resources(text: str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        k, v = _kv(part)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise argparse.ArgumentTypeError(f"resource {k!r} needs a number, got {v!r}")
+        out[k] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddkit", description="ddkit: dataset distillation kit")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "sweep",
+        help="run grid files with papermill (locally or on a Dask cluster)",
+        description="Expand grid files into runs and execute the unfinished ones with papermill "
+        "into <results-dir>/<notebook>/<run>/. Grid syntax: params/README.md.",
+    )
+    s.add_argument("grid", nargs="+", help="grid or params YAML file(s)")
+    s.add_argument("-w", "--workers", type=int, default=1, help="local parallel runs (default 1)")
+    s.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
+    s.add_argument("--results-dir", default=None, help="default: <repo>/results")
+    s.add_argument("--notebooks-dir", default=None, help="default: <repo>/notebooks")
+    s.add_argument("--set", dest="overrides", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="override a parameter in every run (YAML value), repeatable")
+    s.add_argument("--resources", type=_resources, default=None, metavar="GPU=1",
+                   help="Dask resources per run (overrides the files' 'resources:')")
+    s.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="only runs whose <notebook>/<run> matches (glob or substring), repeatable")
+    s.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    s.add_argument("--force", action="store_true", help="re-run finished runs too")
+    s.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    s.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    s.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per run (default cores // workers)")
+    s.add_argument("--gpus", default=None, metavar="0,1",
+                   help="local: pin worker i to GPU i mod len (CUDA_VISIBLE_DEVICES); use with --workers")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    r = sub.add_parser(
+        "report",
+        help="collect results/**/result.json into tables and plots",
+        description="Collect every result.json under --results-dir; write Table-1 style, "
+        "cross-architecture and ablation tables (Markdown/LaTeX/CSV) and seaborn plots.",
+    )
+    r.add_argument("--results-dir", default=None, help="default: <repo>/results")
+    r.add_argument("--out", default=None, help="output folder (default: <results-dir>/report)")
+    r.add_argument("--formats", default="md,tex,csv", help="comma list of md, tex, csv")
+    r.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
+    r.add_argument("--published", default=None, help="CSV of published numbers (default: ddkit/published.csv)")
+    r.add_argument("--no-plots", action="store_true", help="tables only")
+    r.add_argument("--eval-model", default=None, help="evaluation model of the main table (default: the most common)")
+    return p
+
+
+def _match(label: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(label, pat) or pat in label for pat in patterns)
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from ddkit import sweep as sw
+
+    overrides = dict(a.overrides)
+    try:
+        runs = sw.expand(a.grid, a.results_dir, a.notebooks_dir, overrides or None, a.resources)
+    except ValueError as exc:
+        print(f"ddkit sweep: error: {exc}", file=sys.stderr)
+        return 2
+    if a.only:
+        runs = [r for r in runs if _match(r.label, a.only)]
+        if not runs:
+            print(f"ddkit sweep: no run matches --only {' '.join(a.only)}", file=sys.stderr)
+            return 2
+    try:
+        summary = sw.sweep(
+            runs,
+            workers=a.workers,
+            scheduler=a.scheduler,
+            dry_run=a.dry_run,
+            force=a.force,
+            kernel_name=a.kernel,
+            timeout=a.timeout,
+            threads=a.threads,
+            gpus=[g.strip() for g in a.gpus.split(",") if g.strip()] if a.gpus else None,
+            progress=not a.no_progress,
+        )
+    except KeyboardInterrupt:
+        return 130
+    return 0 if summary.ok else 1
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from ddkit import report as rp
+
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("md", "tex", "csv")]
+    if bad:
+        print(f"ddkit report: unknown format(s) {', '.join(bad)} (md, tex, csv)", file=sys.stderr)
+        return 2
+    rep = rp.build_report(
+        results_dir=a.results_dir,
+        out_dir=a.out,
+        formats=formats,
+        paper=not a.no_paper,
+        published=a.published,
+        plots=not a.no_plots,
+        eval_model=a.eval_model,
+    )
+    print(rep.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        return cmd_sweep(args)
+    return cmd_report(args)
+
+
+if __name__ == "__main__":  # python -m ddkit.cli
+    sys.exit(main())
