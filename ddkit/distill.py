@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .augment import DSA, decode, mosaic_init
 from .losses import mean_embedding_loss
-from .models import has_batchnorm
+from .models import fast_view, forward_flops, has_batchnorm, resolve_compile
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 
@@ -118,7 +118,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             lr_img: float = 1.0, momentum: float = 0.5, batch_real: int = 256, dsa=True, seed: int = 0,
             device=None, after_step: Callable | None = None, clamp: tuple | None = None,
             checkpoint: str | Path | None = None, checkpoint_every: int = 200, extra_state: dict | None = None,
-            progress: bool = True, desc: str = "distill") -> list:
+            progress: bool = True, desc: str = "distill", compile=False, channels_last: bool = False) -> list:
     """Optimise ``syn.images`` for ``iterations`` steps of ``objective`` (see module docstring).
 
     - ``objective(batch) -> {"loss": tensor, "<term>": tensor, ...}``; every term is logged.
@@ -129,6 +129,13 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     - ``checkpoint``: a path; the loop saves its state there every ``checkpoint_every`` iterations
       (atomic) and resumes from it when it exists (``extra_state``: objects with
       ``state_dict``/``load_state_dict`` saved along, e.g. a prototype bank).
+    - Speed flags (issue 7; results equal the plain path up to float reassociation, see
+      tests/test_speed_flags.py): ``compile`` True / False / "auto" runs the objective's
+      ``net.embed`` / ``net.feature_maps`` / ``net(x)`` through ``torch.compile`` (once per pool
+      module: in-place re-initialisation reuses the graph; "auto" compiles only when the run's
+      expected eager work is above ``ddkit.models.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds
+      the network channels-last inputs. The objective then sees a :class:`ddkit.models.FastView`
+      of the drawn network as ``batch.net``.
     Returns the history: one dict of floats per iteration.
     """
     dev = resolve_device(device)
@@ -164,9 +171,20 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             **({"pool": pool.state_dict()} if hasattr(pool, "state_dict") else {})}, checkpoint)
 
     k = data.num_classes
+    use_compile = compile
+    if compile == "auto":
+        net0 = getattr(pool, "net", None)
+        net0 = getattr(pool, "_net", None) if net0 is None else net0
+        work = None
+        if net0 is not None:
+            n_img = k * batch_real + 3 * len(syn.images) * syn.factor ** 2  # real fwd + syn fwd/bwd
+            work = (iterations - start) * n_img * forward_flops(net0, (data.channels, *data.im_size))
+        use_compile = resolve_compile("auto", work)
+    else:
+        use_compile = resolve_compile(compile)
     bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
     for it in bar:
-        net = pool.draw(g_pool)
+        net = fast_view(pool.draw(g_pool), use_compile, channels_last)
         x_real, y_real = data.sample_classes(batch_real, generator=g_data)
         x_syn, y_syn = syn.decoded()
         if aug is not None:

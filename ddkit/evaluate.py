@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import DSA
-from .models import get_model
+from .models import forward_flops, get_model, resolve_compile
 from .train import accuracy, train_classifier
 from .utils import make_generator, resolve_device
 
@@ -67,13 +67,22 @@ def _check_labels(x_syn, y_syn, dataset):
 def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: int = 5, epochs: int = 1000,
                     lr: float = 0.01, batch_size: int = 256, dsa=True, seed: int = 0, device=None,
                     schedule: str = "standard", cutmix_p: float = 0.0, model_kw: dict | None = None,
-                    batch_source=None, steps_per_epoch: int | None = None, progress: bool = True) -> EvalResult:
+                    batch_source=None, steps_per_epoch: int | None = None, progress: bool = True,
+                    compile=False, channels_last: bool = False) -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
     ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy). ``dsa``: True (the dataset's
     strategy), False, a strategy string or a DSA object. Network ``i`` is initialised from seed
     ``seed * 1000 + i``: the same seed on the same device gives the same accuracies.
     ``batch_source`` (generator protocols) replaces ``x_syn``/``y_syn`` batches, see ``train_classifier``.
+
+    Speed flags (issue 7): ``compile`` True / False / "auto" trains and tests through one
+    ``torch.compile``d module per architecture and device, kept for the whole process: each
+    network's fresh weights (same seed rule, so the same initial weights as the plain path) are
+    loaded into it in place, so the graph is compiled once, not once per network; "auto"
+    compiles only when the expected eager work is large (``ddkit.models.COMPILE_AUTO_SECONDS``).
+    ``channels_last`` feeds channels-last batches. Accuracies match the plain path within
+    training noise (float reassociation changes the SGD trajectory, not the distribution).
     """
     dev = resolve_device(device)
     if x_syn is not None:
@@ -81,21 +90,50 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         x_syn, y_syn = x_syn.detach().to(dev), y_syn.detach().to(dev)
     data = dataset.to(dev)
     aug = _dsa_for(dsa, dataset)
+    model_kw = dict(model_kw or {})
+    use_compile = compile
+    if compile == "auto":
+        probe = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
+        n = len(x_syn) if x_syn is not None else batch_size * (steps_per_epoch or 1)
+        steps = steps_per_epoch or -(-n // batch_size)
+        work = num_models * epochs * steps * min(n, batch_size) * 3 * forward_flops(
+            probe, (dataset.channels, *dataset.im_size))
+        use_compile = resolve_compile("auto", work)
+    else:
+        use_compile = resolve_compile(compile)
     accs = []
     for i in tqdm(range(num_models), desc=f"eval {model}", disable=not progress, leave=False):
         run_seed = seed * 1000 + i
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(run_seed)
-            net = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **(model_kw or {}))
+            net = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
         net = net.to(dev)
+        if use_compile:  # the process-wide module of this architecture, with this network's weights
+            shared = _shared_net(model, dataset, model_kw, dev)
+            shared.load_state_dict(net.state_dict())
+            net = shared
         gen = make_generator(run_seed, dev)
         train_classifier(net, x_syn, y_syn, epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug,
                          schedule=schedule, cutmix_p=cutmix_p, num_classes=dataset.num_classes, generator=gen,
-                         batch_source=batch_source, steps_per_epoch=steps_per_epoch)
-        accs.append(accuracy(net, data.x_test, data.y_test))
+                         batch_source=batch_source, steps_per_epoch=steps_per_epoch, compile=use_compile,
+                         channels_last=channels_last)
+        accs.append(accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last))
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
     return EvalResult(accs, model, settings)
+
+
+_SHARED_NETS: dict = {}
+
+
+def _shared_net(model: str, dataset, model_kw: dict, dev):
+    """One module per (architecture, shapes, model arguments, device) for compiled evaluation."""
+    key = (model, dataset.channels, dataset.num_classes, tuple(dataset.im_size), repr(sorted(model_kw.items())),
+           str(dev))
+    if key not in _SHARED_NETS:
+        _SHARED_NETS[key] = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size,
+                                      **model_kw).to(dev)
+    return _SHARED_NETS[key]
 
 
 def cross_arch_eval(x_syn, y_syn, dataset, models=("ConvNet", "ResNet18", "AlexNet", "VGG11"), **kw):

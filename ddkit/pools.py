@@ -172,7 +172,10 @@ class IDMQueue:
         return freeze_(net).train()
 
     def accuracy_of(self, net: nn.Module) -> float:
-        """Last measured real-batch accuracy (percent) of ``net``; 0 before it was trained."""
+        """Last measured real-batch accuracy (percent) of ``net``; 0 before it was trained.
+        ``net`` may be a ``ddkit.models.FastView`` of a queue net (distill's speed flags)."""
+        if not isinstance(net, nn.Module):
+            net = net.__dict__.get("module", net)
         for n, a in zip(self.nets, self.accs):
             if n is net:
                 return 0.0 if a is None else a
@@ -262,8 +265,9 @@ class PretrainedPool:
     model's test accuracy (on ``test_samples`` evenly strided test images, 0 = skip; stored
     in ``.accs``, NaN when skipped) is shown on the progress bar.
 
-    Cache: ``<cache_dir>/<dataset>_<model>_M<M>_E<E>_seed<seed>[_n<k>][_dsa].pt`` (default
-    ``cache_dir`` = ``<repo>/results/pools``), holding a ``meta`` dict (dataset name and
+    Cache: ``<cache_dir>/<dataset>_<model>_M<M>_E<E>_seed<seed>[_n<k>][_dsa][_<hash>].pt`` (default
+    ``cache_dir`` = ``<repo>/results/pools``; the hash only when lr, momentum, weight decay, batch size
+    or model arguments differ from the defaults), holding a ``meta`` dict (dataset name and
     fingerprint, shapes, model, M, E, seed, training settings) and the state dicts. A file
     whose key matches is reused (a partial file, from an interrupted build, is completed);
     another key is another file, built on first use. A corrupt or foreign file, or one made
@@ -302,9 +306,14 @@ class PretrainedPool:
         }
         if path is None:
             cache_dir = Path(cache_dir) if cache_dir else REPO_ROOT / "results" / "pools"
+            extra = {k: self.meta[k] for k in ("lr", "momentum", "weight_decay", "batch_size")}
+            extra["model_kw"] = self.meta["model_kw"]
+            default = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
+                       "model_kw": repr([])}
+            tag = "" if extra == default else "_" + hashlib.sha1(repr(sorted(extra.items())).encode()).hexdigest()[:8]
             name = (f"{_slug(dataset.name)}_{self.meta['model']}_M{num_models}_E{epochs}_seed{seed}"
                     + (f"_n{train_per_class}" if train_per_class else "")
-                    + (f"_{augment}" if augment != "none" else "") + ".pt")
+                    + (f"_{augment}" if augment != "none" else "") + tag + ".pt")
             path = cache_dir / name
         self.path = Path(path)
         self.progress = progress

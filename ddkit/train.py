@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .models import fast_view, forward_flops, resolve_compile
+
 SCHEDULES = ("standard", "multistep", "none")
 
 
@@ -51,7 +53,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
                      batch_size: int = 256, dsa=None, schedule: str = "standard", cutmix_p: float = 0.0,
                      num_classes: int | None = None, generator: torch.Generator | None = None,
                      batch_source: Callable | None = None, steps_per_epoch: int | None = None,
-                     progress: bool = False, desc: str = "train") -> nn.Module:
+                     progress: bool = False, desc: str = "train", compile=False,
+                     channels_last: bool = False) -> nn.Module:
     """Train ``model`` on in-memory tensors (the DC/DSA/DM evaluation trainer).
 
     - ``schedule="standard"``: SGD, lr x0.1 from epoch ``epochs // 2 + 1`` with a freshly created
@@ -63,6 +66,11 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
     - ``y`` hard (N,) or soft (N, K) labels.
     - ``batch_source(step, generator) -> (x, y)`` replaces the shuffled tensors (DiM's
       resample-every-step protocol); ``steps_per_epoch`` defaults to ceil(len(x) / batch_size).
+    - Speed flags (issue 7; same maths as the plain path up to float reassociation):
+      ``compile`` True / False / "auto" runs the forward (and its backward) through
+      ``torch.compile`` once per module (reused when the module is re-initialised in place;
+      "auto" compiles only when the expected eager work exceeds
+      ``ddkit.models.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds channels-last batches.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
@@ -73,6 +81,11 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
     dev_gen = generator
     if num_classes is None and cutmix_p > 0:
         num_classes = y.shape[1] if y.dim() == 2 else int(y.max()) + 1
+    if compile == "auto":
+        shape = x.shape[1:] if x is not None else None
+        work = epochs * steps * batch_size * 3 * forward_flops(model, shape) if shape is not None else None
+        compile = resolve_compile("auto", work)
+    fwd = fast_view(model, resolve_compile(compile), channels_last)
     model.train()
     opt = sgd(model, lr, momentum, weight_decay)
     milestones = {int(epochs * 2 / 3), int(epochs * 5 / 6)} if schedule == "multistep" else set()
@@ -97,7 +110,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
             if cutmix_p > 0 and torch.rand((), generator=generator,
                                            device=generator.device if generator else "cpu") < cutmix_p:
                 xb, yb = cutmix(xb, yb, num_classes, generator)
-            loss = soft_cross_entropy(model(xb), yb)
+            loss = soft_cross_entropy(fwd(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,15 +119,26 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent (eval mode, large batches, no autograd)."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, *,
+             compile=False, channels_last: bool = False) -> float:
+    """Top-1 accuracy in percent (eval mode, large batches, no autograd).
+
+    Speed flags as in :func:`train_classifier`; with ``compile`` the last partial batch is
+    zero-padded to ``batch_size`` (one static graph; eval-mode outputs are per sample, the
+    padding rows are dropped). Correct counts are summed on the device (one host sync)."""
     was_training = model.training
     model.eval()
-    correct = 0
+    comp = resolve_compile(compile)
+    fwd = fast_view(model, comp, channels_last)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+        xb = x[i:i + batch_size]
+        n = len(xb)
+        if comp and n < batch_size and len(x) > batch_size:
+            xb = torch.cat([xb, xb.new_zeros((batch_size - n,) + tuple(xb.shape[1:]))])
+        correct += (fwd(xb)[:n].argmax(1) == y[i:i + batch_size]).sum()
     model.train(was_training)
-    return 100.0 * correct / len(x)
+    return 100.0 * int(correct) / len(x)
 
 
 def train_steps(model: nn.Module, dataset, steps: int, *, batch_size: int = 256, lr: float = 0.01,

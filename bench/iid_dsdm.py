@@ -1,0 +1,156 @@
+"""One IID and one DSDM iteration (IPC 10, batch_real 256, DSA, ConvNet-3, 28x28).
+
+The objectives are the notebooks' (notebooks/03_iid.ipynb, 04_dsdm.ipynb: ``ddkit.losses`` terms on
+``ddkit.dm.embed_and_map`` / ``per_class_forward``), rebuilt here so the benchmark does not
+execute a notebook. Pools are stand-ins with the same compute: IID's L_CC pool (pretrained
+ResNet18s) is a ``RandomPool("ResNet18")``, DSDM's pretrained ConvNet pool a
+``RandomPool("ConvNet")`` (a draw costs a re-initialisation instead of a state-dict load; the
+iteration's arithmetic is the same). DSDM uses factor 2 (4 decoded images per stored image),
+the pixel clamp and the memory-bank update after each step. The reference-style path is
+``bench.reference.dm_family_reference`` (per class, two forwards, new network objects); the
+per-iteration losses must agree to 1e-4 relative."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bench import alternate, bench_dataset, ratio_summary, summary
+from bench.reference import dm_family_reference, new_network
+from ddkit.distill import distill, init_synthetic, per_class_forward
+from ddkit.dm import embed_and_map, pixel_bounds, update_bank
+from ddkit.losses import (PrototypeBank, class_centralization_loss, class_prototypes, historical_prototype_loss,
+                          local_covariance_loss, mean_embedding_loss, semantic_diversity_loss)
+from ddkit.pools import RandomPool
+from ddkit.utils import make_generator
+
+FLAGS = {"compile": True, "channels_last": False}
+LAMBDA_CC, LAMBDA_CM, LAMBDA_SD, LAMBDA_H = 0.05, 0.01, 50.0, 0.2
+
+
+# ----------------------------------------------------------------------------------- IID
+def iid_objective(cc_pool, generator):
+    def objective(batch):
+        net, C, y_real, y_syn = batch.net, batch.num_classes, batch.y_real, batch.y_syn
+        with torch.no_grad():
+            f_real, m_real = embed_and_map(net, batch.x_real, y_real, C)
+        f_syn, m_syn = embed_and_map(net, batch.x_syn, y_syn, C)
+        terms = {"dm": mean_embedding_loss(f_real, y_real, f_syn, y_syn, C),
+                 "cm": LAMBDA_CM * local_covariance_loss(m_real, y_real, m_syn, y_syn, C)}
+        cc_net = cc_pool.draw(generator)
+        g = per_class_forward(cc_net.embed, cc_net, batch.x_syn, y_syn, C)
+        terms["cc"] = LAMBDA_CC * class_centralization_loss(g, y_syn, C, 0.02, 0.0, form="squared")
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
+    return objective
+
+
+def iid_class_terms(_net, extra, f_real, m_real, f_syn, m_syn, x_syn, _it):
+    zr = torch.zeros(len(f_real), dtype=torch.long)
+    zs = torch.zeros(len(f_syn), dtype=torch.long)
+    dm = torch.sum((f_real.mean(0) - f_syn.mean(0)) ** 2)
+    cm = LAMBDA_CM * local_covariance_loss(m_real, zr, m_syn, zs, 1)
+    for p in extra.parameters():
+        p.requires_grad = False
+    cc = LAMBDA_CC * class_centralization_loss(extra.embed(x_syn), zs, 1, 0.02, 0.0, form="squared")
+    return dm + cm + cc
+
+
+# ---------------------------------------------------------------------------------- DSDM
+def dsdm_objective(bank):
+    def objective(batch):
+        net, C, y_real, y_syn = batch.net, batch.num_classes, batch.y_real, batch.y_syn
+        with torch.no_grad():
+            f_real = per_class_forward(net.embed, net, batch.x_real, y_real, C)
+        f_syn = per_class_forward(net.embed, net, batch.x_syn, y_syn, C)
+        terms = {"proto": mean_embedding_loss(f_real, y_real, f_syn, y_syn, C),
+                 "sd": LAMBDA_SD * semantic_diversity_loss(f_real, y_real, f_syn, y_syn, C, unbiased=True)}
+        if bank.initialized:
+            mu_syn, present = class_prototypes(f_syn, y_syn, C)
+            terms["h"] = LAMBDA_H * historical_prototype_loss(mu_syn, bank, scale=1.0 / f_syn.shape[1], mask=present)
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
+    return objective
+
+
+def dsdm_class_terms(bank, c):
+    def terms(_net, _extra, f_real, _m_real, f_syn, _m_syn, _x_syn, _it):
+        zr = torch.zeros(len(f_real), dtype=torch.long)
+        zs = torch.zeros(len(f_syn), dtype=torch.long)
+        out = torch.sum((f_real.mean(0) - f_syn.mean(0)) ** 2)
+        out = out + LAMBDA_SD * semantic_diversity_loss(f_real, zr, f_syn, zs, 1, unbiased=True)
+        if bank.initialized:
+            out = out + LAMBDA_H * torch.sum((f_syn.mean(0) - bank.value[c[0]]) ** 2) / f_syn.shape[1]
+        c[0] = (c[0] + 1) % bank.value.shape[0]
+        return out
+    return terms
+
+
+def run_one(method: str, repeats: int, iters: int, flags: dict, ipc: int = 10, batch_real: int = 256) -> dict:
+    ds = bench_dataset("28")
+    factor = 2 if method == "dsdm" else 1
+    syn0 = init_synthetic(ds, ipc, factor=factor, generator=make_generator(0))
+    images0, labels = syn0.images.detach().clone(), syn0.labels.clone()
+    pool = RandomPool.for_dataset("ConvNet", ds)
+    cc_pool = RandomPool.for_dataset("ResNet18", ds)
+    clamp = pixel_bounds(ds) if method == "dsdm" else None
+    dim = pool.net.embed_dim
+
+    def ddkit_path(r):
+        syn = init_synthetic(ds, ipc, factor=factor, generator=make_generator(0))
+        if method == "iid":
+            obj, after = iid_objective(cc_pool, make_generator(7 + r)), None
+        else:
+            bank = PrototypeBank(ds.num_classes, dim)
+            obj = dsdm_objective(bank)
+
+            def after(it, s, batch):
+                x, y = s.detached()
+                update_bank(bank, batch.net, x, y, ds.num_classes)
+        hist = distill(syn, ds, obj, pool, iters, batch_real=batch_real, seed=100 + r, progress=False,
+                       after_step=after, clamp=clamp, **flags)
+        return [h["loss"] for h in hist]
+
+    def reference_path(r):
+        if method == "iid":
+            g = make_generator(7 + r)
+            extra = (lambda: new_network("ResNet18", ds, int(torch.randint(0, 2**62, (1,), generator=g))))
+            terms, after = iid_class_terms, None
+        else:
+            bank = PrototypeBank(ds.num_classes, dim)
+            terms, extra = dsdm_class_terms(bank, [0]), None
+
+            def after(net, imgs, labs, f):
+                from ddkit.augment import decode
+                x, y = decode(imgs, labs, f)
+                update_bank(bank, net, x, y, ds.num_classes)
+        _, losses = dm_family_reference(images0, labels, ds, iters, terms, seed=100 + r, factor=factor,
+                                        batch_real=batch_real, clamp=clamp, after_step=after, extra_net=extra)
+        return losses
+
+    t0 = time.perf_counter()
+    ddkit_path(-1)
+    warm = time.perf_counter() - t0
+    res = alternate({"reference": reference_path, "ddkit": ddkit_path}, repeats)
+    ref_t = [t / iters for t in res["reference"]["times"]]
+    dd_t = [t / iters for t in res["ddkit"]["times"]]
+    rel = [abs(a - b) / max(abs(a), 1e-12) for lr_, ld in zip(res["reference"]["outputs"], res["ddkit"]["outputs"])
+           for a, b in zip(lr_, ld)]
+    return {"method": method, "dataset": ds.name, "ipc": ipc, "factor": factor, "batch_real": batch_real,
+            "iterations": iters, "flags": flags,
+            "seconds_per_iteration": {"reference": summary(ref_t), "ddkit": summary(dd_t)},
+            **ratio_summary(ref_t, dd_t), "warmup_seconds": warm,
+            "loss_max_rel_diff": max(rel), "loss_equal_1e-4": max(rel) <= 1e-4,
+            "losses_first_repeat": {"reference": res["reference"]["outputs"][0], "ddkit": res["ddkit"]["outputs"][0]}}
+
+
+def run(quick: bool = False, flags=None) -> dict:
+    flags = dict(FLAGS if flags is None else flags)
+    repeats, iters = (1, 2) if quick else (2, 2)
+    return {m: run_one(m, repeats, iters, flags) for m in ("iid", "dsdm")}
+
+
+def rows(result: dict):
+    for key, r in result.items():
+        if not isinstance(r, dict) or "seconds_per_iteration" not in r:
+            continue
+        yield (f"{key} iteration", r["seconds_per_iteration"]["reference"]["median"],
+               r["seconds_per_iteration"]["ddkit"]["median"], r["ratio"], f"loss rel diff {r['loss_max_rel_diff']:.1e}")

@@ -1,0 +1,355 @@
+"""IID (notebook 03) and DSDM (notebook 04): the notebooks' objective cells, their parameter checks,
+the DSDM memory-bank update and the shared helpers of ddkit.dm (CPU, tiny tensors).
+
+The objectives are tested where they live: the cell tagged ``objective`` of each notebook is
+executed here, so the notebook and the test cannot drift apart."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddkit.data import ImageDataset
+from ddkit.distill import MatchBatch, init_synthetic, distill
+from ddkit.dm import (check_weights, clamp_pixels_, dsdm_lr, embed_and_map, pixel_bounds, pixel_lr_to_normalized,
+                      update_bank)
+from ddkit.losses import PrototypeBank, class_prototypes
+from ddkit.models import get_model, reinit_
+from ddkit.pools import IDMQueue, RandomPool
+from ddkit.utils import make_generator
+
+torch.set_num_threads(1)
+NB = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def cells(name):
+    return json.loads((NB / name).read_text())["cells"]
+
+
+def tagged_source(name, tag):
+    found = ["".join(c["source"]) for c in cells(name) if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(found) == 1, f"{name}: expected one cell tagged {tag!r}"
+    return found[0]
+
+
+def check_cell(name):
+    """The code cell right after the parameters cell (imports + validation, no compute)."""
+    cs = cells(name)
+    i = next(i for i, c in enumerate(cs) if "parameters" in c.get("metadata", {}).get("tags", []))
+    return "".join(next(c for c in cs[i + 1:] if c["cell_type"] == "code")["source"])
+
+
+def run_check(name, **overrides):
+    ns = {}
+    exec(tagged_source(name, "parameters"), ns)
+    ns.update(overrides)
+    exec(check_cell(name), ns)
+    return ns
+
+
+def load_objective(name, factory):
+    ns = {}
+    exec(tagged_source(name, "objective"), ns)
+    return ns[factory]
+
+
+def tiny_dataset(classes=3, n=16, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n)
+    x = torch.randn(len(y), 1, size, size, generator=g) + 0.5 * y.view(-1, 1, 1, 1).float()
+    return ImageDataset("tiny", x, y, x.clone(), y.clone(), (0.5,), (0.25,), [str(c) for c in range(classes)],
+                        "color_crop_cutout_scale_rotate")
+
+
+def make_batch(ds, net, per_class=4, real_per_class=8, seed=0):
+    g = make_generator(seed)
+    x_real, y_real = ds.sample_classes(real_per_class, generator=g)
+    syn = init_synthetic(ds, per_class, generator=g)
+    return syn, (lambda it=0: MatchBatch(net, x_real, y_real, syn.images, syn.labels, it, ds.num_classes))
+
+
+def frozen_net(name="ConvNet", ds=None, seed=0, **kw):
+    net = get_model(name, ds.channels, ds.num_classes, ds.im_size, **kw)
+    reinit_(net, make_generator(seed))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.train()
+
+
+class FixedPool:
+    """A pool that always returns the same frozen net (deterministic loss for descent checks)."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def draw(self, generator=None):
+        return self.net
+
+    def load(self, i):
+        return self.net
+
+
+def descend(objective, syn, batch_fn, steps=6, lr=0.05):
+    opt = torch.optim.SGD([syn.images], lr=lr)
+    losses = []
+    for it in range(steps):
+        terms = objective(batch_fn(it))
+        losses.append(float(terms["loss"].detach()))
+        opt.zero_grad()
+        terms["loss"].backward()
+        g = syn.images.grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+        opt.step()
+    return losses
+
+
+# --------------------------------------------------------------------------- IID objective
+@pytest.mark.parametrize("form,alpha,beta", [("squared", 0.0, 0.0), ("exp", 0.02, 0.0), ("exp", 0.02, 1.5)])
+def test_iid_objective_is_differentiable_and_descends(form, alpha, beta):
+    ds = tiny_dataset()
+    make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
+    net = frozen_net(ds=ds, width=16)
+    cc_net = frozen_net("ResNet10", ds=ds, seed=1)
+    syn, batch = make_batch(ds, net)
+    obj = make_iid_objective(cc_pool=FixedPool(cc_net), lambda_cc=0.05, lambda_cm=0.01, cc_form=form,
+                             alpha=alpha, beta=beta, generator=make_generator(0))
+    terms = obj(batch())
+    assert set(terms) == {"loss", "dm", "cm", "cc"}
+    assert torch.allclose(terms["loss"].detach(), terms["dm"] + terms["cm"] + terms["cc"])
+    assert all(not t.requires_grad for k, t in terms.items() if k != "loss")
+    losses = descend(obj, syn, batch)
+    assert losses[-1] < losses[0]
+
+
+def test_iid_objective_terms_switch_off_and_match_the_dm_objective():
+    from ddkit.distill import dm_objective
+    ds = tiny_dataset()
+    make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
+    net = frozen_net(ds=ds, width=16)
+    _, batch = make_batch(ds, net)
+    base = make_iid_objective(lambda_cc=0.0, lambda_cm=0.0)(batch())
+    assert set(base) == {"loss", "dm"}
+    assert torch.allclose(base["loss"], dm_objective(batch())["loss"], rtol=1e-5)
+    only_cm = make_iid_objective(lambda_cc=0.0, lambda_cm=0.01)(batch())
+    assert set(only_cm) == {"loss", "dm", "cm"}
+    with pytest.raises(ValueError, match="cc_pool"):
+        make_iid_objective(lambda_cc=0.05)
+    with pytest.raises(ValueError, match="lambda_cm"):
+        make_iid_objective(lambda_cc=0.0, lambda_cm=-0.01)
+
+
+def test_iid_idm_variant_with_class_aware_ce_uses_queue_accuracy():
+    import torch.nn.functional as F
+    ds = tiny_dataset()
+    make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
+    q = IDMQueue("ConvNet", ds.channels, ds.num_classes, ds.im_size, initial_nets=1, train_steps=2,
+                 batch_size=8, track_accuracy=True, width=16, generator=make_generator(0))
+    g = make_generator(0)
+    net = q.draw(g)
+    q.after_iteration(ds, g)
+    i = next(k for k, n in enumerate(q.nets) if n is net)
+    assert q.accs[i] is not None and 0 <= q.accuracy_of(net) <= 100
+    q.accs[i] = 50.0  # a known accuracy (percent, as the reference's meter)
+    syn, batch = make_batch(ds, net)
+    obj = make_iid_objective(lambda_cc=0.0, lambda_cm=0.03, ce_weight=0.5, queue=q)
+    terms = obj(batch())
+    with torch.no_grad():
+        logits = net(syn.images)
+        expect = sum(F.cross_entropy(logits[syn.labels == c], syn.labels[syn.labels == c])
+                     for c in range(ds.num_classes))  # sum over classes of the per-class mean CE
+    assert torch.allclose(terms["ce"], 0.5 * 50.0 * expect, rtol=1e-4)
+    losses = descend(obj, syn, batch, lr=0.002)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_iid_objective_runs_in_the_shared_loop_with_factor_2(channels_last):
+    import inspect
+    kw = {}
+    if channels_last:
+        if "channels_last" not in inspect.signature(distill).parameters:
+            pytest.skip("distill has no speed flags")
+        kw["channels_last"] = True  # the objective then sees a FastView of the net
+    ds = tiny_dataset()
+    make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
+    syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))  # IPC 1, 4 samples per class
+    pool = RandomPool.for_dataset("ConvNet", ds, width=16)
+    obj = make_iid_objective(cc_pool=FixedPool(frozen_net("ResNet10", ds=ds)), lambda_cc=0.05, lambda_cm=0.01)
+    before = syn.images.detach().clone()
+    hist = distill(syn, ds, obj, pool, 3, lr_img=0.1, batch_real=8, progress=False, **kw)
+    assert len(hist) == 3 and {"dm", "cm", "cc"} <= set(hist[0])
+    assert not torch.equal(before, syn.images.detach())
+
+
+# --------------------------------------------------------------------------- IID parameter checks
+def test_iid_defaults_pass_the_check():
+    ns = run_check("03_iid.ipynb")
+    assert ns["P"].base == "dm" and ns["pool_kind"] == "random"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"ipc": 1}, "covariance"),
+    ({"lambda_cc": -0.05}, "lambda_cc"),
+    ({"lambda_cm": -1.0}, "lambda_cm"),
+    ({"dm_pool": "queue"}, "dm_pool"),
+    ({"base": "idn"}, "base"),
+    ({"idm_ce_weight": 0.5}, "idm pool"),
+    ({"cc_form": "cubic"}, "cc_form"),
+])
+def test_iid_bad_settings_fail_before_compute(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        run_check("03_iid.ipynb", **overrides)
+
+
+def test_iid_ipc1_runs_with_idm_base_and_factor_2_or_without_cm():
+    assert run_check("03_iid.ipynb", ipc=1, base="idm", factor=2)["pool_kind"] == "idm"
+    run_check("03_iid.ipynb", ipc=1, use_cm=False)
+
+
+# --------------------------------------------------------------------------- DSDM objective
+def test_dsdm_objective_is_differentiable_descends_and_uses_the_bank():
+    ds = tiny_dataset()
+    make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
+    net = frozen_net(ds=ds, width=16)
+    syn, batch = make_batch(ds, net)
+    d = net.embed_dim
+    bank = PrototypeBank(ds.num_classes, d)
+    obj = make_dsdm_objective(bank, lambda_sd=50.0, lambda_h=0.2, h_scale="1/d")
+    assert set(obj(batch())) == {"loss", "proto", "sd"}  # no L_h before the first bank update
+    update_bank(bank, net, syn.images.detach(), syn.labels, ds.num_classes)
+    terms = obj(batch())
+    assert set(terms) == {"loss", "proto", "sd", "h"}
+    assert abs(float(terms["h"])) < 1e-6  # the bank holds exactly the current prototypes
+    losses = descend(obj, syn, batch)
+    assert losses[-1] < losses[0]
+    # h_start delays L_h; h_scale "1" is d times the "1/d" term
+    late = make_dsdm_objective(bank, lambda_h=0.2, h_start=5)
+    assert "h" not in late(batch(0)) and "h" in late(batch(5))
+    t_d = make_dsdm_objective(bank, lambda_sd=0.0, h_scale="1/d")(batch(1))["h"]
+    t_1 = make_dsdm_objective(bank, lambda_sd=0.0, h_scale="1")(batch(1))["h"]
+    assert float(t_d) > 0 and torch.allclose(t_1, t_d * d, rtol=1e-4)
+
+
+def test_dsdm_objective_rejects_negative_weights():
+    make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
+    with pytest.raises(ValueError, match="lambda_h"):
+        make_dsdm_objective(PrototypeBank(3, 4), lambda_h=-0.2)
+
+
+def test_dsdm_bank_update_after_each_step_in_the_shared_loop():
+    ds = tiny_dataset()
+    make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
+    net = frozen_net(ds=ds, width=16)
+    pool = FixedPool(net)
+    syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
+    bank = PrototypeBank(ds.num_classes, net.embed_dim, momentum=0.9)
+    seen = []
+
+    def after_step(it, s, batch):
+        x, y = s.detached()
+        before = bank.value.clone()
+        update_bank(bank, batch.net, x, y, ds.num_classes)
+        protos, _ = class_prototypes(net.embed(x), y, ds.num_classes)
+        expect = protos if it == 0 else 0.9 * before + 0.1 * protos  # Eq. 8 (first value stored)
+        assert torch.allclose(bank.value, expect, atol=1e-5)
+        assert not bank.value.requires_grad
+        seen.append(it)
+
+    hist = distill(syn, ds, make_dsdm_objective(bank), pool, 3, lr_img=0.1, batch_real=8, after_step=after_step,
+                   progress=False)
+    assert seen == [0, 1, 2] and bank.num_updates == 3
+    assert "h" not in hist[0] and "h" in hist[1]
+
+
+def test_update_bank_needs_no_grad_and_handles_absent_classes():
+    ds = tiny_dataset()
+    net = frozen_net(ds=ds, width=16)
+    bank = PrototypeBank(ds.num_classes, net.embed_dim)
+    x = torch.randn(4, 1, 12, 12, requires_grad=True)
+    y = torch.tensor([0, 0, 2, 2])
+    v = update_bank(bank, net, x, y, ds.num_classes)
+    assert not v.requires_grad and torch.equal(v[1], torch.zeros(net.embed_dim))
+    assert bank.num_updates == 1
+
+
+# --------------------------------------------------------------------------- DSDM parameter checks
+def test_dsdm_defaults_pass_the_check():
+    assert run_check("04_dsdm.ipynb")["P"].pool == "pretrained"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"ipc": 1, "factor": 1}, "covariance"),
+    ({"lambda_h": -0.2}, "lambda_h"),
+    ({"lambda_sd": -50.0}, "lambda_sd"),
+    ({"pool": "pretrained_resnet"}, "pool"),
+    ({"h_scale": "d"}, "h_scale"),
+    ({"bank_init": "random"}, "bank_init"),
+    ({"lr_img": -0.1}, "lr_img"),
+    ({"dsdm_lambda": 1.0}, "unknown parameter"),
+])
+def test_dsdm_bad_settings_fail_before_compute(overrides, match):
+    if "dsdm_lambda" in overrides:  # an unknown key injected by papermill
+        ns = {}
+        exec(tagged_source("04_dsdm.ipynb", "parameters"), ns)
+        ns["In"] = ["# Parameters\ndsdm_lambda = 1.0\n"]
+        ns["dsdm_lambda"] = 1.0
+        with pytest.raises(ValueError, match=match):
+            exec(check_cell("04_dsdm.ipynb"), ns)
+        return
+    with pytest.raises(ValueError, match=match):
+        run_check("04_dsdm.ipynb", **overrides)
+
+
+# --------------------------------------------------------------------------- ddkit.dm helpers
+def test_dsdm_lr_rule_and_pixel_conversion():
+    assert dsdm_lr(1) == pytest.approx(0.01) and dsdm_lr(10) == pytest.approx(0.1)
+    assert dsdm_lr(50) == pytest.approx(0.5)
+    ds = tiny_dataset()  # std 0.25 -> factor 16
+    assert dsdm_lr(10, ds) == pytest.approx(1.6)
+    assert pixel_lr_to_normalized(1.0, ds) == pytest.approx(16.0)
+    with pytest.raises(ValueError):
+        dsdm_lr(0)
+
+
+def test_pixel_lr_conversion_matches_a_pixel_space_step():
+    ds = tiny_dataset()
+    p = torch.rand(2, 1, 4, 4, requires_grad=True)
+    target = torch.rand(2, 1, 4, 4)
+    loss = ((p - target) ** 2).sum()
+    (gp,) = torch.autograd.grad(loss, p)
+    z = ds.normalize(p.detach()).requires_grad_(True)
+    (gz,) = torch.autograd.grad(((z * 0.25 + 0.5 - target) ** 2).sum(), z)  # the same loss in z
+    lr = 0.1
+    p_new = p.detach() - lr * gp
+    z_new = z.detach() - pixel_lr_to_normalized(lr, ds) * gz
+    assert torch.allclose(ds.normalize(p_new), z_new, atol=1e-5)
+
+
+def test_clamp_pixels_keeps_the_pixel_range():
+    ds = tiny_dataset()
+    x = torch.randn(5, 1, 4, 4) * 10
+    clamp_pixels_(x, ds)
+    lo, hi = pixel_bounds(ds)
+    assert torch.all(x >= lo - 1e-6) and torch.all(x <= hi + 1e-6)
+    px = x * 0.25 + 0.5
+    assert px.min() >= -1e-6 and px.max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("name", ["ConvNet", "ResNet10", "ConvNetBN"])
+def test_embed_and_map_matches_embed_and_feature_maps(name):
+    ds = tiny_dataset()
+    net = frozen_net(name, ds=ds)
+    x, y = ds.sample_classes(2, generator=make_generator(0))
+    with torch.no_grad():
+        f, m = embed_and_map(net, x)
+        assert torch.allclose(f, net.embed(x), atol=1e-5)
+        assert torch.allclose(m, net.feature_maps(x)[-1], atol=1e-5)
+        f2, _ = embed_and_map(net, x, y, ds.num_classes)  # per-class passes for BatchNorm
+        assert f2.shape == f.shape
+
+
+def test_check_weights():
+    check_weights(a=0.0, b=1)
+    for bad in (-1e-3, float("nan"), float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="w="):
+            check_weights(w=bad)

@@ -1,0 +1,127 @@
+"""Speed flags (issue 7) against the plain path: equal losses / outputs / accuracies within
+float tolerance. No timing assertions (timings live in bench/)."""
+import copy
+
+import pytest
+import torch
+
+from ddkit.distill import distill, dm_objective, init_synthetic
+from ddkit.evaluate import evaluate_synset
+from ddkit.models import FastView, compile_available, compiled, fast_view, get_model, has_batchnorm, \
+    resolve_compile
+from ddkit.pools import RandomPool
+from ddkit.train import accuracy, train_classifier
+from ddkit.utils import make_generator
+
+needs_compiler = pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler here")
+
+
+def _close(a, b, rtol=1e-4, atol=1e-5):
+    return torch.allclose(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["ConvNet", "ResNet10"])
+def test_channels_last_view_matches_plain(name):
+    torch.manual_seed(0)
+    net = get_model(name, 1, 4, (28, 28))
+    x = torch.randn(6, 1, 28, 28)
+    view = fast_view(net, channels_last=True)
+    assert isinstance(view, FastView) and fast_view(net, channels_last=True) is view  # cached
+    assert fast_view(net) is net  # no flag: the module itself
+    assert _close(view(x), net(x))
+    assert _close(view.embed(x), net.embed(x))
+    for a, b in zip(view.feature_maps(x), net.feature_maps(x)):
+        assert _close(a, b)
+    # the view delegates everything else to the module
+    assert view.mid_layer == net.mid_layer and has_batchnorm(view) == has_batchnorm(net)
+    assert view.classifier is net.classifier
+
+
+def test_compiled_cache_leaves_module_untouched():
+    net = get_model("ConvNet", 1, 4, (28, 28))
+    keys = list(net.state_dict())
+    fn = compiled(net, "embed")  # torch.compile is lazy: nothing is traced here
+    assert compiled(net, "embed") is fn and compiled(net) is not fn
+    assert list(net.state_dict()) == keys and len(list(net.modules())) == len(list(copy.deepcopy(net).modules()))
+
+
+def test_resolve_compile():
+    assert resolve_compile(False) is False and resolve_compile(True) is True
+    assert resolve_compile("auto", 1.0) is False  # tiny work never compiles
+    assert resolve_compile("auto", None) is False
+    assert resolve_compile("auto", 1e18) is compile_available()
+    with pytest.raises(ValueError, match="compile"):
+        resolve_compile("fast")
+
+
+def _dm_run(ds, **flags):
+    syn = init_synthetic(ds, 2, generator=make_generator(0))
+    pool = RandomPool.for_dataset("ConvNet", ds, width=16)
+    hist = distill(syn, ds, dm_objective, pool, 3, batch_real=8, seed=3, progress=False, **flags)
+    return [h["loss"] for h in hist], syn.images.detach()
+
+
+def test_distill_channels_last_equals_plain(tiny_ds):
+    l0, x0 = _dm_run(tiny_ds)
+    l1, x1 = _dm_run(tiny_ds, channels_last=True)
+    assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(l0, l1)), (l0, l1)
+    assert _close(x0, x1)
+
+
+def test_distill_compile_auto_small_run_stays_eager(tiny_ds, monkeypatch):
+    import ddkit.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("compile='auto' must not compile a tiny run")
+
+    monkeypatch.setattr(models.torch, "compile", boom)
+    l0, _ = _dm_run(tiny_ds)
+    l1, _ = _dm_run(tiny_ds, compile="auto")
+    assert l0 == l1
+
+
+def test_train_classifier_channels_last_equals_plain(tiny_ds):
+    x, y = tiny_ds.x_train[:24], tiny_ds.y_train[:24]
+    nets = []
+    for flags in ({}, {"channels_last": True}):
+        net = get_model("ConvNet", 1, 4, (28, 28), width=16, generator=make_generator(1))
+        train_classifier(net, x, y, epochs=3, batch_size=8, generator=make_generator(2), **flags)
+        nets.append(net)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert _close(p, q, rtol=1e-3, atol=1e-5)
+    acc = [accuracy(n, tiny_ds.x_test, tiny_ds.y_test) for n in nets]
+    assert acc[0] == pytest.approx(acc[1], abs=5.0)
+    assert accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=7, channels_last=True) == pytest.approx(
+        accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=7), abs=2.0)
+
+
+def test_evaluate_synset_channels_last_same_accuracy(tiny_ds):
+    x, y = init_synthetic(tiny_ds, 2, generator=make_generator(0)).detached()
+    kw = dict(num_models=2, epochs=4, progress=False, model_kw={"width": 16})
+    a = evaluate_synset(x, y, tiny_ds, **kw)
+    b = evaluate_synset(x, y, tiny_ds, channels_last=True, **kw)
+    assert a.accs == pytest.approx(b.accs, abs=5.0)
+
+
+@needs_compiler
+def test_compile_matches_plain(tiny_ds):
+    """One compiled pass through every flagged path (slow: compiling costs seconds per graph)."""
+    torch._dynamo.reset()
+    # distill: same losses to 1e-4 relative
+    l0, x0 = _dm_run(tiny_ds)
+    l1, x1 = _dm_run(tiny_ds, compile=True)
+    assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(l0, l1)), (l0, l1)
+    assert _close(x0, x1, rtol=1e-3, atol=1e-4)
+    # training + the padded test pass: same parameters up to reassociation, accuracy within noise
+    x, y = tiny_ds.x_train[:16], tiny_ds.y_train[:16]
+    nets = []
+    for flags in ({}, {"compile": True}):
+        net = get_model("ConvNet", 1, 4, (28, 28), width=16, generator=make_generator(1))
+        train_classifier(net, x, y, epochs=2, batch_size=16, generator=make_generator(2), **flags)
+        nets.append(net)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert _close(p, q, rtol=1e-3, atol=1e-4)
+    n_test = len(tiny_ds.x_test)
+    plain = accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=n_test // 2 + 1)
+    comp = accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=n_test // 2 + 1, compile=True)
+    assert comp == pytest.approx(plain, abs=100.0 / n_test + 1e-9)
