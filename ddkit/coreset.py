@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .models import get_model
-from .train import sgd, train_classifier
+from .train import embed_all, sgd, train_classifier
 from .utils import make_generator, resolve_device
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
@@ -24,12 +24,6 @@ def _embedding_model(dataset, model, epochs, seed, device):
     train_classifier(net, dataset.x_train, dataset.y_train, epochs=epochs, generator=make_generator(seed, device),
                      progress=True, desc=f"coreset {model}")
     return net.eval()
-
-
-@torch.inference_mode()
-def embed_all(net, x, batch_size: int = 1024) -> torch.Tensor:
-    """Embeddings of ``x`` in large batches without autograd."""
-    return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def herding(features: torch.Tensor, n: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .losses import PrototypeBank, class_prototypes
 from .pools import IDMQueue, PretrainedPool, RandomPool
+from .train import embed_all  # noqa: F401  (re-exported: the notebooks import it from here)
 
 #: Pool kinds a notebook can ask for.
 POOL_KINDS = ("random", "idm", "pretrained")
@@ -61,12 +62,6 @@ def embed_and_map(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     if hasattr(net, "_embed_from_last"):
         return net._embed_from_last(last), last
     return net.embed(x), last
-
-
-@torch.no_grad()
-def embed_all(net: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Embeddings of ``x`` in chunks, without grad (t-SNE, prototypes)."""
-    return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def pixel_lr_to_normalized(lr_pixel: float, dataset) -> float:

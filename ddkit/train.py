@@ -158,3 +158,12 @@ def train_steps(model: nn.Module, dataset, steps: int, *, batch_size: int = 256,
         loss.backward()
         opt.step()
     return opt
+
+
+@torch.no_grad()
+def embed_all(net: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate embeddings of ``x`` in large batches without autograd (coresets, t-SNE, prototypes).
+
+    ``no_grad`` rather than ``inference_mode``: callers keep the result in state updated later
+    (e.g. DSDM's prototype bank)."""
+    return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
