@@ -60,14 +60,14 @@ from .train import train_steps
 from .utils import REPO_ROOT, atomic_torch_save, make_generator, safe_torch_load
 
 __all__ = [
-    "GAN_LOSSES", "DEFAULT_POOL", "EVAL_PROTOCOLS", "MATCH_FORMS", "CHECKPOINT_FORMAT",
+    "GAN_LOSSES", "DEFAULT_POOL", "EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "MATCH_FORMS", "CHECKPOINT_FORMAT",
     "ConditionalGenerator", "Discriminator", "GANState", "GANModelPool", "MatchBatch",
     "gradient_penalty", "discriminator_loss", "generator_loss", "default_aux_weight",
     "build_gan", "train_gan", "match_generator", "stage1", "stage2",
     "save_checkpoint", "load_checkpoint", "checkpoint_meta", "check_checkpoint",
     "evaluate_generator", "GeneratorEval", "dim_objective", "forward_logits_mid",
     "validate_gan_config", "stage1_key", "default_cache_dir", "gan_spec", "check_notebook_params",
-    "stage1_from_params", "stage2_from_params", "random_real_eval", "compare_methods", "timed_redeploy",
+    "stage1_from_params", "stage2_from_params", "random_real_eval", "protocol_list", "compare_methods", "timed_redeploy",
     "show_class_grids", "plot_history",
 ]
 
@@ -78,6 +78,8 @@ DEFAULT_POOL = ("ConvNet", "ResNet10", "ResNet18")
 #: Deployment evaluation protocols: a fixed set of IPC images per class (the standard
 #: protocol, ``evaluate_synset``), or DiM's fresh samples every training step.
 EVAL_PROTOCOLS = ("fixed", "resample")
+#: What a notebook's ``eval_protocol`` may say: one protocol, or ``"both"`` (fixed first).
+NOTEBOOK_PROTOCOLS = (*EVAL_PROTOCOLS, "both")
 CHECKPOINT_FORMAT = "ddkit.generative/1"
 SUPPORTED_SIZES = ((28, 28), (32, 32))
 #: Forms of the matching terms: the papers' equations (sums) or DiM's code (REFERENCE_NOTES seed 1).
@@ -889,8 +891,8 @@ def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None
     for k, v in (weights or {}).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
-    if eval_protocol is not None and eval_protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown eval_protocol {eval_protocol!r}; expected one of {EVAL_PROTOCOLS}")
+    if eval_protocol is not None and eval_protocol not in NOTEBOOK_PROTOCOLS:
+        raise ValueError(f"unknown eval_protocol {eval_protocol!r}; expected one of {NOTEBOOK_PROTOCOLS}")
     if deploy_ipcs is not None:
         ipcs = [deploy_ipcs] if isinstance(deploy_ipcs, int) else list(deploy_ipcs)
         if not ipcs or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in ipcs):
@@ -936,7 +938,8 @@ def gan_spec() -> dict:
         "pool_batch_size": Param(int, min=1),
         "mid_layer": Param(int, min=-1, help="-1 = each model's own mid layer"),
         "deploy_ipcs": Param(list, item=int, min=1, help="IPCs sampled from the saved generator"),
-        "eval_protocol": Param(str, choices=EVAL_PROTOCOLS),
+        "eval_protocol": Param(str, choices=NOTEBOOK_PROTOCOLS,
+                               help="'both': the fixed set (headline) and DiM's resampling"),
         "baselines": Param(list, item=str, choices=("random", "cgan", "dim")),
         "dim_form": Param(str, choices=MATCH_FORMS, help="DiM baseline's logit term: DiM code or Eq. 6 sum"),
         "gan_checkpoint": Param(str, check=exists, help="'' = train stage 1 (cached)"),
@@ -1004,28 +1007,43 @@ def random_real_eval(dataset, ipc, *, model="ConvNet", num_models=5, epochs=1000
                          time.perf_counter() - t0, 0.0)
 
 
+def protocol_list(protocol: str) -> list:
+    """``"both"`` -> ``["fixed", "resample"]`` (the fixed set first: it is the headline);
+    a single protocol -> ``[protocol]``."""
+    if protocol not in NOTEBOOK_PROTOCOLS:
+        raise ValueError(f"unknown eval protocol {protocol!r}; expected one of {NOTEBOOK_PROTOCOLS}")
+    return list(EVAL_PROTOCOLS) if protocol == "both" else [protocol]
+
+
 def compare_methods(generators: dict, dataset, ipcs, *, protocol="fixed", random_real=True, model="ConvNet",
                     num_models=5, epochs=1000, seed=0, device=None, progress=True):
     """Evaluate every generator (and random real images) at every IPC; returns
     ``(table, results)``: a pandas DataFrame (rows = methods, columns = IPCs, "mean ± std")
-    and ``results[method][ipc] -> GeneratorEval``."""
+    and ``results[method][ipc] -> GeneratorEval``.
+
+    ``protocol="both"`` evaluates each generator with the fixed set (rows named as in
+    ``generators``) *and* with DiM's resampling (rows ``"<name> · resample"``); random real
+    images always use the fixed protocol."""
     import pandas as pd
 
+    protocols = protocol_list(protocol)
     results: dict = {}
-    jobs = ([("Random real", None)] if random_real else []) + list(generators.items())
-    for name, G in jobs:
+    jobs = ([("Random real", None, "fixed")] if random_real else []) + [
+        (name if (p == protocols[0]) else f"{name} · {p}", G, p) for p in protocols for name, G in generators.items()]
+    for name, G, p in jobs:
         results[name] = {}
         for ipc in ipcs:
             if G is None:
                 r = random_real_eval(dataset, ipc, model=model, num_models=num_models, epochs=epochs, seed=seed,
                                      device=device, progress=progress)
             else:
-                r = evaluate_generator(G, dataset, ipc, protocol=protocol, model=model, num_models=num_models,
+                r = evaluate_generator(G, dataset, ipc, protocol=p, model=model, num_models=num_models,
                                        epochs=epochs, seed=seed, device=device, progress=progress)
             results[name][ipc] = r
     table = pd.DataFrame({f"IPC {ipc}": {n: f"{results[n][ipc].mean:.2f} ± {results[n][ipc].std:.2f}"
                                          for n in results} for ipc in ipcs})
-    table.index.name = f"{model}, protocol={protocol}"
+    table.insert(0, "protocol", [results[n][ipcs[0]].protocol for n in results])
+    table.index.name = f"{model}"
     return table, results
 
 

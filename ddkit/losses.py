@@ -275,9 +275,8 @@ def semantic_diversity_loss(f_real, y_real, f_syn, y_syn, num_classes, unbiased=
 
     method: ``"gram"`` (default) computes the same quantity without forming D x D matrices,
     via ``||Z_r^T Z_r/n_r - Z_s^T Z_s/n_s||_F^2 = sum_ij s_i s_j (z_i . z_j)^2 / (n_i n_j)``
-    over same-class pairs of centred features (memory O((N_real + N_syn)^2), cheap for
-    D = 2048 and a few thousand samples; for very large all-class batches call it per class
-    or in class groups); ``"direct"`` forms the (C, D, D) covariances (memory O(C D^2)). They agree up
+    over same-class pairs of centred features, one gram block per class (memory
+    O(max_c n_c^2), cheap for D = 2048 and a few hundred samples per class); ``"direct"`` forms the (C, D, D) covariances (memory O(C D^2)). They agree up
     to float rounding (the gram form sums signed terms, so a near-zero loss can come out a
     tiny negative number in float32).
 
@@ -323,11 +322,14 @@ def semantic_diversity_loss(f_real, y_real, f_syn, y_syn, num_classes, unbiased=
     z = torch.cat([zr, zs.to(zr.dtype)], 0)
     yy = torch.cat([y_real, y_syn], 0)
     sign = torch.cat([zr.new_ones(zr.shape[0]), -zr.new_ones(zs.shape[0])], 0)
-    gram = z @ z.t()
-    w = (yy[:, None] == yy[None, :]).to(z.dtype) * sign[:, None] * sign[None, :]
-    rows = (w * gram * gram).sum(1)  # (N_r + N_s,)
-    per_class = z.new_zeros(num_classes).index_add(0, yy, rows)
-    per_class = per_class * present.to(z.dtype) / d
+    # one gram block per class (same-class pairs only): sum_c n_c^2 D flops, not (sum_c n_c)^2 D
+    order = torch.argsort(yy, stable=True)
+    counts = torch.bincount(yy, minlength=num_classes).tolist()
+    blocks = []
+    for zc, sc in zip(z.index_select(0, order).split(counts), sign.index_select(0, order).split(counts)):
+        gram = zc @ zc.t()
+        blocks.append((sc[:, None] * sc[None, :] * gram * gram).sum())
+    per_class = torch.stack(blocks) * present.to(z.dtype) / d
     return _reduce_classes(per_class, present, reduction)
 
 

@@ -314,6 +314,19 @@ def test_evaluate_generator_protocols(protocol):
     assert r.as_dict()["protocol"] == protocol
 
 
+def test_compare_methods_both_protocols_names_rows_and_keeps_fixed_headline():
+    ds = tiny_dataset()
+    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    table, res = gen.compare_methods({"G": G}, ds, [1], protocol="both", model="ConvNet", num_models=1,
+                                     epochs=1, progress=False)
+    assert list(res) == ["Random real", "G", "G · resample"]
+    assert [res[n][1].protocol for n in res] == ["fixed", "fixed", "resample"]
+    assert list(table["protocol"]) == ["fixed", "fixed", "resample"]
+    assert gen.protocol_list("both") == ["fixed", "resample"] and gen.protocol_list("resample") == ["resample"]
+    with pytest.raises(ValueError, match="eval protocol"):
+        gen.protocol_list("all")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 def test_bad_inputs_raise_value_error():
