@@ -150,7 +150,7 @@ def dm_family_reference(images: torch.Tensor, labels: torch.Tensor, dataset, ite
             img_syn = aug.apply(img_syn, row, torch.zeros(len(img_syn), dtype=torch.long))
             m_real = net.feature_maps(img_real)[-1].detach()
             m_syn = net.feature_maps(img_syn)[-1]
-            f_real, f_syn = net._embed_from_last(m_real), net._embed_from_last(m_syn)
+            f_real, f_syn = net.embed_from_last(m_real), net.embed_from_last(m_syn)
             loss = loss + class_terms(net, extra, f_real, m_real, f_syn, m_syn, img_syn, it)
         opt.zero_grad()
         loss.backward()

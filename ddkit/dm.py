@@ -59,8 +59,8 @@ def embed_and_map(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
         last = per_class_forward(last_map, net, x, y, num_classes)
     else:
         last = last_map(x)
-    if hasattr(net, "_embed_from_last"):
-        return net._embed_from_last(last), last
+    if hasattr(net, "embed_from_last"):
+        return net.embed_from_last(last), last
     return net.embed(x), last
 
 

@@ -565,11 +565,10 @@ class MatchBatch:
 
 
 def forward_logits_mid(net: nn.Module, x: torch.Tensor, mid_layer: int):
-    """``(logits, feature_maps(x)[mid_layer])`` from one pass through ``net`` (for the ddkit
-    zoo, whose ``forward`` is ``classifier(embed(...))`` and ``embed`` goes through
-    ``feature_maps``)."""
+    """``(logits, feature_maps(x)[mid_layer])`` from one pass through ``net`` (any ddkit zoo
+    model: ``forward == classifier(embed_from_last(feature_maps(x)[-1]))``)."""
     maps = net.feature_maps(x)
-    logits = net.classifier(net._embed_from_last(maps[-1])) if hasattr(net, "_embed_from_last") else net(x)
+    logits = net.classifier(net.embed_from_last(maps[-1]))
     return logits, maps[mid_layer]
 
 

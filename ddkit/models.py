@@ -135,11 +135,13 @@ class _ZooModel(nn.Module):
             maps.append(x)
         return maps
 
-    def _embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
+    def embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
+        """The embedding from the last feature map (``embed(x) == embed_from_last(feature_maps(x)[-1])``),
+        so one pass can give logits, embedding and mid-layer maps together."""
         return torch.flatten(last, 1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed_from_last(self.feature_maps(x)[-1])
+        return self.embed_from_last(self.feature_maps(x)[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -248,7 +250,7 @@ class ResNet(_ZooModel):
             maps.append(out)
         return maps
 
-    def _embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
+    def embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
 
 
@@ -361,7 +363,7 @@ class LeNet(_ZooModel):
         self.classifier = nn.Linear(84, num_classes)
         self.mid_layer = 0
 
-    def _embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
+    def embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(last, 1))
 
 
@@ -463,7 +465,7 @@ class DenseNet(_ZooModel):
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         return super().feature_maps(self.conv1(x))
 
-    def _embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
+    def embed_from_last(self, last: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
 
 

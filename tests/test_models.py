@@ -38,6 +38,11 @@ def test_shapes(name, shape):
     assert len(fmaps) > 0 and all(f.ndim == 4 and f.shape[0] == 2 for f in fmaps)
     assert isinstance(m.mid_layer, int) and 0 <= m.mid_layer < len(fmaps)
     assert torch.isfinite(logits).all()
+    m.eval()   # one pass gives maps, embedding and logits (BatchNorm models: same running stats)
+    with torch.no_grad():
+        last = m.feature_maps(x)[-1]
+        torch.testing.assert_close(m.embed_from_last(last), m.embed(x))
+        torch.testing.assert_close(m.classifier(m.embed_from_last(last)), m(x))
 
 
 @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "DenseNet121"])
