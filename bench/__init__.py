@@ -111,3 +111,23 @@ def bench_dataset(kind: str = "28"):
     yt = torch.arange(10).repeat(n_test // 10)
     return ImageDataset("random_cifar_shape", x, y, xt, yt, (0.0,) * 3, (1.0,) * 3, [str(i) for i in range(10)],
                         "color_crop_cutout_flip_scale_rotate")
+
+
+def flop_floor(flops: float, ref_median: float, dd_median: float) -> dict:
+    """The physical ceiling of a speed-up: ``flops`` (convolutions + matmuls the step must do,
+    whatever the loop structure) at the fp32 matrix-product rate measured now is the fastest
+    any fp32 path can be; ``ceiling_ratio`` = reference time / that floor is the largest ratio
+    reachable without changing the maths, ``ddkit_fraction_of_floor`` how close ddkit is."""
+    from bench.flops import matmul_flops
+
+    rate = statistics.median(matmul_flops() for _ in range(3))
+    floor = flops / rate
+    return {"gflop": flops / 1e9, "matmul_gflops": rate / 1e9, "flop_floor_seconds": floor,
+            "ceiling_ratio": ref_median / floor, "ddkit_fraction_of_floor": floor / dd_median}
+
+
+def alternate_per_iteration(reference, ddkit, repeats: int, iters: int):
+    """:func:`alternate` of a reference-style and a ddkit path that each run ``iters``
+    iterations per call; returns ``(res, reference seconds/iteration, ddkit seconds/iteration)``."""
+    res = alternate({"reference": reference, "ddkit": ddkit}, repeats)
+    return res, [t / iters for t in res["reference"]["times"]], [t / iters for t in res["ddkit"]["times"]]

@@ -9,9 +9,10 @@ import time
 
 import torch
 
-from bench import alternate, bench_dataset, ratio_summary, summary
+from bench import alternate_per_iteration, bench_dataset, flop_floor, ratio_summary, summary
 from bench.reference import dm_reference
 from ddkit.distill import distill, dm_objective, init_synthetic
+from ddkit.models import forward_flops
 from ddkit.pools import RandomPool
 from ddkit.utils import make_generator
 
@@ -42,12 +43,14 @@ def run_one(kind: str, repeats: int, iters: int, ipc: int = 10, batch_real: int 
     t0 = time.perf_counter()
     reference_path(-1)
     warm_ref = time.perf_counter() - t0
-    res = alternate({"reference": reference_path, "ddkit": ddkit_path}, repeats)
-    ref_t = [t / iters for t in res["reference"]["times"]]
-    dd_t = [t / iters for t in res["ddkit"]["times"]]
+    res, ref_t, dd_t = alternate_per_iteration(reference_path, ddkit_path, repeats, iters)
     rel = []
     for (lr_, _), (ld, _) in zip(res["reference"]["outputs"], res["ddkit"]["outputs"]):
         rel += [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(lr_, ld)]
+    # FLOPs one iteration cannot avoid: real forward (k * batch_real) + synthetic forward and
+    # backward (~3x forward, the images need their gradient)
+    f1 = forward_flops(pool.draw(make_generator(0)), (ds.channels, *ds.im_size))
+    flops = f1 * (ds.num_classes * batch_real + 3 * len(labels))
     img_diff = max(float((a[1] - b[1]).abs().max()) for a, b in zip(res["reference"]["outputs"],
                                                                       res["ddkit"]["outputs"]))
     return {
@@ -56,6 +59,7 @@ def run_one(kind: str, repeats: int, iters: int, ipc: int = 10, batch_real: int 
         **ratio_summary(ref_t, dd_t),
         "warmup_seconds": {"ddkit_first_call": warm_ddkit, "reference_first_call": warm_ref,
                            "compile_estimate": max(0.0, warm_ddkit - iters * summary(dd_t)["median"])},
+        "floor": flop_floor(flops, summary(ref_t)["median"], summary(dd_t)["median"]),
         "loss_max_rel_diff": max(rel), "loss_equal_1e-4": max(rel) <= 1e-4, "images_max_abs_diff": img_diff,
         "losses_first_repeat": {"reference": res["reference"]["outputs"][0][0], "ddkit": res["ddkit"]["outputs"][0][0]},
     }
@@ -72,4 +76,5 @@ def rows(result: dict):
             continue
         yield (f"dm_iteration {key}", r["seconds_per_iteration"]["reference"]["median"],
                r["seconds_per_iteration"]["ddkit"]["median"], r["ratio"],
-               f"loss rel diff {r['loss_max_rel_diff']:.1e}")
+               f"loss rel diff {r['loss_max_rel_diff']:.1e}; ceiling ratio {r['floor']['ceiling_ratio']:.2f}, "
+               f"ddkit at {100 * r['floor']['ddkit_fraction_of_floor']:.0f}% of the FLOP floor")

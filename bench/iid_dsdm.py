@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bench import alternate, bench_dataset, ratio_summary, summary
+from bench import alternate_per_iteration, bench_dataset, ratio_summary, summary
 from bench.reference import dm_family_reference, new_network
 from ddkit.distill import distill, init_synthetic, per_class_forward
 from ddkit.dm import embed_and_map, pixel_bounds, update_bank
@@ -129,9 +129,7 @@ def run_one(method: str, repeats: int, iters: int, flags: dict, ipc: int = 10, b
     t0 = time.perf_counter()
     ddkit_path(-1)
     warm = time.perf_counter() - t0
-    res = alternate({"reference": reference_path, "ddkit": ddkit_path}, repeats)
-    ref_t = [t / iters for t in res["reference"]["times"]]
-    dd_t = [t / iters for t in res["ddkit"]["times"]]
+    res, ref_t, dd_t = alternate_per_iteration(reference_path, ddkit_path, repeats, iters)
     rel = [abs(a - b) / max(abs(a), 1e-12) for lr_, ld in zip(res["reference"]["outputs"], res["ddkit"]["outputs"])
            for a, b in zip(lr_, ld)]
     return {"method": method, "dataset": ds.name, "ipc": ipc, "factor": factor, "batch_real": batch_real,

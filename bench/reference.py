@@ -35,16 +35,22 @@ def new_network(model: str, dataset, seed: int) -> nn.Module:
         return get_model(model, dataset.channels, dataset.num_classes, dataset.im_size)
 
 
+def _image_loop_setup(images, labels, dataset, seed, lr_img, momentum, dsa):
+    """What every reference-style image loop starts with: classes, IPC, the DSA module, the
+    three generators (data, augmentation, network seeds), the learnable images and their SGD."""
+    k = dataset.num_classes
+    aug = DSA(dataset.dsa_strategy) if dsa is True else dsa
+    gens = make_generator(seed), make_generator(seed + 1), make_generator(seed + 2)
+    image_syn = images.detach().clone().requires_grad_(True)
+    return k, len(labels) // k, aug, gens, image_syn, torch.optim.SGD([image_syn], lr=lr_img, momentum=momentum)
+
+
 def dm_reference(images: torch.Tensor, labels: torch.Tensor, dataset, iterations: int, *, seed: int = 0,
                  model: str = "ConvNet", lr_img: float = 1.0, momentum: float = 0.5, batch_real: int = 256,
                  dsa=True) -> tuple[torch.Tensor, list]:
     """``iterations`` DM iterations, reference-style. Returns (images, per-iteration losses)."""
-    k = dataset.num_classes
-    ipc = len(labels) // k
-    aug = DSA(dataset.dsa_strategy) if dsa is True else dsa
-    g_data, g_aug, g_pool = make_generator(seed), make_generator(seed + 1), make_generator(seed + 2)
-    image_syn = images.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([image_syn], lr=lr_img, momentum=momentum)
+    k, ipc, aug, (g_data, g_aug, g_pool), image_syn, opt = _image_loop_setup(images, labels, dataset, seed,
+                                                                              lr_img, momentum, dsa)
     losses = []
     for _ in range(iterations):
         net_seed = int(torch.randint(0, 2**62, (1,), generator=g_pool))
@@ -125,12 +131,8 @@ def dm_family_reference(images: torch.Tensor, labels: torch.Tensor, dataset, ite
     summed over classes; one SGD step; optional clamp and ``after_step(net, images)``."""
     from ddkit.augment import decode
 
-    k = dataset.num_classes
-    ipc = len(labels) // k
-    aug = DSA(dataset.dsa_strategy) if dsa is True else dsa
-    g_data, g_aug, g_pool = make_generator(seed), make_generator(seed + 1), make_generator(seed + 2)
-    image_syn = images.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([image_syn], lr=lr_img, momentum=momentum)
+    k, ipc, aug, (g_data, g_aug, g_pool), image_syn, opt = _image_loop_setup(images, labels, dataset, seed,
+                                                                              lr_img, momentum, dsa)
     losses = []
     for it in range(iterations):
         net = new_network(model, dataset, int(torch.randint(0, 2**62, (1,), generator=g_pool)))

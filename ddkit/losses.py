@@ -159,6 +159,21 @@ def _check_unbiased_counts(counts: torch.Tensor, present: torch.Tensor, name: st
 
 
 # --------------------------------------------------------------------------- DM / DSDM / IID
+def _check_class_features(f_real, y_real, f_syn, y_syn, num_classes, names=("f_real", "f_syn"), ndim=2,
+                          what="feature dimension"):
+    """Validate real/synthetic features (``ndim`` dims, equal size of dim 1) with their labels;
+    returns the checked ``(num_classes, y_real, y_syn)``."""
+    nr, ns = names
+    _check_tensor(f_real, nr, ndim)
+    _check_tensor(f_syn, ns, ndim)
+    num_classes = _check_num_classes(num_classes)
+    y_real = _check_labels(y_real, f_real.shape[0], "y_real", nr)
+    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", ns)
+    if f_real.shape[1] != f_syn.shape[1]:
+        raise ValueError(f"{nr} and {ns} must have the same {what}, got {f_real.shape[1]} and {f_syn.shape[1]}")
+    return num_classes, y_real, y_syn
+
+
 def mean_embedding_loss(f_real, y_real, f_syn, y_syn, num_classes, reduction="sum"):
     """Mean-embedding (prototype) matching: DM Eq. 2, DSDM Eq. 4 (L_proto).
 
@@ -170,16 +185,7 @@ def mean_embedding_loss(f_real, y_real, f_syn, y_syn, num_classes, reduction="su
     Real features are not detached here: detach them in the caller if they should not
     receive gradients (DM detaches them).
     """
-    _check_tensor(f_real, "f_real", 2)
-    _check_tensor(f_syn, "f_syn", 2)
-    num_classes = _check_num_classes(num_classes)
-    y_real = _check_labels(y_real, f_real.shape[0], "y_real", "f_real")
-    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", "f_syn")
-    if f_real.shape[1] != f_syn.shape[1]:
-        raise ValueError(
-            f"f_real and f_syn must have the same feature dimension, got {f_real.shape[1]} "
-            f"and {f_syn.shape[1]}"
-        )
+    num_classes, y_real, y_syn = _check_class_features(f_real, y_real, f_syn, y_syn, num_classes)
     _check_reduction(reduction, ("sum", "mean", "none"))
     mu_r, pr = class_prototypes(f_real, y_real, num_classes)
     mu_s, ps = class_prototypes(f_syn, y_syn, num_classes)
@@ -240,16 +246,8 @@ def local_covariance_loss(fmap_real, y_real, fmap_syn, y_syn, num_classes, reduc
     fmap_*: (N, C, h, w) or already reshaped (N, C, h*w). reduction: ``"sum"`` over classes
     (paper), ``"mean"`` over classes present on both sides, ``"none"`` the (C,) terms.
     """
-    _check_tensor(fmap_real, "fmap_real", (3, 4))
-    _check_tensor(fmap_syn, "fmap_syn", (3, 4))
-    num_classes = _check_num_classes(num_classes)
-    y_real = _check_labels(y_real, fmap_real.shape[0], "y_real", "fmap_real")
-    y_syn = _check_labels(y_syn, fmap_syn.shape[0], "y_syn", "fmap_syn")
-    if fmap_real.shape[1] != fmap_syn.shape[1]:
-        raise ValueError(
-            f"fmap_real and fmap_syn must have the same number of channels, got "
-            f"{fmap_real.shape[1]} and {fmap_syn.shape[1]}"
-        )
+    num_classes, y_real, y_syn = _check_class_features(fmap_real, y_real, fmap_syn, y_syn, num_classes,
+                                                       ("fmap_real", "fmap_syn"), (3, 4), "number of channels")
     _check_reduction(reduction, ("sum", "mean", "none"))
     xr = fmap_real.reshape(fmap_real.shape[0], fmap_real.shape[1], -1)
     xs = fmap_syn.reshape(fmap_syn.shape[0], fmap_syn.shape[1], -1)
@@ -283,16 +281,7 @@ def semantic_diversity_loss(f_real, y_real, f_syn, y_syn, num_classes, unbiased=
     reduction: ``"sum"`` over classes (paper), ``"mean"`` over classes present on both
     sides, ``"none"`` the (C,) per-class terms (each already divided by D).
     """
-    _check_tensor(f_real, "f_real", 2)
-    _check_tensor(f_syn, "f_syn", 2)
-    num_classes = _check_num_classes(num_classes)
-    y_real = _check_labels(y_real, f_real.shape[0], "y_real", "f_real")
-    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", "f_syn")
-    if f_real.shape[1] != f_syn.shape[1]:
-        raise ValueError(
-            f"f_real and f_syn must have the same feature dimension, got {f_real.shape[1]} "
-            f"and {f_syn.shape[1]}"
-        )
+    num_classes, y_real, y_syn = _check_class_features(f_real, y_real, f_syn, y_syn, num_classes)
     if method not in ("gram", "direct"):
         raise ValueError(f"method must be 'gram' or 'direct', got {method!r}")
     _check_reduction(reduction, ("sum", "mean", "none"))
@@ -482,6 +471,15 @@ class PrototypeBank:
 
 
 # --------------------------------------------------------------------------- seeds 1 and 2
+def _check_paired_logits(logits_syn, logits_real):
+    """(B, K) synthetic and real logits of paired samples (same shape)."""
+    _check_tensor(logits_syn, "logits_syn", 2)
+    _check_tensor(logits_real, "logits_real", 2)
+    if logits_syn.shape != logits_real.shape:
+        raise ValueError(f"logits_syn {tuple(logits_syn.shape)} and logits_real {tuple(logits_real.shape)} "
+                         "must have the same shape (paired samples)")
+
+
 def logit_matching_loss(logits_syn, logits_real, reduction="sum", space="logit"):
     """Global (logit) matching: seed 1 Eq. 6.
 
@@ -494,13 +492,7 @@ def logit_matching_loss(logits_syn, logits_real, reduction="sum", space="logit")
     (use ``reduction="mean"``; the 0.01 weight is w_g, applied by the caller). The seed-1
     numbers most likely came from DiM's form (REFERENCE_NOTES seed 1).
     """
-    _check_tensor(logits_syn, "logits_syn", 2)
-    _check_tensor(logits_real, "logits_real", 2)
-    if logits_syn.shape != logits_real.shape:
-        raise ValueError(
-            f"logits_syn {tuple(logits_syn.shape)} and logits_real "
-            f"{tuple(logits_real.shape)} must have the same shape (paired samples)"
-        )
+    _check_paired_logits(logits_syn, logits_real)
     if space not in ("logit", "log_softmax"):
         raise ValueError(f"space must be 'logit' or 'log_softmax', got {space!r}")
     _check_reduction(reduction, ("sum", "mean", "none"))
@@ -601,13 +593,7 @@ def skd_loss(logits_syn, logits_real, tau, standardize=True, reduction="batchmea
     ``"sum"`` sums over the batch, ``"none"`` gives (B,)). No tau^2 and no lambda inside:
     the caller applies Eq. 7 (``lambda * tau^2 * L_SKD``). Real logits are not detached here.
     """
-    _check_tensor(logits_syn, "logits_syn", 2)
-    _check_tensor(logits_real, "logits_real", 2)
-    if logits_syn.shape != logits_real.shape:
-        raise ValueError(
-            f"logits_syn {tuple(logits_syn.shape)} and logits_real "
-            f"{tuple(logits_real.shape)} must have the same shape (paired samples)"
-        )
+    _check_paired_logits(logits_syn, logits_real)
     _check_reduction(reduction, ("batchmean", "sum", "none"))
     if standardize:
         z_s = standardize_logits(logits_syn, tau, eps)

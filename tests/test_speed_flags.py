@@ -80,15 +80,22 @@ def test_distill_compile_auto_small_run_stays_eager(tiny_ds, monkeypatch):
     assert l0 == l1
 
 
-def test_train_classifier_channels_last_equals_plain(tiny_ds):
-    x, y = tiny_ds.x_train[:24], tiny_ds.y_train[:24]
+def _trained_pair(ds, flags, *, n, epochs, batch_size, atol):
+    """Two identical ConvNets trained on the same batches, plain and with ``flags``; asserts
+    equal parameters up to float reassociation and returns both."""
+    x, y = ds.x_train[:n], ds.y_train[:n]
     nets = []
-    for flags in ({}, {"channels_last": True}):
+    for f in ({}, flags):
         net = get_model("ConvNet", 1, 4, (28, 28), width=16, generator=make_generator(1))
-        train_classifier(net, x, y, epochs=3, batch_size=8, generator=make_generator(2), **flags)
+        train_classifier(net, x, y, epochs=epochs, batch_size=batch_size, generator=make_generator(2), **f)
         nets.append(net)
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
-        assert _close(p, q, rtol=1e-3, atol=1e-5)
+        assert _close(p, q, rtol=1e-3, atol=atol)
+    return nets
+
+
+def test_train_classifier_channels_last_equals_plain(tiny_ds):
+    nets = _trained_pair(tiny_ds, {"channels_last": True}, n=24, epochs=3, batch_size=8, atol=1e-5)
     acc = [accuracy(n, tiny_ds.x_test, tiny_ds.y_test) for n in nets]
     assert acc[0] == pytest.approx(acc[1], abs=5.0)
     assert accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=7, channels_last=True) == pytest.approx(
@@ -113,14 +120,7 @@ def test_compile_matches_plain(tiny_ds):
     assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(l0, l1)), (l0, l1)
     assert _close(x0, x1, rtol=1e-3, atol=1e-4)
     # training + the padded test pass: same parameters up to reassociation, accuracy within noise
-    x, y = tiny_ds.x_train[:16], tiny_ds.y_train[:16]
-    nets = []
-    for flags in ({}, {"compile": True}):
-        net = get_model("ConvNet", 1, 4, (28, 28), width=16, generator=make_generator(1))
-        train_classifier(net, x, y, epochs=2, batch_size=16, generator=make_generator(2), **flags)
-        nets.append(net)
-    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
-        assert _close(p, q, rtol=1e-3, atol=1e-4)
+    nets = _trained_pair(tiny_ds, {"compile": True}, n=16, epochs=2, batch_size=16, atol=1e-4)
     n_test = len(tiny_ds.x_test)
     plain = accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=n_test // 2 + 1)
     comp = accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=n_test // 2 + 1, compile=True)
