@@ -125,3 +125,28 @@ def test_compile_matches_plain(tiny_ds):
     plain = accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=n_test // 2 + 1)
     comp = accuracy(nets[0], tiny_ds.x_test, tiny_ds.y_test, batch_size=n_test // 2 + 1, compile=True)
     assert comp == pytest.approx(plain, abs=100.0 / n_test + 1e-9)
+
+
+def test_no_grad_chunked_forward_equals_one_pass():
+    from ddkit.distill import per_class_forward
+
+    net = get_model("ConvNet", 1, 4, (28, 28), width=8, generator=make_generator(0))
+    x, y = torch.randn(37, 1, 28, 28, generator=make_generator(1)), torch.arange(37) % 4
+    with torch.no_grad():
+        whole = per_class_forward(net.embed, net, x, y, 4, chunk=0)
+        chunked = per_class_forward(net.embed, net, x, y, 4, chunk=8)
+    torch.testing.assert_close(chunked, whole)
+
+
+def test_keep_freed_memory_applies_on_linux_and_can_be_disabled():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = "import ddkit; print(ddkit.MALLOC_TUNED)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "DDKIT_KEEP_FREED_MEMORY": "0"}).stdout.strip()
+    assert off == "False"
+    assert on == ("True" if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else on)
