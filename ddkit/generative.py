@@ -32,7 +32,7 @@ Shared machinery of the DiM family (DiM, "Balancing Global Structure and Local D
   both deployment protocols (:data:`EVAL_PROTOCOLS`).
 * :func:`dim_objective` - the DiM baseline shared by both notebooks; notebook helpers
   (:func:`gan_spec`, :func:`stage1_from_params`, :func:`compare_methods`, :func:`timed_redeploy`,
-  :func:`show_class_grids`, :func:`plot_history`) so the notebooks hold no copied code.
+  :func:`show_class_grids`) so the notebooks hold no copied code.
 
 Everything takes explicit ``torch.Generator`` objects (CPU generators for noise and
 indices, so a seed gives the same images on any device).
@@ -68,7 +68,7 @@ __all__ = [
     "evaluate_generator", "GeneratorEval", "dim_objective", "forward_logits_mid",
     "validate_gan_config", "stage1_key", "default_cache_dir", "gan_spec", "check_notebook_params",
     "stage1_from_params", "stage2_from_params", "random_real_eval", "protocol_list", "compare_methods", "timed_redeploy",
-    "show_class_grids", "plot_history",
+    "show_class_grids",
 ]
 
 #: GAN objectives: the papers' log-likelihood cGAN and DiM's WGAN-GP + auxiliary CE.
@@ -1074,26 +1074,5 @@ def show_class_grids(generators: dict, dataset, ipc: int = 1, seed: int = 0, max
                   vmin=0, vmax=1)
         ax.set_title(name)
         ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def plot_history(histories: dict, keys, title="", smooth: int = 1):
-    """Loss curves: one subplot per key, one line per history (a list of dicts)."""
-    import matplotlib.pyplot as plt
-
-    keys = [keys] if isinstance(keys, str) else list(keys)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for name, hist in histories.items():
-            vals = torch.tensor([h[key] for h in hist if key in h], dtype=torch.float64)
-            if len(vals) == 0:
-                continue
-            if smooth > 1 and len(vals) >= smooth:
-                vals = vals.unfold(0, smooth, 1).mean(1)
-            ax.plot(vals.numpy(), label=name)
-        ax.set_title(f"{title} {key}".strip())
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

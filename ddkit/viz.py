@@ -80,3 +80,24 @@ def tsne_plot(groups: dict, seed: int = 0, title: str = "t-SNE", perplexity: flo
     fig.colorbar(sc, ax=ax, label="class")
     fig.tight_layout()
     return fig
+
+
+def term_panels(histories: dict, keys, title="", smooth: int = 1):
+    """Loss curves on a linear scale, one subplot per term (``keys``), one line per named history
+    (a list of dicts; entries without the term are skipped), e.g. a GAN's critic and generator
+    losses, which change sign. :func:`loss_curves` puts every term on one log-scale axis."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, hist in histories.items():
+            vals = torch.tensor([h[key] for h in hist if key in h], dtype=torch.float64)
+            if len(vals) == 0:
+                continue
+            if smooth > 1 and len(vals) >= smooth:
+                vals = vals.unfold(0, smooth, 1).mean(1)
+            ax.plot(vals.numpy(), label=name)
+        ax.set_title(f"{title} {key}".strip())
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
