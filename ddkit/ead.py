@@ -276,7 +276,7 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
         if not streaming:
             out["loss"].backward()
         opt.step()
-        rec = {"iteration": it, "loss": float(out["loss"]), "real_term": out["real_term"],
+        rec = {"iteration": it, "loss": float(out["loss"].detach()), "real_term": out["real_term"],
                "syn_term": out["syn_term"], "checkpoints": [c.index for c in cks], "seconds": time.time() - t0}
         if not math.isfinite(rec["loss"]):
             raise ValueError(f"EAD loss became {rec['loss']} at iteration {it}; lower lr_img / lr_label")
