@@ -29,7 +29,8 @@ Shared machinery of the DiM family (DiM, "Balancing Global Structure and Local D
 * Checkpoints (G + D + optimizer states + params + history, atomic, ``weights_only=True``
   loads that refuse another dataset / image size / class count), a stage-1 cache keyed by
   the stage-1 params (:func:`stage1`) with resume, and :func:`evaluate_generator` with
-  both deployment protocols (:data:`EVAL_PROTOCOLS`).
+  both deployment protocols (:data:`EVAL_PROTOCOLS`; fixed sets shared or one per network,
+  :data:`FIXED_SETS`).
 * :func:`dim_objective` - the DiM baseline shared by both notebooks; notebook helpers
   (:func:`gan_spec`, :func:`stage1_from_params`, :func:`compare_methods`, :func:`timed_redeploy`,
   :func:`show_class_grids`) so the notebooks hold no copied code.
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -60,7 +62,8 @@ from .train import train_steps
 from .utils import REPO_ROOT, atomic_torch_save, make_generator, safe_torch_load
 
 __all__ = [
-    "GAN_LOSSES", "DEFAULT_POOL", "EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "MATCH_FORMS", "CHECKPOINT_FORMAT",
+    "GAN_LOSSES", "DEFAULT_POOL", "EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "FIXED_SETS", "MATCH_FORMS",
+    "CHECKPOINT_FORMAT",
     "ConditionalGenerator", "Discriminator", "GANState", "GANModelPool", "MatchBatch",
     "gradient_penalty", "discriminator_loss", "generator_loss", "default_aux_weight",
     "build_gan", "train_gan", "match_generator", "stage1", "stage2",
@@ -80,6 +83,10 @@ DEFAULT_POOL = ("ConvNet", "ResNet10", "ResNet18")
 EVAL_PROTOCOLS = ("fixed", "resample")
 #: What a notebook's ``eval_protocol`` may say: one protocol, or ``"both"`` (fixed first).
 NOTEBOOK_PROTOCOLS = (*EVAL_PROTOCOLS, "both")
+#: Fixed-protocol sets: ``"one"`` set (seed ``seed``) for every evaluation network, or
+#: ``"per_model"``: network ``i`` trains on its own set (seed ``seed + i``), so the mean is over
+#: draws from the generator as well as over networks.
+FIXED_SETS = ("one", "per_model")
 CHECKPOINT_FORMAT = "ddkit.generative/1"
 SUPPORTED_SIZES = ((28, 28), (32, 32))
 #: Forms of the matching terms: the papers' equations (sums) or DiM's code (REFERENCE_NOTES seed 1).
@@ -814,20 +821,41 @@ class GeneratorEval:
     model: str
     seconds: float
     sample_seconds: float
+    fixed_sets: str = "one"
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("mean", "std", "accs", "protocol", "ipc", "model",
-                                               "seconds", "sample_seconds")}
+                                               "seconds", "sample_seconds", "fixed_sets")}
+
+
+def _check_fixed_sets(fixed_sets):
+    if fixed_sets not in FIXED_SETS:
+        raise ValueError(f"unknown fixed_sets {fixed_sets!r}; expected one of {FIXED_SETS}")
+
+
+def _evaluate_fixed_sets(draw, dataset, fixed_sets, num_models, seed, **kw):
+    """Standard protocol on sets from ``draw(seed) -> (x, y)``: one set for all ``num_models``
+    networks, or (``"per_model"``) network ``i`` on the set of seed ``seed + i``, itself
+    evaluated as ``evaluate_synset(..., num_models=1, seed=seed + i)``. Returns the accuracies."""
+    if fixed_sets == "one":
+        x, y = draw(seed)
+        return [float(a) for a in evaluate_synset(x, y, dataset, num_models=num_models, seed=seed, **kw).accs]
+    accs = []
+    for i in range(num_models):
+        x, y = draw(seed + i)
+        accs += [float(a) for a in evaluate_synset(x, y, dataset, num_models=1, seed=seed + i, **kw).accs]
+    return accs
 
 
 def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: str = "fixed",
                        model: str = "ConvNet", num_models: int = 5, epochs: int = 1000,
                        lr: float = 0.01, batch_size: int = 256, dsa=True, seed: int = 0,
-                       device=None, progress: bool = True) -> GeneratorEval:
+                       device=None, progress: bool = True, fixed_sets: str = "one") -> GeneratorEval:
     """Deploy the generator at ``ipc`` images per class and evaluate it (test accuracy, %).
 
-    * ``"fixed"``: one fixed set (:meth:`ConditionalGenerator.sample` with ``seed``), then the
-      standard protocol (:func:`ddkit.evaluate.evaluate_synset`).
+    * ``"fixed"``: a fixed set (:meth:`ConditionalGenerator.sample` with ``seed``), then the
+      standard protocol (:func:`ddkit.evaluate.evaluate_synset`); ``fixed_sets="per_model"``
+      gives network ``i`` its own set (seed ``seed + i``, see :data:`FIXED_SETS`).
     * ``"resample"``: DiM's protocol - the same trainer, schedule and number of steps (forward
       passes) as ``"fixed"``, but every training step uses freshly generated images (new noise
       each step, eval-mode generator, the ``ipc`` x classes labels reshuffled every epoch).
@@ -835,18 +863,20 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
     """
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"unknown eval protocol {protocol!r}; expected one of {EVAL_PROTOCOLS}")
+    _check_fixed_sets(fixed_sets)
     _positive_int("ipc", ipc)
     _positive_int("num_models", num_models)
     t0 = time.perf_counter()
     x, y = G.sample(ipc, seed=seed)
     sample_seconds = time.perf_counter() - t0
-    kw = dict(model=model, num_models=num_models, epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa,
-              seed=seed, device=device, progress=progress)
+    kw = dict(model=model, epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa, device=device,
+              progress=progress)
     was = G.training
     G.eval()
     try:
         if protocol == "fixed":
-            r = evaluate_synset(x, y, dataset, **kw)
+            accs = _evaluate_fixed_sets(lambda s: G.sample(ipc, seed=s), dataset, fixed_sets, num_models, seed,
+                                        **kw)
         else:
             steps = math.ceil(len(y) / batch_size)
             labels = y.to(G.device)
@@ -862,12 +892,14 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
                     xb = G.generate(yb, G.noise(len(yb), generator))
                 return xb, yb
 
-            r = evaluate_synset(None, None, dataset, batch_source=batch_source, steps_per_epoch=steps, **kw)
+            r = evaluate_synset(None, None, dataset, batch_source=batch_source, steps_per_epoch=steps,
+                                num_models=num_models, seed=seed, **kw)
+            accs = [float(a) for a in r.accs]
     finally:
         G.train(was)
-    accs = [float(a) for a in r.accs]
-    return GeneratorEval(float(r.mean), float(r.std), accs, protocol, ipc, model,
-                         time.perf_counter() - t0, sample_seconds)
+    return GeneratorEval(float(np.mean(accs)), float(np.std(accs)), accs, protocol, ipc, model,
+                         time.perf_counter() - t0, sample_seconds,
+                         fixed_sets if protocol == "fixed" else "-")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -903,6 +935,11 @@ def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None
         raise ValueError(f"mid_layer must be an int, got {mid_layer!r}")
 
 
+def _beta_check(v) -> str | None:
+    """One Adam beta: in [0, 1) (the pair's length is checked by check_notebook_params)."""
+    return None if 0 <= v < 1 else "an Adam beta is in [0, 1)"
+
+
 def gan_spec() -> dict:
     """Parameter spec of the keys shared by the generative notebooks (01, 02), to merge with
     ``ddkit.params.COMMON``: ``SPEC = {**COMMON, **gan_spec(), <paper keys>}``.
@@ -922,6 +959,8 @@ def gan_spec() -> dict:
         "gan_iters": Param(int, min=0, help="stage-1 iterations per epoch (0 = one pass over the data)"),
         "gan_batch_size": Param(int, min=1),
         "gan_lr": Param(float, min=0, min_exclusive=True),
+        "gan_betas": Param(list, item=float, check=_beta_check,
+                           help="stage-1 Adam (beta1, beta2); DiM: [0.0, 0.9]"),
         "d_steps": Param(int, min=1, help="discriminator updates per generator update (stage 1)"),
         "gp_lambda": Param(float, min=0),
         "aux_weight": Param(float, min=0, help="auxiliary class CE (AC-GAN); 0 = pure Eq. 4 cGAN"),
@@ -939,6 +978,7 @@ def gan_spec() -> dict:
         "deploy_ipcs": Param(list, item=int, min=1, help="IPCs sampled from the saved generator"),
         "eval_protocol": Param(str, choices=NOTEBOOK_PROTOCOLS,
                                help="'both': the fixed set (headline) and DiM's resampling"),
+        "fixed_sets": Param(str, choices=FIXED_SETS, help="fixed protocol: one set, or one per network"),
         "baselines": Param(list, item=str, choices=("random", "cgan", "dim")),
         "dim_form": Param(str, choices=MATCH_FORMS, help="DiM baseline's logit term: DiM code or Eq. 6 sum"),
         "gan_checkpoint": Param(str, check=exists, help="'' = train stage 1 (cached)"),
@@ -959,6 +999,8 @@ def check_notebook_params(P, dataset=None) -> None:
     (``deploy_ipcs`` may be empty: then only ``ipc`` is evaluated.)"""
     validate_gan_config(gan_loss=P.gan_loss, pool_models=P.pool_models or [P.model],
                         eval_protocol=P.eval_protocol, deploy_ipcs=list(P.deploy_ipcs) or None)
+    if len(P.gan_betas) != 2:
+        raise ValueError(f"gan_betas={list(P.gan_betas)!r}: Adam takes two betas (beta1, beta2), e.g. [0.0, 0.9]")
     if dataset is not None:
         if _as_hw(dataset.im_size) not in SUPPORTED_SIZES:
             raise ValueError(f"the DiM generator makes {SUPPORTED_SIZES} images; dataset {dataset.name} "
@@ -976,10 +1018,11 @@ def check_notebook_params(P, dataset=None) -> None:
 def stage1_from_params(P, dataset, device=None, progress=True) -> GANState:
     """:func:`stage1` with a notebook's parameters (cache under ``<results_dir>/gan_cache``)."""
     return stage1(dataset, z_dim=P.z_dim, gen_width=P.gen_width, disc_width=P.disc_width, gan_loss=P.gan_loss,
-                  gan_lr=P.gan_lr, gan_batch_size=P.gan_batch_size, gan_epochs=P.gan_epochs,
-                  gan_iters=P.gan_iters, d_steps=P.d_steps, gp_lambda=P.gp_lambda, aux_weight=P.aux_weight,
-                  seed=P.seed, device=device, cache_dir=default_cache_dir(P.results_dir or None),
-                  use_cache=P.use_cache, progress=progress, checkpoint=P.gan_checkpoint or None)
+                  gan_lr=P.gan_lr, gan_betas=tuple(P.gan_betas), gan_batch_size=P.gan_batch_size,
+                  gan_epochs=P.gan_epochs, gan_iters=P.gan_iters, d_steps=P.d_steps, gp_lambda=P.gp_lambda,
+                  aux_weight=P.aux_weight, seed=P.seed, device=device,
+                  cache_dir=default_cache_dir(P.results_dir or None), use_cache=P.use_cache, progress=progress,
+                  checkpoint=P.gan_checkpoint or None)
 
 
 def stage2_from_params(P, state, dataset, objective, objective_key=None, device=None, progress=True,
@@ -995,15 +1038,17 @@ def stage2_from_params(P, state, dataset, objective, objective_key=None, device=
 
 
 def random_real_eval(dataset, ipc, *, model="ConvNet", num_models=5, epochs=1000, seed=0, device=None,
-                     progress=True) -> GeneratorEval:
+                     progress=True, fixed_sets: str = "one") -> GeneratorEval:
     """Random real images (``ipc`` per class, seeded) under the standard protocol: the floor a
-    distilled generator has to beat."""
+    distilled generator has to beat. ``fixed_sets="per_model"``: a new random subset per network
+    (as DC/DM's random baseline draws one per experiment)."""
+    _check_fixed_sets(fixed_sets)
     t0 = time.perf_counter()
-    x, y = dataset.sample_classes(ipc, generator=make_generator(seed + 17))
-    r = evaluate_synset(x, y, dataset, model=model, num_models=num_models, epochs=epochs, seed=seed,
-                        device=device, progress=progress)
-    return GeneratorEval(float(r.mean), float(r.std), [float(a) for a in r.accs], "fixed", ipc, model,
-                         time.perf_counter() - t0, 0.0)
+    accs = _evaluate_fixed_sets(lambda s: dataset.sample_classes(ipc, generator=make_generator(s + 17)), dataset,
+                                fixed_sets, num_models, seed, model=model, epochs=epochs, device=device,
+                                progress=progress)
+    return GeneratorEval(float(np.mean(accs)), float(np.std(accs)), accs, "fixed", ipc, model,
+                         time.perf_counter() - t0, 0.0, fixed_sets)
 
 
 def protocol_list(protocol: str) -> list:
@@ -1015,14 +1060,15 @@ def protocol_list(protocol: str) -> list:
 
 
 def compare_methods(generators: dict, dataset, ipcs, *, protocol="fixed", random_real=True, model="ConvNet",
-                    num_models=5, epochs=1000, seed=0, device=None, progress=True):
+                    num_models=5, epochs=1000, seed=0, device=None, progress=True, fixed_sets="one"):
     """Evaluate every generator (and random real images) at every IPC; returns
     ``(table, results)``: a pandas DataFrame (rows = methods, columns = IPCs, "mean ± std")
     and ``results[method][ipc] -> GeneratorEval``.
 
     ``protocol="both"`` evaluates each generator with the fixed set (rows named as in
     ``generators``) *and* with DiM's resampling (rows ``"<name> · resample"``); random real
-    images always use the fixed protocol."""
+    images always use the fixed protocol. ``fixed_sets`` (:data:`FIXED_SETS`) applies to every
+    fixed-protocol row, random real included."""
     import pandas as pd
 
     protocols = protocol_list(protocol)
@@ -1034,10 +1080,11 @@ def compare_methods(generators: dict, dataset, ipcs, *, protocol="fixed", random
         for ipc in ipcs:
             if G is None:
                 r = random_real_eval(dataset, ipc, model=model, num_models=num_models, epochs=epochs, seed=seed,
-                                     device=device, progress=progress)
+                                     device=device, progress=progress, fixed_sets=fixed_sets)
             else:
                 r = evaluate_generator(G, dataset, ipc, protocol=p, model=model, num_models=num_models,
-                                       epochs=epochs, seed=seed, device=device, progress=progress)
+                                       epochs=epochs, seed=seed, device=device, progress=progress,
+                                       fixed_sets=fixed_sets)
             results[name][ipc] = r
     table = pd.DataFrame({f"IPC {ipc}": {n: f"{results[n][ipc].mean:.2f} ± {results[n][ipc].std:.2f}"
                                          for n in results} for ipc in ipcs})

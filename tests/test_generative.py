@@ -314,6 +314,24 @@ def test_evaluate_generator_protocols(protocol):
     assert r.as_dict()["protocol"] == protocol
 
 
+def test_fixed_sets_per_model_trains_network_i_on_the_set_of_seed_plus_i():
+    from ddkit.evaluate import evaluate_synset
+
+    ds = tiny_dataset()
+    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    kw = dict(model="ConvNet", epochs=2, batch_size=4, progress=False)
+    per = gen.evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="per_model", **kw)
+    want = [evaluate_synset(*G.sample(1, seed=3 + i), ds, num_models=1, seed=3 + i, **kw).accs[0] for i in range(2)]
+    assert per.accs == pytest.approx(want) and per.fixed_sets == "per_model"
+    one = gen.evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="one", **kw)
+    assert one.accs == pytest.approx(evaluate_synset(*G.sample(1, seed=3), ds, num_models=2, seed=3, **kw).accs)
+    rr = gen.random_real_eval(ds, 1, num_models=2, seed=3, fixed_sets="per_model", model="ConvNet", epochs=2,
+                              progress=False)
+    assert len(rr.accs) == 2 and rr.as_dict()["fixed_sets"] == "per_model"
+    with pytest.raises(ValueError, match="unknown fixed_sets 'many'"):
+        gen.evaluate_generator(G, ds, 1, fixed_sets="many", **kw)
+
+
 def test_compare_methods_both_protocols_names_rows_and_keeps_fixed_headline():
     ds = tiny_dataset()
     G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
@@ -378,16 +396,18 @@ def test_gan_spec_checks_params():
     from ddkit.params import check_params
 
     spec = gen.gan_spec()
-    good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, d_steps=1,
-                gp_lambda=10.0, aux_weight=1.0, z_dim=8, gen_width=8, disc_width=8, match_epochs=1,
+    good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, gan_betas=[0.0, 0.9],
+                d_steps=1, gp_lambda=10.0, aux_weight=1.0, z_dim=8, gen_width=8, disc_width=8, match_epochs=1,
                 batch_size=8, match_lr=5e-6, gan_weight=1.0, pool_models=["ConvNet", "ResNet18"],
                 pool_train_steps=1, pool_batch_size=8, mid_layer=-1, deploy_ipcs=[1, 10],
-                eval_protocol="fixed", baselines=["cgan", "dim"], dim_form="dim", gan_checkpoint="",
+                eval_protocol="fixed", fixed_sets="per_model", baselines=["cgan", "dim"], dim_form="dim",
+                gan_checkpoint="",
                 use_cache=True)
     check_params(good, spec)
     for key, bad, msg in [("gan_loss", "lsgan", "gan_loss"), ("pool_models", ["ConvNet", "Nope"], "pool model"),
                           ("gan_weight", -1.0, "gan_weight"), ("eval_protocol", "x", "eval_protocol"),
-                          ("gan_checkpoint", "/nonexistent.pt", "checkpoint")]:
+                          ("gan_checkpoint", "/nonexistent.pt", "checkpoint"),
+                          ("gan_betas", [0.5, 1.0], "Adam beta"), ("fixed_sets", "all", "fixed_sets")]:
         with pytest.raises(ValueError, match=msg):
             check_params({**good, key: bad}, spec)
 
@@ -398,8 +418,12 @@ def test_check_notebook_params_refuses_foreign_checkpoint(tmp_path):
     other = tiny_dataset(name="other", channels=3, size=32)
     path = gen.save_checkpoint(gen.build_gan(other, z_dim=8, gen_width=8, disc_width=8), tmp_path / "g.pt")
     P = SimpleNamespace(gan_loss="wgan_gp", pool_models=[], model="ConvNet", eval_protocol="fixed",
-                        deploy_ipcs=[], ipc=1, baselines=["random"], gan_checkpoint=str(path))
+                        deploy_ipcs=[], ipc=1, baselines=["random"], gan_checkpoint=str(path), gan_betas=[0.0, 0.9])
     gen.check_notebook_params(P)                       # no dataset yet: names only
+    P.gan_betas = [0.9]
+    with pytest.raises(ValueError, match=r"gan_betas=\[0.9\]: Adam takes two betas"):
+        gen.check_notebook_params(P)
+    P.gan_betas = [0.0, 0.9]
     with pytest.raises(ValueError, match="trained for dataset='other'"):
         gen.check_notebook_params(P, tiny_dataset())
     P.gan_checkpoint, P.ipc = "", 50                   # more random-real images than a class has
