@@ -49,14 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .models import MODEL_NAMES, get_model, reinit_
-from .evaluate import evaluate_synset
+from .evaluate import EvalResult, evaluate_synset
 from .losses import logit_matching_loss
 from .train import train_steps
 from .utils import REPO_ROOT, atomic_torch_save, make_generator, safe_torch_load
@@ -836,15 +835,12 @@ def _check_fixed_sets(fixed_sets):
 def _evaluate_fixed_sets(draw, dataset, fixed_sets, num_models, seed, **kw):
     """Standard protocol on sets from ``draw(seed) -> (x, y)``: one set for all ``num_models``
     networks, or (``"per_model"``) network ``i`` on the set of seed ``seed + i``, itself
-    evaluated as ``evaluate_synset(..., num_models=1, seed=seed + i)``. Returns the accuracies."""
+    evaluated as ``evaluate_synset(..., num_models=1, seed=seed + i)``. Returns an ``EvalResult``."""
     if fixed_sets == "one":
-        x, y = draw(seed)
-        return [float(a) for a in evaluate_synset(x, y, dataset, num_models=num_models, seed=seed, **kw).accs]
-    accs = []
-    for i in range(num_models):
-        x, y = draw(seed + i)
-        accs += [float(a) for a in evaluate_synset(x, y, dataset, num_models=1, seed=seed + i, **kw).accs]
-    return accs
+        return evaluate_synset(*draw(seed), dataset, num_models=num_models, seed=seed, **kw)
+    accs = [a for i in range(num_models)
+            for a in evaluate_synset(*draw(seed + i), dataset, num_models=1, seed=seed + i, **kw).accs]
+    return EvalResult(accs, kw.get("model", "ConvNet"))
 
 
 def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: str = "fixed",
@@ -875,8 +871,8 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
     G.eval()
     try:
         if protocol == "fixed":
-            accs = _evaluate_fixed_sets(lambda s: G.sample(ipc, seed=s), dataset, fixed_sets, num_models, seed,
-                                        **kw)
+            r = _evaluate_fixed_sets(lambda s: (x, y) if s == seed else G.sample(ipc, seed=s), dataset,
+                                     fixed_sets, num_models, seed, **kw)
         else:
             steps = math.ceil(len(y) / batch_size)
             labels = y.to(G.device)
@@ -894,10 +890,9 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
 
             r = evaluate_synset(None, None, dataset, batch_source=batch_source, steps_per_epoch=steps,
                                 num_models=num_models, seed=seed, **kw)
-            accs = [float(a) for a in r.accs]
     finally:
         G.train(was)
-    return GeneratorEval(float(np.mean(accs)), float(np.std(accs)), accs, protocol, ipc, model,
+    return GeneratorEval(r.mean, r.std, [float(a) for a in r.accs], protocol, ipc, model,
                          time.perf_counter() - t0, sample_seconds,
                          fixed_sets if protocol == "fixed" else "-")
 
@@ -1044,10 +1039,10 @@ def random_real_eval(dataset, ipc, *, model="ConvNet", num_models=5, epochs=1000
     (as DC/DM's random baseline draws one per experiment)."""
     _check_fixed_sets(fixed_sets)
     t0 = time.perf_counter()
-    accs = _evaluate_fixed_sets(lambda s: dataset.sample_classes(ipc, generator=make_generator(s + 17)), dataset,
-                                fixed_sets, num_models, seed, model=model, epochs=epochs, device=device,
-                                progress=progress)
-    return GeneratorEval(float(np.mean(accs)), float(np.std(accs)), accs, "fixed", ipc, model,
+    r = _evaluate_fixed_sets(lambda s: dataset.sample_classes(ipc, generator=make_generator(s + 17)), dataset,
+                             fixed_sets, num_models, seed, model=model, epochs=epochs, device=device,
+                             progress=progress)
+    return GeneratorEval(r.mean, r.std, [float(a) for a in r.accs], "fixed", ipc, model,
                          time.perf_counter() - t0, 0.0, fixed_sets)
 
 
