@@ -666,7 +666,8 @@ def stage1(dataset, *, z_dim=100, gen_width=196, disc_width=196, gan_loss="wgan_
     cfg = dict(z_dim=z_dim, gen_width=gen_width, disc_width=disc_width, gan_loss=gan_loss, gan_lr=gan_lr,
                gan_betas=list(gan_betas), gan_batch_size=gan_batch_size, gan_epochs=gan_epochs,
                gan_iters=gan_iters, d_steps=d_steps, gp_lambda=gp_lambda, aux_weight=aux_weight, seed=seed)
-    validate_gan_config(gan_loss=gan_loss, gen_width=gen_width, disc_width=disc_width, z_dim=z_dim)
+    validate_gan_config(gan_loss=gan_loss, gen_width=gen_width, disc_width=disc_width, z_dim=z_dim,
+                        gan_betas=gan_betas)
     path = Path(cache_dir or default_cache_dir()) / f"{stage1_key(dataset, cfg)}.pt"
     state = None
     if use_cache and path.is_file():
@@ -838,9 +839,8 @@ def _evaluate_fixed_sets(draw, dataset, fixed_sets, num_models, seed, **kw):
     evaluated as ``evaluate_synset(..., num_models=1, seed=seed + i)``. Returns an ``EvalResult``."""
     if fixed_sets == "one":
         return evaluate_synset(*draw(seed), dataset, num_models=num_models, seed=seed, **kw)
-    accs = [a for i in range(num_models)
-            for a in evaluate_synset(*draw(seed + i), dataset, num_models=1, seed=seed + i, **kw).accs]
-    return EvalResult(accs, kw.get("model", "ConvNet"))
+    runs = [evaluate_synset(*draw(seed + i), dataset, num_models=1, seed=seed + i, **kw) for i in range(num_models)]
+    return EvalResult([a for r in runs for a in r.accs], runs[0].model)
 
 
 def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: str = "fixed",
@@ -901,9 +901,10 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
 
 def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None = None,
                         eval_protocol=None, deploy_ipcs=None, gen_width=None, disc_width=None,
-                        z_dim=None, mid_layer=None) -> None:
+                        z_dim=None, mid_layer=None, gan_betas=None) -> None:
     """Fail early (ValueError) on settings that cannot run: an unknown GAN loss, pool model or
-    protocol, a negative loss weight, non-positive widths/IPCs."""
+    protocol, a negative loss weight, non-positive widths/IPCs, Adam betas that are not two
+    numbers in [0, 1)."""
     if gan_loss is not None:
         _check_gan_loss(gan_loss)
     if pool_models is not None:
@@ -928,10 +929,13 @@ def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None
             _positive_int(name, v)
     if mid_layer is not None and (isinstance(mid_layer, bool) or not isinstance(mid_layer, int)):
         raise ValueError(f"mid_layer must be an int, got {mid_layer!r}")
+    if gan_betas is not None and (len(gan_betas) != 2 or any(_beta_check(b) for b in gan_betas)):
+        raise ValueError(f"gan_betas={list(gan_betas)!r}: Adam takes two betas (beta1, beta2) in [0, 1), "
+                         "e.g. [0.0, 0.9]")
 
 
 def _beta_check(v) -> str | None:
-    """One Adam beta: in [0, 1) (the pair's length is checked by check_notebook_params)."""
+    """One Adam beta: in [0, 1) (the pair: :func:`validate_gan_config`)."""
     return None if 0 <= v < 1 else "an Adam beta is in [0, 1)"
 
 
@@ -993,9 +997,8 @@ def check_notebook_params(P, dataset=None) -> None:
     baseline), and a ``gan_checkpoint`` made for another dataset / image size / class count.
     (``deploy_ipcs`` may be empty: then only ``ipc`` is evaluated.)"""
     validate_gan_config(gan_loss=P.gan_loss, pool_models=P.pool_models or [P.model],
-                        eval_protocol=P.eval_protocol, deploy_ipcs=list(P.deploy_ipcs) or None)
-    if len(P.gan_betas) != 2:
-        raise ValueError(f"gan_betas={list(P.gan_betas)!r}: Adam takes two betas (beta1, beta2), e.g. [0.0, 0.9]")
+                        eval_protocol=P.eval_protocol, deploy_ipcs=list(P.deploy_ipcs) or None,
+                        gan_betas=P.gan_betas)
     if dataset is not None:
         if _as_hw(dataset.im_size) not in SUPPORTED_SIZES:
             raise ValueError(f"the DiM generator makes {SUPPORTED_SIZES} images; dataset {dataset.name} "

@@ -34,15 +34,20 @@ def image_grid(x: torch.Tensor, y: torch.Tensor, dataset, per_class: int | None 
     return fig
 
 
+def _moving_average(v: np.ndarray, smooth: int) -> np.ndarray:
+    """Mean over windows of ``smooth`` points (only full windows); unchanged if too short."""
+    if smooth > 1 and len(v) >= smooth:
+        return np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+    return v
+
+
 def loss_curves(histories: dict, keys=None, smooth: int = 1, logy: bool = True, title: str = "loss"):
     """Plot named histories (``{label: [ {term: value}, ...]}``), one line per label and term."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, hist in histories.items():
         terms = keys or [k for k in hist[0]] if hist else []
         for term in terms:
-            v = np.array([h[term] for h in hist], dtype=float)
-            if smooth > 1 and len(v) >= smooth:
-                v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+            v = _moving_average(np.array([h[term] for h in hist], dtype=float), smooth)
             ax.plot(v, label=f"{label}: {term}" if len(histories) > 1 or len(terms) > 1 else term)
     if logy:
         ax.set_yscale("log")
@@ -90,12 +95,9 @@ def term_panels(histories: dict, keys, title="", smooth: int = 1):
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, hist in histories.items():
-            vals = torch.tensor([h[key] for h in hist if key in h], dtype=torch.float64)
-            if len(vals) == 0:
-                continue
-            if smooth > 1 and len(vals) >= smooth:
-                vals = vals.unfold(0, smooth, 1).mean(1)
-            ax.plot(vals.numpy(), label=name)
+            vals = np.array([h[key] for h in hist if key in h], dtype=float)
+            if len(vals):
+                ax.plot(_moving_average(vals, smooth), label=name)
         ax.set_title(f"{title} {key}".strip())
         ax.set_xlabel("iteration")
         ax.legend(fontsize=8)

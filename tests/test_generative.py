@@ -424,6 +424,8 @@ def test_check_notebook_params_refuses_foreign_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"gan_betas=\[0.9\]: Adam takes two betas"):
         gen.check_notebook_params(P)
     P.gan_betas = [0.0, 0.9]
+    with pytest.raises(ValueError, match="Adam takes two betas"):   # the library entry point refuses it too
+        gen.stage1(tiny_dataset(), gan_betas=(0.0, 1.5), gan_epochs=1, use_cache=False)
     with pytest.raises(ValueError, match="trained for dataset='other'"):
         gen.check_notebook_params(P, tiny_dataset())
     P.gan_checkpoint, P.ipc = "", 50                   # more random-real images than a class has
