@@ -39,13 +39,48 @@ def run_dir(results_dir, notebook: str, run_name: str) -> Path:
     return d
 
 
-def write_result(rd: Path, *, method: str, dataset: str, ipc, model: str, params: dict, accs, seconds: float,
-                 device=None, **extra) -> dict:
-    """Write ``rd/result.json`` atomically with the contract keys plus ``extra`` (JSON-able values).
+def evaluation_entry(method: str, accs, *, ipc, eval_model: str | None = None, variant: str = "",
+                     protocol: dict | str | None = None, curve: list | None = None, **extra) -> dict:
+    """One entry of ``result.json``'s ``evaluations`` list: one evaluated synthetic set.
 
-    ``accs`` is a list of test accuracies in percent (or an ``EvalResult``)."""
+    ``accs``: an ``EvalResult`` (its model and settings fill ``eval_model`` and ``protocol``) or a
+    list of test accuracies (percent). ``protocol``: a dict with at least ``name`` plus the settings
+    that define it (epochs, num_models, dsa, schedule, labels, selection, ...) or just a name.
+    ``curve``: accuracy against distillation iterations, ``[{"iteration": i, "accs": [...]}, ...]``.
+    ``extra``: e.g. ``val_accs``, ``selection``. The report reads only these entries."""
     import numpy as np
 
+    settings = {}
+    if hasattr(accs, "accs"):
+        settings = dict(getattr(accs, "settings", {}) or {})
+        eval_model = eval_model or getattr(accs, "model", None)
+        accs = accs.accs
+    accs = [float(a) for a in accs]
+    if isinstance(protocol, str):
+        protocol = {"name": protocol}
+    protocol = {**settings, **(protocol or {})}
+    protocol.setdefault("name", "standard")
+    entry = {"method": method, "variant": variant, "protocol": protocol, "ipc": ipc, "eval_model": eval_model,
+             "accs": accs, "mean": float(np.mean(accs)) if accs else None,
+             "std": float(np.std(accs)) if accs else None}
+    if curve is not None:
+        entry["curve"] = [{"iteration": int(p["iteration"]), "accs": [float(a) for a in p["accs"]]} for p in curve]
+    entry.update(extra)
+    return entry
+
+
+def write_result(rd: Path, *, method: str, dataset: str, ipc, model: str, params: dict, accs, seconds: float,
+                 device=None, evaluations: list | None = None, **extra) -> dict:
+    """Write ``rd/result.json`` atomically with the contract keys plus ``extra`` (JSON-able values).
+
+    ``accs`` is a list of test accuracies in percent (or an ``EvalResult``): the headline.
+    ``evaluations``: every evaluated synthetic set of the run, each from :func:`evaluation_entry`
+    (when omitted, one entry is made from the headline)."""
+    import numpy as np
+
+    if evaluations is None:
+        evaluations = [evaluation_entry(method, accs, ipc=ipc, eval_model=extra.get("eval_model"))]
+    extra["evaluations"] = list(evaluations)
     if hasattr(accs, "accs"):
         extra.setdefault("eval_settings", getattr(accs, "settings", {}))
         accs = accs.accs

@@ -77,3 +77,36 @@ def test_start_run_records_environment(tmp_path):
     for k in ("ddkit_version", "git_commit", "device", "created", "torch_version"):
         assert rec[k]
     assert rec["device"] == "cpu" and rec["params"]["seed"] == 3
+
+
+def test_paired_difference_matches_a_hand_computed_t_interval():
+    from ddkit.stats import paired_difference
+
+    r = paired_difference([2.0, 4.0, 6.0], [1.0, 1.0, 1.0])  # diffs 1, 3, 5: mean 3, sd 2
+    half = 4.302652729911275 * 2.0 / 3 ** 0.5  # t_{0.975, 2}
+    assert r["n"] == 3 and abs(r["mean"] - 3.0) < 1e-12 and abs(r["std"] - 2.0) < 1e-12
+    assert abs(r["lo"] - (3.0 - half)) < 1e-9 and abs(r["hi"] - (3.0 + half)) < 1e-9
+
+
+def test_paired_difference_refuses_unpaired_input():
+    import pytest
+
+    from ddkit.stats import paired_difference
+
+    with pytest.raises(ValueError, match="3 values, baseline 2"):
+        paired_difference([1, 2, 3], [1, 2])
+
+
+def test_write_result_records_an_evaluations_list(tmp_path):
+    from ddkit.evaluate import EvalResult
+    from ddkit.results import evaluation_entry, read_result, write_result
+
+    res = EvalResult([50.0, 60.0], "ConvNet", {"epochs": 300, "num_models": 2})
+    ev = [evaluation_entry("DM", res, ipc=10, protocol={"name": "standard"}),
+          evaluation_entry("DM", [40.0], ipc=10, eval_model="ResNet18", curve=[{"iteration": 5, "accs": [30]}])]
+    write_result(tmp_path, method="DM", dataset="mnist5k", ipc=10, model="ConvNet", params={}, accs=res,
+                 seconds=1.0, evaluations=ev)
+    rec = read_result(tmp_path / "result.json")
+    assert [e["eval_model"] for e in rec["evaluations"]] == ["ConvNet", "ResNet18"]
+    assert rec["evaluations"][0]["protocol"] == {"epochs": 300, "num_models": 2, "name": "standard"}
+    assert rec["evaluations"][0]["mean"] == 55.0 and rec["evaluations"][1]["curve"][0]["accs"] == [30.0]
