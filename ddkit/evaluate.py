@@ -2,6 +2,13 @@
 
 Train ``num_models`` freshly initialised networks on the synthetic set only; report the test
 accuracy after the last epoch (no best-epoch selection); mean ± std over the networks.
+
+Optional model selection (off by default): with ``eval_every_epochs`` each network is tested every
+that many epochs (and after the last), giving an accuracy-vs-epoch curve and the *test-selected*
+best (the best test accuracy over those checkpoints, as DiM, IDM, MTT and DSDM report: selection on
+the test set, optimistic). With ``val_per_class`` a validation split is held out of the real
+training set and the checkpoint with the best validation accuracy selects the reported test
+accuracy (an honest selection). :attr:`EvalResult.selection` holds all three, labelled.
 """
 from __future__ import annotations
 
@@ -25,13 +32,36 @@ PROTOCOLS = {
 }
 
 
+#: Labels of :attr:`EvalResult.selection`: which epoch's test accuracy each network reports.
+SELECTIONS = {
+    "last": "test accuracy after the last epoch (the standard protocol)",
+    "val_best": "test accuracy at the checkpoint with the best validation accuracy (held-out real images)",
+    "test_best": "best test accuracy over the checkpoints (selection on the test set: optimistic)",
+}
+
+
 @dataclass
 class EvalResult:
-    """Test accuracies (percent) of the networks trained on a synthetic set."""
+    """Test accuracies (percent) of the networks trained on a synthetic set.
+
+    ``accs``: one per network after the last epoch. With checkpoints (``eval_every_epochs`` or
+    ``val_per_class``), ``epoch_curve`` lists ``{"epoch", "test": [per net], "val": [per net]}``
+    and ``selection`` maps each label of :data:`SELECTIONS` that applies to one accuracy per net."""
 
     accs: list
     model: str = "ConvNet"
     settings: dict = field(default_factory=dict)
+    epoch_curve: list = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
+
+    def select(self, name: str) -> "EvalResult":
+        """The same evaluation reporting the ``name`` selection (``settings["selection"]`` says which)."""
+        if name not in self.selection:
+            raise ValueError(f"selection {name!r} not recorded; this result has {sorted(self.selection)} "
+                             f"(known: {sorted(SELECTIONS)}; 'val_best' needs val_per_class > 0, 'test_best' "
+                             f"needs eval_every_epochs > 0 or val_per_class > 0)")
+        return EvalResult(list(self.selection[name]), self.model, {**self.settings, "selection": name},
+                          self.epoch_curve, self.selection)
 
     @property
     def mean(self) -> float:
@@ -64,17 +94,80 @@ def _check_labels(x_syn, y_syn, dataset):
                          f"{dataset.num_classes}")
 
 
+def validation_split(dataset, per_class: int, seed: int = 0):
+    """``per_class`` random real training images of every class (``(x_val, y_val)``, on the dataset's
+    device), drawn with their own generator (seed ``seed``), for validation-split model selection."""
+    if per_class < 0 or int(per_class) != per_class:
+        raise ValueError(f"val_per_class={per_class!r} must be a non-negative integer (0 = no validation split)")
+    gen = make_generator(seed, "cpu")
+    picks = []
+    for c in range(dataset.num_classes):
+        idx = dataset.class_indices(c).cpu()
+        if len(idx) < per_class:
+            raise ValueError(f"val_per_class={per_class} but class {c} of {dataset.name} has only {len(idx)} "
+                             f"training images; use at most {len(idx)}")
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    keep = torch.cat(picks).to(dataset.x_train.device)
+    return dataset.x_train[keep], dataset.y_train[keep]
+
+
+def checkpoint_epochs(epochs: int, eval_every_epochs: int, val_per_class: int) -> list:
+    """Epochs after which a network is tested: every ``eval_every_epochs`` and the last one; with a
+    validation split but no period, every ``max(1, epochs // 10)`` epochs; none when both are 0."""
+    if eval_every_epochs < 0:
+        raise ValueError(f"eval_every_epochs={eval_every_epochs!r} must be >= 0 (0 = test after the last epoch only)")
+    every = eval_every_epochs or (max(1, epochs // 10) if val_per_class else 0)
+    if not every:
+        return []
+    return sorted(set(range(every, epochs + 1, every)) | {epochs})
+
+
+def _checkpoint_recorder(net, data, val, checkpoints: list, **acc_kw):
+    """``(points, on_epoch_end)``: the callback appends ``{"epoch", "test"[, "val"]}`` to ``points``
+    after each checkpoint epoch (``None`` when there are no checkpoints)."""
+    points: list = []
+
+    def on_epoch_end(epochs_done: int) -> None:
+        if epochs_done in checkpoints:
+            point = {"epoch": epochs_done, "test": accuracy(net, data.x_test, data.y_test, **acc_kw)}
+            if val is not None:
+                point["val"] = accuracy(net, *val, **acc_kw)
+            points.append(point)
+
+    return points, (on_epoch_end if checkpoints else None)
+
+
+def _select(epoch_curve: list, num_models: int, has_val: bool) -> dict:
+    """Per network: the last checkpoint's test accuracy, the best test accuracy, and (with a
+    validation split) the test accuracy at the best validation accuracy (ties: the later epoch)."""
+    tests = [[pt["test"][i] for pt in epoch_curve] for i in range(num_models)]
+    out = {"last": [t[-1] for t in tests], "test_best": [max(t) for t in tests]}
+    if has_val:
+        vals = [[pt["val"][i] for pt in epoch_curve] for i in range(num_models)]
+        best = [max(range(len(v)), key=lambda k: (v[k], k)) for v in vals]
+        out["val_best"] = [t[k] for t, k in zip(tests, best)]
+    return out
+
+
 def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: int = 5, epochs: int = 1000,
                     lr: float = 0.01, batch_size: int = 256, dsa=True, seed: int = 0, device=None,
                     schedule: str = "standard", cutmix_p: float = 0.0, model_kw: dict | None = None,
                     batch_source=None, steps_per_epoch: int | None = None, progress: bool = True,
-                    compile=False, channels_last: bool = False) -> EvalResult:
+                    compile=False, channels_last: bool = False, val_per_class: int = 0,
+                    eval_every_epochs: int = 0) -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
     ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy). ``dsa``: True (the dataset's
     strategy), False, a strategy string or a DSA object. Network ``i`` is initialised from seed
     ``seed * 1000 + i``: the same seed on the same device gives the same accuracies.
     ``batch_source`` (generator protocols) replaces ``x_syn``/``y_syn`` batches, see ``train_classifier``.
+
+    Model selection (module docstring; both 0 = off, the standard protocol unchanged):
+    ``eval_every_epochs`` tests every network every that many epochs and after the last
+    (``EvalResult.epoch_curve``; ``selection["test_best"]``, DiM's "test every 200 epochs, report the
+    best"). ``val_per_class`` holds out that many real training images per class (seed ``seed``) and
+    reports, in ``selection["val_best"]``, the test accuracy at the best validation checkpoint.
+    ``accs`` stays the last-epoch accuracy; checkpoints do not change training (same numbers).
 
     Speed flags (issue 7): ``compile`` True / False / "auto" trains and tests through one
     ``torch.compile``d module per architecture and device, kept for the whole process: each
@@ -101,7 +194,9 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         use_compile = resolve_compile("auto", work)
     else:
         use_compile = resolve_compile(compile)
-    accs = []
+    checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
+    val = validation_split(data, val_per_class, seed) if val_per_class else None
+    accs, per_net = [], []
     for i in tqdm(range(num_models), desc=f"eval {model}", disable=not progress, leave=False):
         run_seed = seed * 1000 + i
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -113,14 +208,23 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
             shared.load_state_dict(net.state_dict())
             net = shared
         gen = make_generator(run_seed, dev)
+        points, on_epoch_end = _checkpoint_recorder(net, data, val, checkpoints, compile=use_compile,
+                                                    channels_last=channels_last)
         train_classifier(net, x_syn, y_syn, epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug,
                          schedule=schedule, cutmix_p=cutmix_p, num_classes=dataset.num_classes, generator=gen,
                          batch_source=batch_source, steps_per_epoch=steps_per_epoch, compile=use_compile,
-                         channels_last=channels_last)
-        accs.append(accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last))
+                         channels_last=channels_last, on_epoch_end=on_epoch_end)
+        accs.append(points[-1]["test"] if points else
+                    accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last))
+        per_net.append(points)
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
-    return EvalResult(accs, model, settings)
+    if not checkpoints:
+        return EvalResult(accs, model, settings)
+    settings.update(eval_every_epochs=eval_every_epochs or max(1, epochs // 10), val_per_class=val_per_class)
+    curve = [{"epoch": e, "test": [p[k]["test"] for p in per_net]}
+             | ({"val": [p[k]["val"] for p in per_net]} if val else {}) for k, e in enumerate(checkpoints)]
+    return EvalResult(accs, model, settings, curve, _select(curve, num_models, val is not None))
 
 
 _SHARED_NETS: dict = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from .utils import REPO_ROOT, atomic_torch_save, atomic_write_bytes, atomic_writ
 
 REQUIRED_KEYS = ("method", "dataset", "ipc", "model", "params", "accs", "mean", "std", "seconds",
                  "ddkit_version", "git_commit", "device", "created")
+#: Environment variable naming the results folder when no explicit one is given (tests set it).
+RESULTS_ENV = "DDKIT_RESULTS"
+#: Environment variable marking the runs of a process (``run_kind`` in result.json); tests set "test".
+RUN_KIND_ENV = "DDKIT_RUN_KIND"
+#: ``run_kind`` values: "user" (the default) reaches the report; "test" and "tiny" (CI-sized
+#: configurations) are skipped by the report unless asked (``ddkit report --include-test``).
+RUN_KINDS = ("user", "tiny", "test")
+ENTRY_KEYS = ("method", "variant", "protocol", "ipc", "eval_model", "accs", "mean", "std")
 
 
 def notebook_key(stem: str) -> str:
@@ -21,8 +30,24 @@ def notebook_key(stem: str) -> str:
 
 
 def resolve_results_dir(results_dir: str | Path | None = "") -> Path:
-    """'' or None -> ``<repo>/results``; relative paths are taken from the current directory."""
-    return Path(results_dir) if results_dir else REPO_ROOT / "results"
+    """The results folder: ``results_dir`` when given, else ``$DDKIT_RESULTS``, else ``<repo>/results``
+    when ddkit runs from a checkout (notebooks run with their own folder as the working directory,
+    so the repository's folder keeps Jupyter, sweeps and ``ddkit report`` on one place), else
+    ``./results``. Relative paths are taken from the current directory."""
+    if results_dir:
+        return Path(results_dir)
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    return REPO_ROOT / "results" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / "results"
+
+
+def current_run_kind(run_kind: str | None = None) -> str:
+    """``run_kind`` when given, else ``$DDKIT_RUN_KIND``, else "user"; ``ValueError`` outside :data:`RUN_KINDS`."""
+    kind = run_kind or os.environ.get(RUN_KIND_ENV) or "user"
+    if kind not in RUN_KINDS:
+        raise ValueError(f"run_kind={kind!r} (from {'the argument' if run_kind else RUN_KIND_ENV}); "
+                         f"allowed: {', '.join(RUN_KINDS)}")
+    return kind
 
 
 def auto_run_name(params: dict, keys=("dataset", "ipc", "seed")) -> str:
@@ -43,17 +68,21 @@ def evaluation_entry(method: str, accs, *, ipc, eval_model: str | None = None, v
                      protocol: dict | str | None = None, curve: list | None = None, **extra) -> dict:
     """One entry of ``result.json``'s ``evaluations`` list: one evaluated synthetic set.
 
-    ``accs``: an ``EvalResult`` (its model and settings fill ``eval_model`` and ``protocol``) or a
-    list of test accuracies (percent). ``protocol``: a dict with at least ``name`` plus the settings
-    that define it (epochs, num_models, dsa, schedule, labels, selection, ...) or just a name.
+    ``accs``: an ``EvalResult`` (its model and settings fill ``eval_model`` and ``protocol``; its
+    ``selection`` and ``epoch_curve``, when recorded, are kept: the last-epoch, validation-selected
+    and test-selected accuracies, ``ddkit.evaluate.SELECTIONS``) or a list of test accuracies
+    (percent). ``protocol``: a dict with at least ``name`` plus the settings that define it (epochs,
+    num_models, dsa, schedule, labels, selection, ...) or just a name.
     ``curve``: accuracy against distillation iterations, ``[{"iteration": i, "accs": [...]}, ...]``.
-    ``extra``: e.g. ``val_accs``, ``selection``. The report reads only these entries."""
+    ``extra``: e.g. ``ledger`` (``ddkit.report.budget_ledger``). The report reads only these entries."""
     import numpy as np
 
     settings = {}
     if hasattr(accs, "accs"):
         settings = dict(getattr(accs, "settings", {}) or {})
         eval_model = eval_model or getattr(accs, "model", None)
+        if getattr(accs, "selection", None):
+            extra = {"selection": accs.selection, "epoch_curve": accs.epoch_curve, **extra}
         accs = accs.accs
     accs = [float(a) for a in accs]
     if isinstance(protocol, str):
@@ -69,18 +98,32 @@ def evaluation_entry(method: str, accs, *, ipc, eval_model: str | None = None, v
     return entry
 
 
+def check_evaluations(evaluations) -> list:
+    """``evaluations`` as a list, each entry checked for :data:`ENTRY_KEYS` (``ValueError`` naming the
+    entry and the missing keys; build entries with :func:`evaluation_entry`)."""
+    if not isinstance(evaluations, (list, tuple)):
+        raise ValueError(f"evaluations={type(evaluations).__name__}; expected a list of evaluation_entry(...) dicts")
+    for i, e in enumerate(evaluations):
+        missing = [k for k in ENTRY_KEYS if not isinstance(e, dict) or k not in e]
+        if missing:
+            raise ValueError(f"evaluations[{i}] lacks {missing}; build entries with ddkit.results.evaluation_entry")
+    return list(evaluations)
+
+
 def write_result(rd: Path, *, method: str, dataset: str, ipc, model: str, params: dict, accs, seconds: float,
-                 device=None, evaluations: list | None = None, **extra) -> dict:
+                 device=None, evaluations: list | None = None, run_kind: str | None = None, **extra) -> dict:
     """Write ``rd/result.json`` atomically with the contract keys plus ``extra`` (JSON-able values).
 
     ``accs`` is a list of test accuracies in percent (or an ``EvalResult``): the headline.
     ``evaluations``: every evaluated synthetic set of the run, each from :func:`evaluation_entry`
-    (when omitted, one entry is made from the headline)."""
+    (when omitted, one entry is made from the headline). ``run_kind``: see :data:`RUN_KINDS`
+    (default ``$DDKIT_RUN_KIND`` or "user")."""
     import numpy as np
 
     if evaluations is None:
         evaluations = [evaluation_entry(method, accs, ipc=ipc, eval_model=extra.get("eval_model"))]
-    extra["evaluations"] = list(evaluations)
+    extra["evaluations"] = check_evaluations(evaluations)
+    extra["run_kind"] = current_run_kind(run_kind)
     if hasattr(accs, "accs"):
         extra.setdefault("eval_settings", getattr(accs, "settings", {}))
         accs = accs.accs

@@ -54,7 +54,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
                      num_classes: int | None = None, generator: torch.Generator | None = None,
                      batch_source: Callable | None = None, steps_per_epoch: int | None = None,
                      progress: bool = False, desc: str = "train", compile=False,
-                     channels_last: bool = False) -> nn.Module:
+                     channels_last: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
     """Train ``model`` on in-memory tensors (the DC/DSA/DM evaluation trainer).
 
     - ``schedule="standard"``: SGD, lr x0.1 from epoch ``epochs // 2 + 1`` with a freshly created
@@ -66,6 +66,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
     - ``y`` hard (N,) or soft (N, K) labels.
     - ``batch_source(step, generator) -> (x, y)`` replaces the shuffled tensors (DiM's
       resample-every-step protocol); ``steps_per_epoch`` defaults to ceil(len(x) / batch_size).
+    - ``on_epoch_end(epochs_done)`` is called after each epoch (1, 2, ..., ``epochs``), e.g. to
+      test the network periodically; it must leave the model's weights alone.
     - Speed flags (issue 7; same maths as the plain path up to float reassociation):
       ``compile`` True / False / "auto" runs the forward (and its backward) through
       ``torch.compile`` once per module (reused when the module is re-initialised in place;
@@ -115,6 +117,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
             loss.backward()
             opt.step()
             step += 1
+        if on_epoch_end is not None:
+            on_epoch_end(ep + 1)
     return model
 
 

@@ -84,3 +84,54 @@ def test_train_steps_changes_weights_and_accuracy_in_range(tiny_ds):
     assert isinstance(opt, torch.optim.SGD)
     acc = accuracy(net, tiny_ds.x_test, tiny_ds.y_test)
     assert 0 <= acc <= 100
+
+
+def test_selection_by_hand():
+    from ddkit.evaluate import _select
+
+    curve = [{"epoch": 2, "test": [50.0, 60.0], "val": [40.0, 70.0]},
+             {"epoch": 4, "test": [70.0, 55.0], "val": [45.0, 70.0]},  # net 1: val tie -> later epoch
+             {"epoch": 6, "test": [65.0, 58.0], "val": [42.0, 60.0]}]
+    sel = _select(curve, 2, has_val=True)
+    assert sel == {"last": [65.0, 58.0], "test_best": [70.0, 60.0], "val_best": [70.0, 55.0]}
+    assert "val_best" not in _select(curve, 2, has_val=False)
+
+
+def test_checkpoint_epochs():
+    from ddkit.evaluate import checkpoint_epochs
+
+    assert checkpoint_epochs(1000, 200, 0) == [200, 400, 600, 800, 1000]
+    assert checkpoint_epochs(7, 3, 0) == [3, 6, 7]
+    assert checkpoint_epochs(20, 0, 5) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert checkpoint_epochs(20, 0, 0) == []
+    with pytest.raises(ValueError, match="eval_every_epochs=-1"):
+        checkpoint_epochs(20, -1, 0)
+
+
+def test_validation_selection_records_three_labelled_accuracies(tiny_ds):
+    from ddkit.evaluate import validation_split
+
+    x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
+    kw = dict(num_models=2, epochs=6, batch_size=32, seed=1, progress=False)
+    plain = evaluate_synset(x, y, tiny_ds, **kw)
+    sel = evaluate_synset(x, y, tiny_ds, val_per_class=5, eval_every_epochs=2, **kw)
+    assert sel.accs == plain.accs, "testing at checkpoints must not change training"
+    assert plain.epoch_curve == [] and plain.selection == {} and "val_per_class" not in plain.settings
+    assert [p["epoch"] for p in sel.epoch_curve] == [2, 4, 6]
+    assert sel.settings["val_per_class"] == 5 and sel.settings["eval_every_epochs"] == 2
+    assert sel.selection["last"] == sel.accs
+    for i in range(2):  # each net's reported numbers, recomputed from its curve
+        tests = [p["test"][i] for p in sel.epoch_curve]
+        vals = [p["val"][i] for p in sel.epoch_curve]
+        k = max(k for k in range(3) if vals[k] == max(vals))
+        assert sel.selection["test_best"][i] == max(tests) and sel.selection["val_best"][i] == tests[k]
+    assert all(v * 20 % 1 == 0 for p in sel.epoch_curve for v in p["val"])  # 20 validation images
+    best = sel.select("test_best")
+    assert best.accs == sel.selection["test_best"] and best.settings["selection"] == "test_best"
+    with pytest.raises(ValueError, match="'val_best' not recorded"):
+        evaluate_synset(x, y, tiny_ds, eval_every_epochs=3, **kw).select("val_best")
+    xv, yv = validation_split(tiny_ds, 5, seed=1)
+    assert torch.bincount(yv, minlength=4).tolist() == [5, 5, 5, 5]
+    assert torch.equal(xv, validation_split(tiny_ds, 5, seed=1)[0])
+    with pytest.raises(ValueError, match="val_per_class=21 but class 0 .* only 20"):
+        validation_split(tiny_ds, 21)

@@ -110,3 +110,46 @@ def test_write_result_records_an_evaluations_list(tmp_path):
     assert [e["eval_model"] for e in rec["evaluations"]] == ["ConvNet", "ResNet18"]
     assert rec["evaluations"][0]["protocol"] == {"epochs": 300, "num_models": 2, "name": "standard"}
     assert rec["evaluations"][0]["mean"] == 55.0 and rec["evaluations"][1]["curve"][0]["accs"] == [30.0]
+
+
+def test_results_dir_precedence(tmp_path, monkeypatch):
+    from ddkit.results import resolve_results_dir
+    from ddkit.utils import REPO_ROOT
+
+    monkeypatch.setenv("DDKIT_RESULTS", str(tmp_path / "env"))
+    assert resolve_results_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert resolve_results_dir("") == resolve_results_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("DDKIT_RESULTS")
+    assert resolve_results_dir("") == REPO_ROOT / "results"  # a checkout: the repository's folder
+
+
+def test_the_test_session_never_writes_into_the_repository_results():
+    from ddkit.results import current_run_kind, resolve_results_dir
+    from ddkit.utils import REPO_ROOT
+
+    assert resolve_results_dir("") != REPO_ROOT / "results" and current_run_kind() == "test"
+
+
+def test_run_kind_is_recorded_and_checked(tmp_path, monkeypatch):
+    monkeypatch.delenv("DDKIT_RUN_KIND")
+    kw = dict(method="DM", dataset="mnist5k", ipc=1, model="ConvNet", params={}, accs=[50.0], seconds=0)
+    assert write_result(tmp_path, **kw)["run_kind"] == "user"
+    assert write_result(tmp_path, run_kind="tiny", **kw)["run_kind"] == "tiny"
+    monkeypatch.setenv("DDKIT_RUN_KIND", "test")
+    assert write_result(tmp_path, **kw)["run_kind"] == "test"
+    with pytest.raises(ValueError, match="run_kind='smoke'.*user, tiny, test"):
+        write_result(tmp_path, run_kind="smoke", **kw)
+    with pytest.raises(ValueError, match=r"evaluations\[0\] lacks \['variant'"):
+        write_result(tmp_path, evaluations=[{"method": "DM"}], **kw)
+
+
+def test_evaluation_entry_keeps_selection_and_epoch_curve():
+    from ddkit.evaluate import EvalResult
+    from ddkit.results import evaluation_entry
+
+    res = EvalResult([60.0, 62.0], "ConvNet", {"epochs": 4}, [{"epoch": 4, "test": [60.0, 62.0]}],
+                     {"last": [60.0, 62.0], "test_best": [61.0, 64.0]})
+    e = evaluation_entry("DiM", res.select("test_best"), ipc=10, protocol="dim")
+    assert e["accs"] == [61.0, 64.0] and e["mean"] == 62.5
+    assert e["protocol"] == {"epochs": 4, "selection": "test_best", "name": "dim"}
+    assert e["selection"]["last"] == [60.0, 62.0] and e["epoch_curve"][0]["epoch"] == 4
