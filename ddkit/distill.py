@@ -3,11 +3,22 @@
 Each iteration: draw a network from the pool; sample a real batch of ``batch_real`` images per
 class (all classes in one tensor); decode the synthetic set (factor-l partition/expansion);
 apply siamese DSA (one parameter draw per class shared by that class's real and synthetic
-images, all classes in one call); evaluate the objective; one SGD step on the images.
+images, all classes in one call); evaluate the objective; SGD on the images.
 
-Stepping all classes jointly equals the reference's per-class steps: the objectives are sums
-of per-class terms over disjoint synthetic images, the network is frozen, and with instance norm
-a batch forward equals per-sample forwards (tested in tests/test_models.py).
+Two ways to step (``image_step``), because the reference codes differ:
+
+- ``"joint"`` (DM, IID-on-DM: their code sums the class losses and steps once): one
+  ``backward`` of the whole objective and one ``step()`` per iteration.
+- ``"per_class"`` (IDM, IID-on-IDM and IDC-based DSDM: their code steps inside the class loop):
+  for each class c in order, class c's synthetic rows are decoded and augmented from the
+  *current* images, the objective is evaluated on class c's real and synthetic samples alone,
+  and ``step()`` runs on the one tensor that holds every class's images. With momentum this is
+  NOT the joint step: at each of the K steps the other classes' rows move by their momentum
+  buffer (``buf = m * buf``), so after one iteration row c has moved K times, not once.
+  ``tests/test_distill.py`` checks it against a loop written the reference's way.
+
+Objectives that couple classes (none of the DM family's do) would differ between the two
+beyond the momentum effect; every objective here is a sum of per-class terms.
 """
 from __future__ import annotations
 
@@ -87,6 +98,16 @@ class MatchBatch:
     num_classes: int
 
 
+#: How ``distill`` steps the images (see the module docstring).
+IMAGE_STEPS = ("joint", "per_class")
+
+
+def class_rows(syn: SyntheticSet, c: int) -> slice:
+    """Rows of ``syn.images`` holding class ``c`` (the stored set is class-major)."""
+    ipc = syn.ipc
+    return slice(c * ipc, (c + 1) * ipc)
+
+
 #: Images per pass on the side without autograd (the real batch): bounds activation memory
 #: (a ConvNet-3 pass holds ~0.5 MB per image per layer; 2560 real images at once would be
 #: 1.3 GB per activation) at no cost in speed; exact for per-sample normalisation.
@@ -128,7 +149,8 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             lr_img: float = 1.0, momentum: float = 0.5, batch_real: int = 256, dsa=True, seed: int = 0,
             device=None, after_step: Callable | None = None, clamp: tuple | None = None,
             checkpoint: str | Path | None = None, checkpoint_every: int = 200, extra_state: dict | None = None,
-            progress: bool = True, desc: str = "distill", compile=False, channels_last: bool = False) -> list:
+            progress: bool = True, desc: str = "distill", compile=False, channels_last: bool = False,
+            image_step: str = "joint") -> list:
     """Optimise ``syn.images`` for ``iterations`` steps of ``objective`` (see module docstring).
 
     - ``objective(batch) -> {"loss": tensor, "<term>": tensor, ...}``; every term is logged.
@@ -136,10 +158,12 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     - ``dsa``: True (the dataset's strategy), False/"none", a strategy string or a ``DSA``.
     - ``after_step(iteration, syn, batch)``: e.g. DSDM's memory-bank update.
     - ``clamp``: (lo, hi) bounds applied to the images after each step (DSDM clamps pixels).
+    - ``image_step``: ``"joint"`` (one step per iteration) or ``"per_class"`` (one step after each
+      class's loss, as the IDM / IDC reference loops do; see the module docstring).
     - ``checkpoint``: a path; the loop saves its state there every ``checkpoint_every`` iterations
       (atomic) and resumes from it when it exists (``extra_state``: objects with
       ``state_dict``/``load_state_dict`` saved along, e.g. a prototype bank).
-    - Speed flags (issue 7; results equal the plain path up to float reassociation, see
+    - Speed flags (results equal the plain path up to float reassociation, see
       tests/test_speed_flags.py): ``compile`` True / False / "auto" runs the objective's
       ``net.embed`` / ``net.feature_maps`` / ``net(x)`` through ``torch.compile`` (once per pool
       module: in-place re-initialisation reuses the graph; "auto" compiles only when the run's
@@ -148,6 +172,8 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
       of the drawn network as ``batch.net``.
     Returns the history: one dict of floats per iteration.
     """
+    if image_step not in IMAGE_STEPS:
+        raise ValueError(f"image_step={image_step!r}; expected one of {list(IMAGE_STEPS)}")
     dev = resolve_device(device)
     data = dataset.to(dev)
     aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
@@ -196,19 +222,19 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     for it in bar:
         net = fast_view(pool.draw(g_pool), use_compile, channels_last)
         x_real, y_real = data.sample_classes(batch_real, generator=g_data)
-        x_syn, y_syn = syn.decoded()
+        p = aug.sample(k, generator=g_aug, device=dev) if aug is not None else None
         if aug is not None:
-            p = aug.sample(k, generator=g_aug, device=dev)
             x_real = aug.apply(x_real, p, y_real)
-            x_syn = aug.apply(x_syn, p, y_syn if y_syn.dim() == 1 else y_syn.argmax(1))
-        batch = MatchBatch(net, x_real, y_real, x_syn, y_syn, it, k)
-        terms = objective(batch)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        if clamp is not None:
-            with torch.no_grad():
-                syn.images.clamp_(*clamp)
+        if image_step == "joint":
+            batch = _syn_batch(syn, slice(None), net, x_real, y_real, aug, p, it, k)
+            terms = _step(objective, batch, opt, syn, clamp)
+        else:
+            per_class_terms = []
+            for c in range(k):  # the reference's class loop: decode, augment, loss, step on all rows
+                real_c = slice(c * batch_real, (c + 1) * batch_real)
+                batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], aug, p, it, k)
+                per_class_terms.append(_step(objective, batch, opt, syn, clamp))
+            terms = {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}
         if hasattr(pool, "after_iteration"):
             pool.after_iteration(data, g_pool)
         if after_step is not None:
@@ -219,3 +245,24 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
             save(it + 1)
     return history
+
+
+def _syn_batch(syn: SyntheticSet, rows: slice, net, x_real, y_real, aug, p, iteration: int, k: int) -> MatchBatch:
+    """A :class:`MatchBatch` of the given stored rows, decoded and augmented from the current images
+    with the iteration's siamese draw ``p`` (row ``c`` of ``p`` for class ``c``)."""
+    x_syn, y_syn = decode(syn.images[rows], syn.labels[rows], syn.factor)
+    if aug is not None:
+        x_syn = aug.apply(x_syn, p, y_syn if y_syn.dim() == 1 else y_syn.argmax(1))
+    return MatchBatch(net, x_real, y_real, x_syn, y_syn, iteration, k)
+
+
+def _step(objective, batch: MatchBatch, opt, syn: SyntheticSet, clamp) -> dict:
+    """One objective evaluation, backward and optimiser step (then the clamp); returns the terms."""
+    terms = objective(batch)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt.step()
+    if clamp is not None:
+        with torch.no_grad():
+            syn.images.clamp_(*clamp)
+    return terms
