@@ -35,8 +35,8 @@ PROTOCOLS = {
 #: Labels of :attr:`EvalResult.selection`: which epoch's test accuracy each network reports.
 SELECTIONS = {
     "last": "test accuracy after the last epoch (the standard protocol)",
-    "val_best": "test accuracy at the checkpoint with the best validation accuracy (held-out real images)",
-    "test_best": "best test accuracy over the checkpoints (selection on the test set: optimistic)",
+    "best_val": "test accuracy at the checkpoint with the best validation accuracy (held-out real images)",
+    "best_test": "best test accuracy over the checkpoints (selection on the test set: optimistic)",
 }
 
 
@@ -58,7 +58,7 @@ class EvalResult:
         """The same evaluation reporting the ``name`` selection (``settings["selection"]`` says which)."""
         if name not in self.selection:
             raise ValueError(f"selection {name!r} not recorded; this result has {sorted(self.selection)} "
-                             f"(known: {sorted(SELECTIONS)}; 'val_best' needs val_per_class > 0, 'test_best' "
+                             f"(known: {sorted(SELECTIONS)}; 'best_val' needs val_per_class > 0, 'best_test' "
                              f"needs eval_every_epochs > 0 or val_per_class > 0)")
         return EvalResult(list(self.selection[name]), self.model, {**self.settings, "selection": name},
                           self.epoch_curve, self.selection)
@@ -141,11 +141,11 @@ def _select(epoch_curve: list, num_models: int, has_val: bool) -> dict:
     """Per network: the last checkpoint's test accuracy, the best test accuracy, and (with a
     validation split) the test accuracy at the best validation accuracy (ties: the later epoch)."""
     tests = [[pt["test"][i] for pt in epoch_curve] for i in range(num_models)]
-    out = {"last": [t[-1] for t in tests], "test_best": [max(t) for t in tests]}
+    out = {"last": [t[-1] for t in tests], "best_test": [max(t) for t in tests]}
     if has_val:
         vals = [[pt["val"][i] for pt in epoch_curve] for i in range(num_models)]
         best = [max(range(len(v)), key=lambda k: (v[k], k)) for v in vals]
-        out["val_best"] = [t[k] for t, k in zip(tests, best)]
+        out["best_val"] = [t[k] for t, k in zip(tests, best)]
     return out
 
 
@@ -164,9 +164,9 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
 
     Model selection (module docstring; both 0 = off, the standard protocol unchanged):
     ``eval_every_epochs`` tests every network every that many epochs and after the last
-    (``EvalResult.epoch_curve``; ``selection["test_best"]``, DiM's "test every 200 epochs, report the
+    (``EvalResult.epoch_curve``; ``selection["best_test"]``, DiM's "test every 200 epochs, report the
     best"). ``val_per_class`` holds out that many real training images per class (seed ``seed``) and
-    reports, in ``selection["val_best"]``, the test accuracy at the best validation checkpoint.
+    reports, in ``selection["best_val"]``, the test accuracy at the best validation checkpoint.
     ``accs`` stays the last-epoch accuracy; checkpoints do not change training (same numbers).
 
     Speed flags (issue 7): ``compile`` True / False / "auto" trains and tests through one

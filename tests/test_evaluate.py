@@ -93,8 +93,8 @@ def test_selection_by_hand():
              {"epoch": 4, "test": [70.0, 55.0], "val": [45.0, 70.0]},  # net 1: val tie -> later epoch
              {"epoch": 6, "test": [65.0, 58.0], "val": [42.0, 60.0]}]
     sel = _select(curve, 2, has_val=True)
-    assert sel == {"last": [65.0, 58.0], "test_best": [70.0, 60.0], "val_best": [70.0, 55.0]}
-    assert "val_best" not in _select(curve, 2, has_val=False)
+    assert sel == {"last": [65.0, 58.0], "best_test": [70.0, 60.0], "best_val": [70.0, 55.0]}
+    assert "best_val" not in _select(curve, 2, has_val=False)
 
 
 def test_checkpoint_epochs():
@@ -124,12 +124,12 @@ def test_validation_selection_records_three_labelled_accuracies(tiny_ds):
         tests = [p["test"][i] for p in sel.epoch_curve]
         vals = [p["val"][i] for p in sel.epoch_curve]
         k = max(k for k in range(3) if vals[k] == max(vals))
-        assert sel.selection["test_best"][i] == max(tests) and sel.selection["val_best"][i] == tests[k]
+        assert sel.selection["best_test"][i] == max(tests) and sel.selection["best_val"][i] == tests[k]
     assert all(v * 20 % 1 == 0 for p in sel.epoch_curve for v in p["val"])  # 20 validation images
-    best = sel.select("test_best")
-    assert best.accs == sel.selection["test_best"] and best.settings["selection"] == "test_best"
-    with pytest.raises(ValueError, match="'val_best' not recorded"):
-        evaluate_synset(x, y, tiny_ds, eval_every_epochs=3, **kw).select("val_best")
+    best = sel.select("best_test")
+    assert best.accs == sel.selection["best_test"] and best.settings["selection"] == "best_test"
+    with pytest.raises(ValueError, match="'best_val' not recorded"):
+        evaluate_synset(x, y, tiny_ds, eval_every_epochs=3, **kw).select("best_val")
     xv, yv = validation_split(tiny_ds, 5, seed=1)
     assert torch.bincount(yv, minlength=4).tolist() == [5, 5, 5, 5]
     assert torch.equal(xv, validation_split(tiny_ds, 5, seed=1)[0])

@@ -148,8 +148,8 @@ def test_evaluation_entry_keeps_selection_and_epoch_curve():
     from ddkit.results import evaluation_entry
 
     res = EvalResult([60.0, 62.0], "ConvNet", {"epochs": 4}, [{"epoch": 4, "test": [60.0, 62.0]}],
-                     {"last": [60.0, 62.0], "test_best": [61.0, 64.0]})
-    e = evaluation_entry("DiM", res.select("test_best"), ipc=10, protocol="dim")
+                     {"last": [60.0, 62.0], "best_test": [61.0, 64.0]})
+    e = evaluation_entry("DiM", res.select("best_test"), ipc=10, protocol="dim")
     assert e["accs"] == [61.0, 64.0] and e["mean"] == 62.5
-    assert e["protocol"] == {"epochs": 4, "selection": "test_best", "name": "dim"}
+    assert e["protocol"] == {"epochs": 4, "selection": "best_test", "name": "dim"}
     assert e["selection"]["last"] == [60.0, 62.0] and e["epoch_curve"][0]["epoch"] == 4
