@@ -3,11 +3,11 @@
 Shared machinery of the DiM family (DiM, "Balancing Global Structure and Local Details"
 (notebook 01) and "Self-Knowledge Distillation" (notebook 02)):
 
-* :class:`ConditionalGenerator` - DiM-style generator (REFERENCE_NOTES, seed 1):
-  ``Linear([z (+) onehot(y)] -> width*4*4) + BN + ReLU``, three transposed convolutions
-  at ``width`` channels (4 -> 7 -> 14 -> 28 for 28x28, 4 -> 8 -> 16 -> 32 for 32x32), a
-  3x3 conv to the image channels and ``tanh``. The label is *concatenated* to the noise
-  (the papers' Eq. 5); DiM's code overwrote the first entries of z instead.
+* :class:`ConditionalGenerator` - DiM's generator (``gen_arch="dim"``: Linear + BN + ReLU, then
+  deconv, three 3x3 convs, deconv, a 3x3 conv, deconv, a 3x3 conv to the image, tanh; 8 conv
+  layers, BN + ReLU after each but the last) or ddkit's compact one (``"compact"``: three
+  transposed convs and a 3x3 conv). The label is *concatenated* to the noise (the papers'
+  Eq. 5) or, as DiM's code does, written over z's first K entries (``conditioning``).
   ``forward(z, y)`` returns the tanh image in [-1, 1] (the GAN space);
   :meth:`ConditionalGenerator.generate` / :meth:`ConditionalGenerator.sample` return
   images in the dataset's *normalised* space, ready for any ddkit model.
@@ -20,17 +20,23 @@ Shared machinery of the DiM family (DiM, "Balancing Global Structure and Local D
   non-saturating form ``-log D(G(z|y)|y)`` (Goodfellow et al. 2014, Sec. 3) unless
   ``saturating=True`` (the literal ``log(1 - D(G(z|y)))``).
   ``"wgan_gp"`` - what DiM's public code trains with: WGAN critic loss + gradient penalty
-  (lambda 10) + auxiliary class cross-entropy (AC-GAN) on real (D) and fake (G) images.
+  (lambda 10) + auxiliary class cross-entropy (AC-GAN) on real (D) and fake (G) images;
+  ``fake_aux=True`` also trains D's class head on fakes, as DiM does. DiM's loop order
+  (G step, then D on fakes with random labels) is ``step_order="g_first"``, ``d_labels="random"``.
 * :class:`GANModelPool` - DiM's model pool: per epoch one architecture is drawn from
   ``names`` (default {ConvNet, ResNet10, ResNet18}), freshly initialised, and trained a few
-  SGD steps on real batches (``pool_train_steps``, 16 in DiM) before each generator step.
+  SGD steps on real batches (``pool_train_steps``, 16 in DiM; DSA on them with ``dsa``, DiM's
+  ``color_crop``) before each generator step.
 * :func:`train_gan` (stage 1) and :func:`match_generator` (stage 2: GAN loss + a matching
-  objective callable, so each paper's objective lives in its own notebook cell).
+  objective callable, so each paper's objective lives in its own notebook cell; optional siamese
+  DSA before matching, :func:`siamese_augment`); :class:`TermBalance` weights the matching terms
+  (the papers' fixed weights or a normalised balance, an ablation).
 * Checkpoints (G + D + optimizer states + params + history, atomic, ``weights_only=True``
   loads that refuse another dataset / image size / class count), a stage-1 cache keyed by
   the stage-1 params (:func:`stage1`) with resume, and :func:`evaluate_generator` with
-  both deployment protocols (:data:`EVAL_PROTOCOLS`; fixed sets shared or one per network,
-  :data:`FIXED_SETS`).
+  both deployment protocols (:data:`EVAL_PROTOCOLS`): ``"fixed"`` (IPC images per class drawn
+  once; shared or one set per network, :data:`FIXED_SETS`) and ``"dim"`` (DiM's ``validate``:
+  a fresh generated batch every step, last epoch and best-of-test-evaluations reported).
 * :func:`dim_objective` - the DiM baseline shared by both notebooks; notebook helpers
   (:func:`gan_spec`, :func:`stage1_from_params`, :func:`compare_methods`, :func:`timed_redeploy`,
   :func:`show_class_grids`) so the notebooks hold no copied code.
@@ -54,20 +60,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .augment import DSA
 from .models import MODEL_NAMES, get_model, reinit_
 from .evaluate import EvalResult, evaluate_synset
 from .losses import logit_matching_loss
-from .train import train_steps
+from .train import sgd
 from .utils import REPO_ROOT, atomic_torch_save, make_generator, safe_torch_load
 
 __all__ = [
     "GAN_LOSSES", "DEFAULT_POOL", "EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "FIXED_SETS", "MATCH_FORMS",
+    "GEN_ARCHS", "CONDITIONINGS", "STEP_ORDERS", "D_LABELS", "BALANCES", "SELECTIONS", "BEST_TEST_LABEL",
     "CHECKPOINT_FORMAT",
-    "ConditionalGenerator", "Discriminator", "GANState", "GANModelPool", "MatchBatch",
-    "gradient_penalty", "discriminator_loss", "generator_loss", "default_aux_weight",
-    "build_gan", "train_gan", "match_generator", "stage1", "stage2",
+    "ConditionalGenerator", "Discriminator", "GANState", "GANModelPool", "MatchBatch", "TermBalance",
+    "gradient_penalty", "discriminator_loss", "generator_loss", "default_aux_weight", "siamese_augment",
+    "build_gan", "train_gan", "match_generator", "stage2_schedule", "stage1", "stage2",
     "save_checkpoint", "load_checkpoint", "checkpoint_meta", "check_checkpoint",
-    "evaluate_generator", "GeneratorEval", "dim_objective", "forward_logits_mid",
+    "evaluate_generator", "GeneratorEval", "dim_steps_per_epoch", "dim_batch_source", "evaluation_entries",
+    "comparison_entries", "dim_objective", "forward_logits_mid",
     "validate_gan_config", "stage1_key", "default_cache_dir", "gan_spec", "check_notebook_params",
     "stage1_from_params", "stage2_from_params", "random_real_eval", "protocol_list", "compare_methods", "timed_redeploy",
     "show_class_grids",
@@ -78,14 +87,27 @@ GAN_LOSSES = ("cgan", "wgan_gp")
 #: DiM / seed 1 / seed 2 model pool (REFERENCE_NOTES).
 DEFAULT_POOL = ("ConvNet", "ResNet10", "ResNet18")
 #: Deployment evaluation protocols: a fixed set of IPC images per class (the standard
-#: protocol, ``evaluate_synset``), or DiM's fresh samples every training step.
-EVAL_PROTOCOLS = ("fixed", "resample")
+#: protocol, ``evaluate_synset``), or DiM's ``validate`` (fresh generated batch every step,
+#: :func:`evaluate_generator`).
+EVAL_PROTOCOLS = ("fixed", "dim")
 #: What a notebook's ``eval_protocol`` may say: one protocol, or ``"both"`` (fixed first).
 NOTEBOOK_PROTOCOLS = (*EVAL_PROTOCOLS, "both")
 #: Fixed-protocol sets: ``"one"`` set (seed ``seed``) for every evaluation network, or
 #: ``"per_model"``: network ``i`` trains on its own set (seed ``seed + i``), so the mean is over
 #: draws from the generator as well as over networks.
 FIXED_SETS = ("one", "per_model")
+#: Generator bodies: DiM's 8-conv network (``gan_model.py``) or ddkit's compact 3-deconv one.
+GEN_ARCHS = ("dim", "compact")
+#: Label conditioning of G: the papers' concatenation (Eq. 5) or DiM's overwrite of z[:, :K].
+CONDITIONINGS = ("concat", "overwrite")
+#: Order of the two updates per GAN iteration: ddkit's D then G, or DiM's G then D.
+STEP_ORDERS = ("d_first", "g_first")
+#: Labels of the fakes in D's update: those of the real batch, or uniform random (DiM).
+D_LABELS = ("real", "random")
+#: Balance of the weighted matching terms (:class:`TermBalance`).
+BALANCES = ("fixed", "equal_start", "running_mean")
+#: Evaluation-selection labels written into a result's protocol (``"best_test"``: DiM's report).
+SELECTIONS = ("last", "best_test", "best_val")
 CHECKPOINT_FORMAT = "ddkit.generative/1"
 SUPPORTED_SIZES = ((28, 28), (32, 32))
 #: Forms of the matching terms: the papers' equations (sums) or DiM's code (REFERENCE_NOTES seed 1).
@@ -105,6 +127,12 @@ def _positive_int(name, v):
     return v
 
 
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; expected one of {tuple(allowed)}")
+    return value
+
+
 def _check_labels(labels, num_classes, device) -> torch.Tensor:
     y = torch.as_tensor(labels, device=device)
     if y.dim() != 1 or y.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
@@ -119,9 +147,36 @@ def _check_labels(labels, num_classes, device) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- networks
 
+def _compact_body(width: int, hw) -> list:
+    """ddkit's compact generator body: three transposed convolutions (4 -> 7/8 -> 14/16 -> 28/32)."""
+    first = (nn.ConvTranspose2d(width, width, 4, 1, 0) if hw == (28, 28)   # 4 -> 7
+             else nn.ConvTranspose2d(width, width, 4, 2, 1))                # 4 -> 8
+    return [first, nn.ConvTranspose2d(width, width, 4, 2, 1), nn.ConvTranspose2d(width, width, 4, 2, 1)]
+
+
+def _dim_body(width: int, hw) -> list:
+    """DiM's generator body (``gan_model.py``): deconv, three 3x3 convs, deconv, a 3x3 conv, deconv
+    (each followed by BN + ReLU in the caller); with the final 3x3 conv that makes 8 conv layers.
+    28x28: the first deconv is kernel 3 (4 -> 7), otherwise kernel 4 (4 -> 8); then x2, x2."""
+    first = (nn.ConvTranspose2d(width, width, 3, 2, 1) if hw == (28, 28)   # 4 -> 7
+             else nn.ConvTranspose2d(width, width, 4, 2, 1))                # 4 -> 8
+
+    def conv():
+        return nn.Conv2d(width, width, 3, 1, 1)
+
+    def up():
+        return nn.ConvTranspose2d(width, width, 4, 2, 1)
+    return [first, conv(), conv(), conv(), up(), conv(), up()]
+
+
 class ConditionalGenerator(nn.Module):
     """DiM-style conditional generator, ``S = G([z (+) y]; W)`` (seed 1 Eq. 5, seed 2 Eq. 2).
 
+    ``Linear -> width*4*4`` + BN1d + ReLU, then the body (``arch``, :data:`GEN_ARCHS`):
+    ``"dim"`` - DiM's 8 conv layers (deconv, 3 x conv3x3, deconv, conv3x3, deconv, conv3x3 to the
+    image, each but the last with BN + ReLU); ``"compact"`` - ddkit's 3 transposed convs + conv3x3.
+    ``conditioning`` (:data:`CONDITIONINGS`): ``"concat"`` feeds ``[z (+) onehot(y)]`` (the papers'
+    Eq. 5); ``"overwrite"`` writes the one-hot over the first K entries of z (DiM's code).
     ``width`` is DiM's 196 channels; smaller widths (e.g. 32) keep CPU runs short.
     ``mean``/``std`` are the dataset's normalisation: ``generate``/``sample`` map the tanh
     output ``t`` to pixels ``(t + 1) / 2`` and then to ``(pixels - mean) / std``.
@@ -129,8 +184,13 @@ class ConditionalGenerator(nn.Module):
 
     def __init__(self, num_classes: int, channels: int, im_size=(32, 32), z_dim: int = 100,
                  width: int = 196, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
+                 std: Sequence[float] | None = None, arch: str = "dim", conditioning: str = "concat"):
         super().__init__()
+        _check_choice("gen_arch", arch, GEN_ARCHS)
+        _check_choice("gen_conditioning", conditioning, CONDITIONINGS)
+        if conditioning == "overwrite" and z_dim < num_classes:
+            raise ValueError(f"gen_conditioning='overwrite' writes the {num_classes}-class one-hot over the first "
+                             f"entries of z, so z_dim must be >= {num_classes}; got z_dim={z_dim}")
         _positive_int("num_classes", num_classes)
         _positive_int("channels", channels)
         _positive_int("z_dim", z_dim)
@@ -139,21 +199,20 @@ class ConditionalGenerator(nn.Module):
         if hw not in SUPPORTED_SIZES:
             raise ValueError(f"ConditionalGenerator supports image sizes {SUPPORTED_SIZES}, got {hw}")
         self.num_classes, self.channels, self.im_size = num_classes, channels, hw
-        self.z_dim, self.width = z_dim, width
+        self.z_dim, self.width, self.arch, self.conditioning = z_dim, width, arch, conditioning
         mean = [0.5] * channels if mean is None else [float(m) for m in mean]
         std = [0.5] * channels if std is None else [float(s) for s in std]
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise ValueError(f"mean/std need {channels} entries (std > 0), got {mean}, {std}")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.fc = nn.Linear(z_dim + num_classes, width * 4 * 4)
+        in_dim = z_dim + num_classes if conditioning == "concat" else z_dim
+        self.fc = nn.Linear(in_dim, width * 4 * 4)
         self.bn0 = nn.BatchNorm1d(width * 4 * 4)
-        first = (nn.ConvTranspose2d(width, width, 4, 1, 0) if hw == (28, 28)   # 4 -> 7
-                 else nn.ConvTranspose2d(width, width, 4, 2, 1))                # 4 -> 8
-        ups = [first, nn.ConvTranspose2d(width, width, 4, 2, 1), nn.ConvTranspose2d(width, width, 4, 2, 1)]
+        body = _dim_body(width, hw) if arch == "dim" else _compact_body(width, hw)
         layers: list[nn.Module] = []
-        for up in ups:
-            layers += [up, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        for m in body:
+            layers += [m, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         layers += [nn.Conv2d(width, channels, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
@@ -166,7 +225,11 @@ class ConditionalGenerator(nn.Module):
         if len(y) != len(z):
             raise ValueError(f"z has {len(z)} rows but labels has {len(y)}")
         onehot = F.one_hot(y, self.num_classes).to(z.dtype)
-        h = F.relu(self.bn0(self.fc(torch.cat([z, onehot], dim=1))))   # [z (+) y]
+        if self.conditioning == "concat":        # [z (+) y], seed 1 Eq. 5
+            h_in = torch.cat([z, onehot], dim=1)
+        else:                                    # DiM's code: the one-hot replaces z's first K entries
+            h_in = torch.cat([onehot, z[:, self.num_classes:]], dim=1)
+        h = F.relu(self.bn0(self.fc(h_in)))
         return self.net(h.view(-1, self.width, 4, 4))
 
     def to_normalized(self, t: torch.Tensor) -> torch.Tensor:
@@ -288,14 +351,18 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x_real: tor
 def discriminator_loss(D: Discriminator, x_real: torch.Tensor, y_real: torch.Tensor,
                        x_fake: torch.Tensor, y_fake: torch.Tensor, gan_loss: str = "wgan_gp",
                        gp_lambda: float = 10.0, aux_weight: float | None = None,
-                       generator: torch.Generator | None = None) -> dict:
+                       generator: torch.Generator | None = None, fake_aux: bool = False) -> dict:
     """The discriminator's loss (to minimise) on [-1, 1] images; returns named terms, ``loss``
-    the total. ``x_fake`` is detached here."""
+    the total. ``x_fake`` is detached here.
+
+    The auxiliary class head (AC-GAN) is trained with ``aux_weight * CE(c(x_real), y_real)``;
+    ``fake_aux=True`` adds ``aux_weight * CE(c(x_fake), y_fake)`` (DiM's code trains the class head
+    on generated images too: ``D_loss = s_fake - s_real + CE_fake + CE_real + lambda * GP``)."""
     _check_gan_loss(gan_loss)
     aux_weight = default_aux_weight(gan_loss) if aux_weight is None else float(aux_weight)
     x_fake = x_fake.detach()
     s_real, c_real = D(x_real, y_real)
-    s_fake, _ = D(x_fake, y_fake)
+    s_fake, c_fake = D(x_fake, y_fake)
     out = {}
     if gan_loss == "cgan":
         # -[log D(x|y) + log(1 - D(G(z|y)|y))], D = sigmoid(score)  (Eq. 2 / Eq. 4)
@@ -308,6 +375,9 @@ def discriminator_loss(D: Discriminator, x_real: torch.Tensor, y_real: torch.Ten
     if aux_weight:
         out["aux"] = F.cross_entropy(c_real, y_real)
         loss = loss + aux_weight * out["aux"]
+        if fake_aux:
+            out["aux_fake"] = F.cross_entropy(c_fake, y_fake)
+            loss = loss + aux_weight * out["aux_fake"]
     out["loss"] = loss
     return out
 
@@ -378,13 +448,14 @@ def checkpoint_meta(dataset) -> dict:
 
 def build_gan(dataset, *, z_dim: int = 100, gen_width: int = 196, disc_width: int = 196,
               gan_loss: str = "wgan_gp", lr: float = 1e-4, betas=(0.0, 0.9), device=None,
-              seed: int = 0) -> GANState:
+              seed: int = 0, gen_arch: str = "dim", gen_conditioning: str = "concat") -> GANState:
     """Fresh G/D for ``dataset`` (deterministic per ``seed``) with Adam(lr, betas) each
-    (DiM: lr 1e-4, betas (0, 0.9))."""
+    (DiM: lr 1e-4, betas (0, 0.9)); ``gen_arch`` / ``gen_conditioning``: see
+    :class:`ConditionalGenerator`."""
     _check_gan_loss(gan_loss)
     device = torch.device(device) if device is not None else dataset.device
     G = ConditionalGenerator(dataset.num_classes, dataset.channels, dataset.im_size, z_dim,
-                             gen_width, dataset.mean, dataset.std)
+                             gen_width, dataset.mean, dataset.std, arch=gen_arch, conditioning=gen_conditioning)
     D = Discriminator(dataset.num_classes, dataset.channels, dataset.im_size, disc_width,
                       projection=(gan_loss == "cgan"))
     g = make_generator(seed)
@@ -393,6 +464,7 @@ def build_gan(dataset, *, z_dim: int = 100, gen_width: int = 196, disc_width: in
     G, D = G.to(device), D.to(device)
     meta = {**checkpoint_meta(dataset), "format": CHECKPOINT_FORMAT, "z_dim": int(z_dim),
             "gen_width": int(gen_width), "disc_width": int(disc_width), "gan_loss": gan_loss,
+            "gen_arch": gen_arch, "gen_conditioning": gen_conditioning,
             "mean": [float(m) for m in dataset.mean], "std": [float(s) for s in dataset.std]}
     return GANState(G, D, torch.optim.Adam(G.parameters(), lr=lr, betas=tuple(betas)),
                     torch.optim.Adam(D.parameters(), lr=lr, betas=tuple(betas)), meta)
@@ -438,7 +510,8 @@ def load_checkpoint(path, dataset, device=None) -> GANState:
     params = obj.get("params") or {}
     state = build_gan(dataset, z_dim=m["z_dim"], gen_width=m["gen_width"], disc_width=m["disc_width"],
                       gan_loss=m["gan_loss"], lr=params.get("lr", 1e-4),
-                      betas=params.get("betas", (0.0, 0.9)), device=device)
+                      betas=params.get("betas", (0.0, 0.9)), device=device,
+                      gen_arch=m.get("gen_arch", "compact"), gen_conditioning=m.get("gen_conditioning", "concat"))
     try:
         state.G.load_state_dict(obj["G"])
         state.D.load_state_dict(obj["D"])
@@ -483,11 +556,13 @@ class GANModelPool:
     model ``steps`` SGD steps on real batches (SGD 0.01, momentum 0.9, wd 5e-4, the
     optimizer kept across calls within a draw), then freezes it for the generator step.
     ``mid_layer=None`` uses each model's own ``mid_layer`` (ResNet layer2, ConvNet block 2);
-    an int overrides it (index into ``feature_maps``)."""
+    an int overrides it (index into ``feature_maps``). ``dsa``: a DSA strategy (or
+    :class:`ddkit.augment.DSA`) applied per sample to every warm-up batch (DiM warms its pool
+    models on ``color_crop``-augmented batches); ``None``/``""`` warms on plain batches."""
 
     def __init__(self, names: Sequence[str], channels: int, num_classes: int, im_size,
                  device=None, mid_layer: int | None = None, lr: float = 0.01, batch_size: int = 256,
-                 **model_kw):
+                 dsa=None, **model_kw):
         names = [names] if isinstance(names, str) else list(names)
         if not names:
             raise ValueError("the model pool needs at least one model name")
@@ -499,6 +574,7 @@ class GANModelPool:
         self.args = (channels, num_classes, _as_hw(im_size))
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.mid_override, self.lr, self.batch_size, self.model_kw = mid_layer, lr, batch_size, model_kw
+        self.dsa = _as_dsa(dsa)
         self._models: dict[str, nn.Module] = {}
         self._maps: dict[str, int] = {}
         self.current: nn.Module | None = None
@@ -549,10 +625,40 @@ class GANModelPool:
             raise RuntimeError("draw a model first")
         if steps > 0:
             self._freeze(False)
-            self.optimizer = train_steps(self.current, dataset, steps, batch_size=self.batch_size,
-                                         lr=self.lr, generator=generator, optimizer=self.optimizer)
+            self.optimizer = self.optimizer or sgd(self.current, self.lr)
+            n = len(dataset.x_train)
+            gdev = generator.device if generator is not None else torch.device("cpu")
+            for _ in range(steps):
+                idx = torch.randint(n, (self.batch_size,), generator=generator, device=gdev).to(dataset.device)
+                xb = dataset.x_train[idx]
+                if self.dsa is not None:
+                    xb = self.dsa(xb, generator=generator)
+                loss = F.cross_entropy(self.current(xb), dataset.y_train[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             self._freeze(True)
         return self.current
+
+
+def _as_dsa(dsa) -> DSA | None:
+    """A DSA strategy string / DSA object / None or "" (no augmentation) -> ``DSA`` or None
+    (an unknown op is a ValueError naming the allowed ones)."""
+    if dsa is None or isinstance(dsa, DSA):
+        return dsa if (dsa is None or not dsa.is_identity) else None
+    aug = DSA(dsa)
+    return None if aug.is_identity else aug
+
+
+def siamese_augment(aug: DSA, x_real: torch.Tensor, x_syn: torch.Tensor,
+                    generator: torch.Generator | None = None):
+    """Siamese DSA before matching (DiM's ``--match-aug``): ONE parameter draw shared by every
+    real and every synthetic image of the batch (DiM augments ``cat([x_real, x_syn])`` with a
+    batch-wide draw). Differentiable w.r.t. ``x_syn``. Returns ``(x_real_aug, x_syn_aug)``."""
+    params = aug.sample(1, generator=generator, device=x_real.device)
+    zero_r = torch.zeros(len(x_real), dtype=torch.long, device=x_real.device)
+    zero_s = torch.zeros(len(x_syn), dtype=torch.long, device=x_syn.device)
+    return aug.apply(x_real, params, zero_r), aug.apply(x_syn, params, zero_s)
 
 
 @dataclass
@@ -580,29 +686,49 @@ def forward_logits_mid(net: nn.Module, x: torch.Tensor, mid_layer: int):
 
 # --------------------------------------------------------------------------- stage 1
 
-def _gan_step(state: GANState, x_real_n, y, gan_loss, gp_lambda, aux_weight, g):
-    """One discriminator update on a real batch (normalised) + paired fakes; returns terms."""
+def _fake_labels(y: torch.Tensor, d_labels: str, num_classes: int, g: torch.Generator) -> torch.Tensor:
+    """Labels of the fakes in D's update: the real batch's (``"real"``) or uniform random (DiM)."""
+    if d_labels == "real":
+        return y
+    gdev = g.device if g is not None else torch.device("cpu")
+    return torch.randint(num_classes, (len(y),), generator=g, device=gdev).to(y.device)
+
+
+def _gan_step(state: GANState, x_real_n, y, gan_loss, gp_lambda, aux_weight, g, d_labels="real",
+              fake_aux=False):
+    """One discriminator update on a real batch (normalised) + fresh fakes (labels: see
+    :func:`_fake_labels`); returns the terms."""
     G, D = state.G, state.D
     xr = G.from_normalized(x_real_n)
+    yf = _fake_labels(y, d_labels, G.num_classes, g)
     with torch.no_grad():
-        xf = G(G.noise(len(y), g), y)
-    d = discriminator_loss(D, xr, y, xf, y, gan_loss, gp_lambda, aux_weight, generator=g)
+        xf = G(G.noise(len(yf), g), yf)
+    d = discriminator_loss(D, xr, y, xf, yf, gan_loss, gp_lambda, aux_weight, generator=g, fake_aux=fake_aux)
     state.opt_d.zero_grad(set_to_none=True)
     d["loss"].backward()
     state.opt_d.step()
     return {f"d_{k}": float(v.detach()) for k, v in d.items()}
 
 
+def _check_gan_schedule(step_order, d_labels):
+    _check_choice("step_order", step_order, STEP_ORDERS)
+    _check_choice("d_labels", d_labels, D_LABELS)
+
+
 def train_gan(state: GANState, dataset, *, epochs: int, batch_size: int = 128, iters_per_epoch: int = 0,
               d_steps: int = 1, gan_loss: str | None = None, gp_lambda: float = 10.0,
               aux_weight: float | None = None, seed: int = 0, progress: bool = True,
+              step_order: str = "d_first", d_labels: str = "real", fake_aux: bool = False,
               on_epoch_end: Callable[[GANState], None] | None = None) -> GANState:
     """Stage 1 (Algorithm 1, lines 1-8): train the conditional GAN on real data, continuing
     from ``state.epochs_done`` (resume) up to ``epochs``. Each iteration: ``d_steps``
-    discriminator updates (each on a new real batch and fakes with the same labels), then one
-    generator update. ``iters_per_epoch=0`` = one pass over the training set."""
+    discriminator updates (the first on the iteration's real batch, the others on new ones) and
+    one generator update on fakes with the real batch's labels. ``step_order="d_first"``: D then G;
+    ``"g_first"``: G then D (DiM's loop). ``d_labels``/``fake_aux``: see :func:`_gan_step` and
+    :func:`discriminator_loss`. ``iters_per_epoch=0`` = one pass over the training set."""
     gan_loss = gan_loss or state.meta["gan_loss"]
     _check_gan_loss(gan_loss)
+    _check_gan_schedule(step_order, d_labels)
     G, D = state.G, state.D
     g = make_generator(seed)
     if state.rng_state is not None:
@@ -610,21 +736,34 @@ def train_gan(state: GANState, dataset, *, epochs: int, batch_size: int = 128, i
     real = _RealBatches(dataset, batch_size, g)
     steps = iters_per_epoch or math.ceil(len(dataset.x_train) / batch_size)
     G.train(), D.train()
+
+    def d_updates(first):
+        rec = {}
+        for k in range(d_steps):
+            xr, y = first if k == 0 else real.next()
+            rec = _gan_step(state, xr, y, gan_loss, gp_lambda, aux_weight, g, d_labels, fake_aux)
+        return rec
+
+    def g_update(y):
+        xf = G(G.noise(len(y), g), y)
+        gl = generator_loss(D, xf, y, gan_loss, aux_weight)
+        state.opt_g.zero_grad(set_to_none=True)
+        gl["loss"].backward()
+        state.opt_g.step()
+        return {f"g_{k}": float(v.detach()) for k, v in gl.items()}
+
     bar = tqdm(range(state.epochs_done, epochs), desc="stage 1: cGAN", disable=not progress, leave=False)
     for ep in bar:
         t0 = time.perf_counter()
         rec = {}
         real.new_epoch()
         for _ in range(steps):
-            for _ in range(d_steps):
-                xr, y = real.next()
-                rec = _gan_step(state, xr, y, gan_loss, gp_lambda, aux_weight, g)
-            xf = G(G.noise(len(y), g), y)
-            gl = generator_loss(D, xf, y, gan_loss, aux_weight)
-            state.opt_g.zero_grad(set_to_none=True)
-            gl["loss"].backward()
-            state.opt_g.step()
-            rec.update({f"g_{k}": float(v.detach()) for k, v in gl.items()})
+            batch = real.next()
+            if step_order == "d_first":
+                rec = {**d_updates(batch), **g_update(batch[1])}
+            else:
+                g_rec = g_update(batch[1])
+                rec = {**d_updates(batch), **g_rec}
             state.history.append({"stage": 1, "epoch": ep, **rec})
         state.epochs_done = ep + 1
         state.seconds += time.perf_counter() - t0
@@ -635,8 +774,9 @@ def train_gan(state: GANState, dataset, *, epochs: int, batch_size: int = 128, i
     return state
 
 
-STAGE1_KEYS = ("z_dim", "gen_width", "disc_width", "gan_loss", "gan_lr", "gan_betas", "gan_batch_size",
-               "gan_epochs", "gan_iters", "d_steps", "gp_lambda", "aux_weight", "seed")
+STAGE1_KEYS = ("z_dim", "gen_width", "disc_width", "gen_arch", "gen_conditioning", "gan_loss", "gan_lr",
+               "gan_betas", "gan_batch_size", "gan_epochs", "gan_iters", "d_steps", "gp_lambda", "aux_weight",
+               "fake_aux", "step_order", "d_labels", "seed")
 
 
 def stage1_key(dataset, cfg: dict) -> str:
@@ -655,7 +795,8 @@ def default_cache_dir(results_dir: str | Path | None = None) -> Path:
 def stage1(dataset, *, z_dim=100, gen_width=196, disc_width=196, gan_loss="wgan_gp", gan_lr=1e-4,
            gan_betas=(0.0, 0.9), gan_batch_size=128, gan_epochs=150, gan_iters=0, d_steps=1,
            gp_lambda=10.0, aux_weight=None, seed=0, device=None, cache_dir=None, use_cache=True,
-           progress=True, checkpoint: str | Path | None = None) -> GANState:
+           progress=True, checkpoint: str | Path | None = None, gen_arch="dim", gen_conditioning="concat",
+           fake_aux=False, step_order="d_first", d_labels="real") -> GANState:
     """Stage 1 with a cache: ``<cache_dir>/<dataset>_<hash of the stage-1 params>.pt``.
 
     A finished checkpoint is loaded (no training); an unfinished one (a killed run) is resumed
@@ -665,9 +806,14 @@ def stage1(dataset, *, z_dim=100, gen_width=196, disc_width=196, gan_loss="wgan_
         return load_checkpoint(checkpoint, dataset, device)
     cfg = dict(z_dim=z_dim, gen_width=gen_width, disc_width=disc_width, gan_loss=gan_loss, gan_lr=gan_lr,
                gan_betas=list(gan_betas), gan_batch_size=gan_batch_size, gan_epochs=gan_epochs,
-               gan_iters=gan_iters, d_steps=d_steps, gp_lambda=gp_lambda, aux_weight=aux_weight, seed=seed)
+               gan_iters=gan_iters, d_steps=d_steps, gp_lambda=gp_lambda, aux_weight=aux_weight, seed=seed,
+               gen_arch=gen_arch, gen_conditioning=gen_conditioning, fake_aux=bool(fake_aux),
+               step_order=step_order, d_labels=d_labels)
     validate_gan_config(gan_loss=gan_loss, gen_width=gen_width, disc_width=disc_width, z_dim=z_dim,
                         gan_betas=gan_betas)
+    _check_choice("gen_arch", gen_arch, GEN_ARCHS)
+    _check_choice("gen_conditioning", gen_conditioning, CONDITIONINGS)
+    _check_gan_schedule(step_order, d_labels)
     path = Path(cache_dir or default_cache_dir()) / f"{stage1_key(dataset, cfg)}.pt"
     state = None
     if use_cache and path.is_file():
@@ -678,12 +824,14 @@ def stage1(dataset, *, z_dim=100, gen_width=196, disc_width=196, gan_loss="wgan_
             return state
     if state is None:
         state = build_gan(dataset, z_dim=z_dim, gen_width=gen_width, disc_width=disc_width,
-                          gan_loss=gan_loss, lr=gan_lr, betas=gan_betas, device=device, seed=seed)
+                          gan_loss=gan_loss, lr=gan_lr, betas=gan_betas, device=device, seed=seed,
+                          gen_arch=gen_arch, gen_conditioning=gen_conditioning)
         state.params = {**cfg, "lr": gan_lr, "betas": list(gan_betas)}
     save = (lambda s: save_checkpoint(s, path)) if use_cache else None
     train_gan(state, dataset, epochs=gan_epochs, batch_size=gan_batch_size, iters_per_epoch=gan_iters,
               d_steps=d_steps, gan_loss=gan_loss, gp_lambda=gp_lambda, aux_weight=aux_weight, seed=seed,
-              progress=progress, on_epoch_end=save)
+              progress=progress, step_order=step_order, d_labels=d_labels, fake_aux=fake_aux,
+              on_epoch_end=save)
     state.meta["cache"] = str(path) if use_cache else None
     state.meta["cache_hit"] = False
     return state
@@ -691,46 +839,76 @@ def stage1(dataset, *, z_dim=100, gen_width=196, disc_width=196, gan_loss="wgan_
 
 # --------------------------------------------------------------------------- stage 2
 
+def stage2_schedule(epochs: int, iterations: int, n_train: int, batch_size: int) -> list:
+    """Generator updates per stage-2 epoch (one pool draw per epoch).
+
+    ``iterations > 0``: exactly ``iterations`` updates in all (the contract's meaning), split as
+    evenly as possible over ``epochs`` (the first ``iterations % epochs`` epochs take one more);
+    ``iterations = 0``: DiM's ``epochs`` passes over the training set, ``n_train // batch_size``
+    updates each (its loader drops the last partial batch)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"match_epochs={epochs!r} must be an int >= 0")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations={iterations!r} must be an int >= 0 (0 = match_epochs passes over the data)")
+    if iterations == 0:
+        return [max(1, n_train // batch_size)] * epochs
+    if iterations < epochs:
+        raise ValueError(f"iterations={iterations} < match_epochs={epochs}: every epoch (one pool model) needs "
+                         f"at least one generator update; use iterations >= {epochs} or 0 (full passes)")
+    base, extra = divmod(iterations, epochs) if epochs else (0, 0)
+    return [base + (1 if e < extra else 0) for e in range(epochs)]
+
+
 def match_generator(state: GANState, dataset, objective: Callable[[MatchBatch], dict], *,
-                    pool: GANModelPool, epochs: int, iters_per_epoch: int = 0, batch_size: int = 64,
+                    pool: GANModelPool, epochs: int, iterations: int = 0, batch_size: int = 64,
                     lr: float = 5e-6, betas=(0.0, 0.9), pool_train_steps: int = 16,
                     gan_weight: float = 1.0, gan_loss: str | None = None, gp_lambda: float = 10.0,
                     aux_weight: float | None = None, seed: int = 0, progress: bool = True,
-                    desc: str = "stage 2: matching") -> GANState:
+                    step_order: str = "d_first", d_labels: str = "real", fake_aux: bool = False,
+                    match_aug=None, desc: str = "stage 2: matching") -> GANState:
     """Stage 2 (Algorithm 1, lines 9-17): fine-tune a *copy* of ``state`` with
-    ``gan_weight * L_GAN + objective(batch)["loss"]``.
+    ``gan_weight * L_GAN + objective(batch)["loss"]``; G and D both use Adam(``lr``, ``betas``)
+    (DiM: 5e-6, (0, 0.9)), their stage-1 moments kept.
 
     Per epoch a fresh model is drawn from ``pool``; per iteration the model takes
-    ``pool_train_steps`` SGD steps on real batches, a real batch ``(x, y)`` is drawn, the
-    discriminator takes one step (GAN loss still on, as in DiM), and the generator takes one
-    Adam step (DiM: lr 5e-6 for G and D) on fakes ``G(z, y)`` paired with the real batch.
-    ``objective(MatchBatch) -> {"loss": tensor, <term>: tensor, ...}``; every term is logged
-    in ``history``. ``iters_per_epoch=0`` = one pass over the training set."""
+    ``pool_train_steps`` SGD steps on real batches (with the pool's DSA), a real batch ``(x, y)`` is
+    drawn, and the discriminator (GAN loss still on, as in DiM) and the generator take one step
+    each, in ``step_order`` (``"g_first"``: DiM). The generator's fakes ``G(z, y)`` are paired with
+    the real batch; ``match_aug`` (a DSA strategy, DiM ``--match-aug``: ``color_crop_cutout``)
+    augments both with one shared draw (:func:`siamese_augment`) before the objective.
+    ``objective(MatchBatch) -> {"loss": tensor, <term>: tensor, ...}``; every term is logged in
+    ``history`` (``match_<term>``), with ``w_gan = gan_weight * g_loss``, the weighted GAN term.
+    ``iterations``: total generator updates (:func:`stage2_schedule`; 0 = full passes)."""
     gan_loss = gan_loss or state.meta["gan_loss"]
     _check_gan_loss(gan_loss)
+    _check_gan_schedule(step_order, d_labels)
     if gan_weight < 0:
         raise ValueError(f"gan_weight must be >= 0, got {gan_weight}")
+    if len(tuple(betas)) != 2 or any(_beta_check(b) for b in betas):
+        raise ValueError(f"match_betas={list(betas)!r}: Adam takes two betas (beta1, beta2) in [0, 1)")
+    aug = _as_dsa(match_aug)
+    schedule = stage2_schedule(epochs, iterations, len(dataset.x_train), batch_size)
     st = state.copy(lr=lr, betas=betas)
     st.history, st.seconds = [], 0.0
     G, D = st.G, st.D
     g = make_generator(seed + 1)
     real = _RealBatches(dataset, batch_size, g)
-    steps = iters_per_epoch or math.ceil(len(dataset.x_train) / batch_size)
     G.train(), D.train()
     t0 = time.perf_counter()
     it = 0
-    bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False)
-    for ep in range(epochs):
+    bar = tqdm(total=sum(schedule), desc=desc, disable=not progress, leave=False)
+    for ep, steps in enumerate(schedule):
         pool.draw(g)
         for _ in range(steps):
             net = pool.warm(dataset, pool_train_steps, g)
             xr, y = real.next()
             rec = {"stage": 2, "epoch": ep, "model": pool.current_name}
-            if gan_weight > 0:
-                rec.update(_gan_step(st, xr, y, gan_loss, gp_lambda, aux_weight, g))
+            if gan_weight > 0 and step_order == "d_first":
+                rec.update(_gan_step(st, xr, y, gan_loss, gp_lambda, aux_weight, g, d_labels, fake_aux))
             xf_t = G(G.noise(len(y), g), y)
             xf = G.to_normalized(xf_t)
-            terms = objective(MatchBatch(net, xr, y, xf, y, pool.mid_layer, it, ep))
+            xr_m, xf_m = (xr, xf) if aug is None else siamese_augment(aug, xr, xf, g)
+            terms = objective(MatchBatch(net, xr_m, y, xf_m, y, pool.mid_layer, it, ep))
             if not isinstance(terms, dict) or "loss" not in terms:
                 raise ValueError("the matching objective must return a dict with a 'loss' entry")
             total = terms["loss"]
@@ -738,9 +916,12 @@ def match_generator(state: GANState, dataset, objective: Callable[[MatchBatch], 
                 gl = generator_loss(D, xf_t, y, gan_loss, aux_weight)
                 total = total + gan_weight * gl["loss"]
                 rec.update({f"g_{k}": float(v.detach()) for k, v in gl.items()})
+                rec["w_gan"] = gan_weight * rec["g_loss"]
             st.opt_g.zero_grad(set_to_none=True)
             total.backward()
             st.opt_g.step()
+            if gan_weight > 0 and step_order == "g_first":
+                rec.update(_gan_step(st, xr, y, gan_loss, gp_lambda, aux_weight, g, d_labels, fake_aux))
             rec.update({f"match_{k}": float(torch.as_tensor(v).detach()) for k, v in terms.items()})
             rec["total"] = float(total.detach())
             st.history.append(rec)
@@ -755,18 +936,22 @@ def match_generator(state: GANState, dataset, objective: Callable[[MatchBatch], 
 
 def stage2(state: GANState, dataset, objective, *, objective_key: str | None = None, cache_dir=None,
            use_cache: bool = True, device=None, pool_models=DEFAULT_POOL, mid_layer=None,
-           pool_batch_size: int = 256, **match_kw) -> GANState:
+           pool_batch_size: int = 256, pool_lr: float = 0.01, pool_dsa=None, **match_kw) -> GANState:
     """:func:`match_generator` with a model pool built from ``pool_models`` and, when
     ``objective_key`` names the objective and its weights, a cache next to stage 1's
     (``<stage-1 key>__<objective_key>_<hash>.pt``), so baselines shared by notebooks
     (e.g. DiM) are trained once."""
     device = torch.device(device) if device is not None else dataset.device
     pool = GANModelPool(pool_models, dataset.channels, dataset.num_classes, dataset.im_size,
-                        device=device, mid_layer=mid_layer, batch_size=pool_batch_size)
+                        device=device, mid_layer=mid_layer, batch_size=pool_batch_size, lr=pool_lr,
+                        dsa=pool_dsa)
     path = None
     if objective_key and use_cache and state.meta.get("cache"):
         blob = json.dumps(_plain({"objective": objective_key, "pool": pool.names, "mid": mid_layer,
-                                  "pool_batch_size": pool_batch_size, **match_kw}), sort_keys=True)
+                                  "pool_batch_size": pool_batch_size, "pool_lr": pool_lr,
+                                  "pool_dsa": pool.dsa.strategy if pool.dsa else "",
+                                  **{k: v for k, v in match_kw.items() if k not in ("progress", "desc")}}),
+                          sort_keys=True)
         stem = Path(state.meta["cache"]).stem
         path = Path(cache_dir or Path(state.meta["cache"]).parent) / \
             f"{stem}__{objective_key}_{hashlib.sha1(blob.encode()).hexdigest()[:10]}.pt"
@@ -776,7 +961,9 @@ def stage2(state: GANState, dataset, objective, *, objective_key: str | None = N
             return st
     st = match_generator(state, dataset, objective, pool=pool, **match_kw)
     st.params = {**state.params, "stage2": _plain({"objective": objective_key, "pool": pool.names,
-                                                   "mid_layer": mid_layer, **match_kw})}
+                                                   "mid_layer": mid_layer, "pool_lr": pool_lr,
+                                                   "pool_dsa": pool.dsa.strategy if pool.dsa else "",
+                                                   **match_kw})}
     st.meta["cache"], st.meta["cache_hit"] = (str(path) if path else None), False
     if path is not None:
         save_checkpoint(st, path)
@@ -803,16 +990,68 @@ def dim_objective(w_global: float = 0.01, form: str = "dim") -> Callable[[MatchB
             glob = logit_matching_loss(l_syn, l_real, reduction="mean", space="log_softmax")
         else:
             glob = logit_matching_loss(l_syn, l_real, reduction="sum")
-        return {"loss": w_global * glob, "global": glob}
+        return {"loss": w_global * glob, "global": glob, "w_global": w_global * glob}
 
     return objective
+
+
+class TermBalance:
+    """How the matching terms ``L_t`` (unweighted, e.g. global and local) are weighted into one loss.
+
+    * ``"fixed"``: ``L = sum_t w_t L_t`` (seed 1 Eq. 8, the papers' weights).
+    * ``"equal_start"``: weights chosen on the first batch so the weighted terms are equal there and
+      their sum is the paper's: ``w'_t = S_0 / (n L_t^(0))`` with ``S_0 = sum_s w_s L_s^(0)``, then kept.
+    * ``"running_mean"``: ``L = sum_t (S_0 / n) L_t / m_t`` with ``m_t`` the running mean of ``L_t``
+      over the batches so far (this one included, no gradient): each term keeps an equal share,
+      ``S_0 / n`` on average, whatever its scale.
+
+    ``__call__(terms) -> {"loss", "w_<t>": weighted term}`` (``terms``: name -> scalar tensor)."""
+
+    def __init__(self, weights: dict, mode: str = "fixed"):
+        _check_choice("balance", mode, BALANCES)
+        for k, v in weights.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"weight of {k!r} must be a finite number >= 0, got {v!r}")
+        self.weights, self.mode = {k: float(v) for k, v in weights.items()}, mode
+        self.scale: dict | None = None          # per-term multiplier after the first batch
+        self.sums = {k: 0.0 for k in weights}
+        self.count = 0
+
+    def __call__(self, terms: dict) -> dict:
+        missing = set(self.weights) - set(terms)
+        if missing:
+            raise ValueError(f"TermBalance needs the terms {sorted(self.weights)}; missing {sorted(missing)}")
+        vals = {k: float(terms[k].detach()) for k in self.weights}
+        self.count += 1
+        for k in self.weights:
+            self.sums[k] += vals[k]
+        if self.mode == "fixed":
+            scale = self.weights
+        else:
+            if self.scale is None:            # the first batch fixes S_0 / n
+                share = sum(self.weights[k] * vals[k] for k in self.weights) / len(self.weights)
+                self.scale = {k: share for k in self.weights}
+                if self.mode == "equal_start":
+                    self.scale = {k: share / max(vals[k], 1e-12) for k in self.weights}
+            if self.mode == "equal_start":
+                scale = self.scale
+            else:
+                scale = {k: self.scale[k] / max(self.sums[k] / self.count, 1e-12) for k in self.weights}
+        out = {f"w_{k}": scale[k] * terms[k] for k in self.weights}
+        out["loss"] = sum(out.values())
+        return out
 
 
 # --------------------------------------------------------------------------- evaluation
 
 @dataclass
 class GeneratorEval:
-    """Accuracy of networks trained on generator output (percent), with the protocol used."""
+    """Accuracy of networks trained on generator output (percent), with the protocol used.
+
+    ``accs``: after the last epoch. ``selection``: name (:data:`SELECTIONS`) -> one accuracy per
+    network (the ``dim`` protocol records ``"best_test"``, DiM's reported number, and with a
+    validation split ``"best_val"``); ``settings``: the protocol's settings (``name`` included);
+    ``curve``: ``[{"epoch", "test": [per network]}, ...]`` at the test evaluations."""
     mean: float
     std: float
     accs: list
@@ -822,10 +1061,33 @@ class GeneratorEval:
     seconds: float
     sample_seconds: float
     fixed_sets: str = "one"
+    selected: str = "last"
+    selection: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("mean", "std", "accs", "protocol", "ipc", "model",
-                                               "seconds", "sample_seconds", "fixed_sets")}
+        return {k: getattr(self, k) for k in ("mean", "std", "accs", "protocol", "ipc", "model", "seconds",
+                                               "sample_seconds", "fixed_sets", "selected", "selection",
+                                               "settings", "curve")}
+
+    def select(self, name: str) -> "GeneratorEval":
+        """The same evaluation reporting selection ``name`` (e.g. ``"best_test"``)."""
+        if name == "last":
+            accs = self.selection.get("last", self.accs)
+        elif name in self.selection:
+            accs = self.selection[name]
+        else:
+            raise ValueError(f"selection {name!r} not recorded; this evaluation has "
+                             f"{sorted(['last', *self.selection])}")
+        t = torch.tensor(accs, dtype=torch.float64)
+        return GeneratorEval(float(t.mean()), float(t.std(unbiased=False)), list(accs), self.protocol, self.ipc,
+                             self.model, self.seconds, self.sample_seconds, self.fixed_sets, name,
+                             self.selection, self.settings, self.curve)
+
+    def protocol_record(self) -> dict:
+        """``{"name": protocol, <settings>, "selection": ...}`` for ``ddkit.results.evaluation_entry``."""
+        return {**self.settings, "name": self.protocol, "selection": self.selected}
 
 
 def _check_fixed_sets(fixed_sets):
@@ -843,19 +1105,48 @@ def _evaluate_fixed_sets(draw, dataset, fixed_sets, num_models, seed, **kw):
     return EvalResult([a for r in runs for a in r.accs], runs[0].model)
 
 
+def dim_steps_per_epoch(num_classes: int, ipc: int, batch_size: int) -> int:
+    """Training steps per epoch of DiM's generator evaluation: ``K * ipc // batch + 1`` (DiM's
+    ``pool_match.py`` writes ``10 * ipc // batch_size + 1`` for its 10-class datasets), so an epoch
+    sees about as many generated images as an IPC-sized set would hold."""
+    for name, v in (("num_classes", num_classes), ("ipc", ipc), ("dim_batch", batch_size)):
+        _positive_int(name, v)
+    return num_classes * ipc // batch_size + 1
+
+
+def dim_batch_source(G: ConditionalGenerator, batch_size: int):
+    """``batch_source(step, generator) -> (x, y)`` for ``train_classifier``: at EVERY step a fresh
+    batch of ``batch_size`` generated images with uniformly random labels (new noise, no gradient,
+    the generator's current mode), as DiM's ``validate`` draws them."""
+    _positive_int("dim_batch", batch_size)
+
+    def source(step, generator):
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        y = torch.randint(G.num_classes, (batch_size,), generator=generator, device=gdev).to(G.device)
+        with torch.no_grad():
+            return G.generate(y, G.noise(batch_size, generator)), y
+
+    return source
+
+
 def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: str = "fixed",
                        model: str = "ConvNet", num_models: int = 5, epochs: int = 1000,
                        lr: float = 0.01, batch_size: int = 256, dsa=True, seed: int = 0,
-                       device=None, progress: bool = True, fixed_sets: str = "one") -> GeneratorEval:
+                       device=None, progress: bool = True, fixed_sets: str = "one",
+                       dim_batch: int = 64, dim_test_every: int = 200, dim_dsa: str = "color_crop",
+                       val_per_class: int = 0) -> GeneratorEval:
     """Deploy the generator at ``ipc`` images per class and evaluate it (test accuracy, %).
 
     * ``"fixed"``: a fixed set (:meth:`ConditionalGenerator.sample` with ``seed``), then the
-      standard protocol (:func:`ddkit.evaluate.evaluate_synset`); ``fixed_sets="per_model"``
-      gives network ``i`` its own set (seed ``seed + i``, see :data:`FIXED_SETS`).
-    * ``"resample"``: DiM's protocol - the same trainer, schedule and number of steps (forward
-      passes) as ``"fixed"``, but every training step uses freshly generated images (new noise
-      each step, eval-mode generator, the ``ipc`` x classes labels reshuffled every epoch).
-    The returned :class:`GeneratorEval` records the protocol.
+      standard protocol (:func:`ddkit.evaluate.evaluate_synset`: ``lr``, ``batch_size``, ``dsa``,
+      step decay); ``fixed_sets="per_model"`` gives network ``i`` its own set (seed ``seed + i``).
+    * ``"dim"``: DiM's ``validate``: every step a fresh batch of ``dim_batch`` generated images with
+      random labels (:func:`dim_batch_source`), :func:`dim_steps_per_epoch` steps per epoch, SGD at
+      a constant ``lr`` (0.01), ``dim_dsa`` per sample (DiM: ``color_crop``), a test evaluation every
+      ``dim_test_every`` epochs (and after the last). ``accs`` is the last epoch's; ``selection``
+      holds ``"best_test"`` (best of the test evaluations: DiM's reported number, selection on the
+      test set) and, with ``val_per_class`` held-out real images per class, ``"best_val"``.
+    The returned :class:`GeneratorEval` records the protocol and its settings.
     """
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"unknown eval protocol {protocol!r}; expected one of {EVAL_PROTOCOLS}")
@@ -863,38 +1154,63 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
     _positive_int("ipc", ipc)
     _positive_int("num_models", num_models)
     t0 = time.perf_counter()
-    x, y = G.sample(ipc, seed=seed)
+    x, y = G.sample(ipc, seed=seed) if protocol == "fixed" else (None, None)
     sample_seconds = time.perf_counter() - t0
-    kw = dict(model=model, epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa, device=device,
-              progress=progress)
     was = G.training
     G.eval()
     try:
         if protocol == "fixed":
             r = _evaluate_fixed_sets(lambda s: (x, y) if s == seed else G.sample(ipc, seed=s), dataset,
-                                     fixed_sets, num_models, seed, **kw)
+                                     fixed_sets, num_models, seed, model=model, epochs=epochs, lr=lr,
+                                     batch_size=batch_size, dsa=dsa, device=device, progress=progress)
+            settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": "step",
+                        "dsa": "dataset" if dsa is True else str(dsa), "fixed_sets": fixed_sets,
+                        "num_models": num_models}
+            selection, curve = {}, []
         else:
-            steps = math.ceil(len(y) / batch_size)
-            labels = y.to(G.device)
-            order = {}
-
-            def batch_source(step, generator):
-                b = step % steps
-                if b == 0:
-                    gdev = generator.device if generator is not None else torch.device("cpu")
-                    order["perm"] = torch.randperm(len(labels), generator=generator, device=gdev).to(G.device)
-                yb = labels[order["perm"][b * batch_size:(b + 1) * batch_size]]
-                with torch.no_grad():
-                    xb = G.generate(yb, G.noise(len(yb), generator))
-                return xb, yb
-
-            r = evaluate_synset(None, None, dataset, batch_source=batch_source, steps_per_epoch=steps,
-                                num_models=num_models, seed=seed, **kw)
+            _positive_int("dim_test_every", dim_test_every)
+            steps = dim_steps_per_epoch(G.num_classes, ipc, dim_batch)
+            r = evaluate_synset(None, None, dataset, model=model, num_models=num_models, epochs=epochs, lr=lr,
+                                batch_size=dim_batch, dsa=dim_dsa, seed=seed, device=device, schedule="none",
+                                batch_source=dim_batch_source(G, dim_batch), steps_per_epoch=steps,
+                                progress=progress, eval_every_epochs=dim_test_every, val_per_class=val_per_class)
+            settings = {"epochs": epochs, "lr": lr, "batch_size": dim_batch, "steps_per_epoch": steps,
+                        "schedule": "constant", "dsa": dim_dsa, "test_every": dim_test_every,
+                        "labels": "random", "num_models": num_models, "val_per_class": val_per_class}
+            sel = getattr(r, "selection", {}) or {}
+            selection = {"last": list(r.accs), "best_test": list(sel.get("test_best", r.accs))}
+            if "val_best" in sel:
+                selection["best_val"] = list(sel["val_best"])
+            curve = [{"epoch": int(p["epoch"]), "test": list(p["test"])} for p in getattr(r, "epoch_curve", [])]
     finally:
         G.train(was)
     return GeneratorEval(r.mean, r.std, [float(a) for a in r.accs], protocol, ipc, model,
                          time.perf_counter() - t0, sample_seconds,
-                         fixed_sets if protocol == "fixed" else "-")
+                         fixed_sets if protocol == "fixed" else "-", "last", selection, settings, curve)
+
+
+def comparison_entries(results: dict, eval_model: str | None = None) -> list:
+    """:func:`evaluation_entries` of every method of :func:`compare_methods`' ``results`` (rows
+    ``"<method> · <protocol>"``; the derived best-test rows are covered by their ``dim`` row)."""
+    out = []
+    for row, per in results.items():
+        if next(iter(per.values())).selected == "last":
+            out += evaluation_entries(row.split(" · ")[0], per, eval_model)
+    return out
+
+
+def evaluation_entries(method: str, per_ipc: dict, eval_model: str | None = None, variant: str = "") -> list:
+    """``ddkit.results.evaluation_entry`` records of one method: one per IPC and selection
+    (``"fixed"``: the last epoch; ``"dim"``: the last epoch and the best test evaluation)."""
+    from .results import evaluation_entry
+
+    out = []
+    for ipc, r in per_ipc.items():
+        for name in (["last"] + [s for s in ("best_test", "best_val") if s in r.selection]):
+            e = r.select(name)
+            out.append(evaluation_entry(method, e.accs, ipc=int(ipc), eval_model=eval_model or r.model,
+                                        variant=variant, protocol=e.protocol_record()))
+    return out
 
 
 # --------------------------------------------------------------------------- configuration
@@ -952,6 +1268,13 @@ def gan_spec() -> dict:
     def exists(v):
         return None if (not v or Path(v).is_file()) else "no such checkpoint file"
 
+    def strategy(v):
+        try:
+            DSA(v)
+        except ValueError as e:
+            return str(e)
+        return None
+
     return {
         "gan_loss": Param(str, choices=GAN_LOSSES, help="'cgan' = papers' Eq. 1-4; 'wgan_gp' = DiM code"),
         "gan_epochs": Param(int, min=0, help="stage-1 epochs"),
@@ -961,6 +1284,12 @@ def gan_spec() -> dict:
         "gan_betas": Param(list, item=float, check=_beta_check,
                            help="stage-1 Adam (beta1, beta2); DiM: [0.0, 0.9]"),
         "d_steps": Param(int, min=1, help="discriminator updates per generator update (stage 1)"),
+        "fake_aux": Param(bool, help="D's class head also trained on fakes (DiM code: True)"),
+        "step_order": Param(str, choices=STEP_ORDERS, help="per GAN iteration: 'd_first' or DiM's 'g_first'"),
+        "d_labels": Param(str, choices=D_LABELS, help="labels of D's fakes: the real batch's or DiM's 'random'"),
+        "gen_arch": Param(str, choices=GEN_ARCHS, help="'dim': DiM's 8-conv generator; 'compact': 3 deconvs"),
+        "gen_conditioning": Param(str, choices=CONDITIONINGS,
+                                  help="'concat' [z (+) y] (Eq. 5) or DiM's 'overwrite' of z[:, :K]"),
         "gp_lambda": Param(float, min=0),
         "aux_weight": Param(float, min=0, help="auxiliary class CE (AC-GAN); 0 = pure Eq. 4 cGAN"),
         "z_dim": Param(int, min=1),
@@ -969,6 +1298,10 @@ def gan_spec() -> dict:
         "match_epochs": Param(int, min=0, help="stage-2 epochs (a new pool model each epoch)"),
         "batch_size": Param(int, min=1, help="stage-2 real/synthetic batch"),
         "match_lr": Param(float, min=0, min_exclusive=True, help="stage-2 lr of G and D (DiM 5e-6)"),
+        "match_betas": Param(list, item=float, check=_beta_check, help="stage-2 Adam betas of G and D (DiM [0, 0.9])"),
+        "match_aug": Param(str, check=strategy, help="siamese DSA before matching ('' = off; DiM color_crop_cutout)"),
+        "pool_dsa": Param(str, check=strategy, help="DSA of the pool warm-up batches ('' = off; DiM color_crop)"),
+        "pool_lr": Param(float, min=0, min_exclusive=True, help="SGD lr of the pool warm-up (DiM 0.01)"),
         "gan_weight": Param(float, min=0, help="weight of L_CGAN in stage 2 (Eq. 7/8: 1)"),
         "pool_models": Param(list, item=str, check=pool_check, help="[] = [model]"),
         "pool_train_steps": Param(int, min=0, help="SGD steps of the pool model before each G step"),
@@ -976,7 +1309,9 @@ def gan_spec() -> dict:
         "mid_layer": Param(int, min=-1, help="-1 = each model's own mid layer"),
         "deploy_ipcs": Param(list, item=int, min=1, help="IPCs sampled from the saved generator"),
         "eval_protocol": Param(str, choices=NOTEBOOK_PROTOCOLS,
-                               help="'both': the fixed set (headline) and DiM's resampling"),
+                               help="'fixed' set, DiM's 'dim' validate, or 'both'"),
+        "dim_batch": Param(int, min=1, help="dim protocol: generated images per step (DiM 64; validate.py 128)"),
+        "dim_test_every": Param(int, min=1, help="dim protocol: test evaluation every that many epochs (DiM 200)"),
         "fixed_sets": Param(str, choices=FIXED_SETS, help="fixed protocol: one set, or one per network"),
         "baselines": Param(list, item=str, choices=("random", "cgan", "dim")),
         "dim_form": Param(str, choices=MATCH_FORMS, help="DiM baseline's logit term: DiM code or Eq. 6 sum"),
@@ -999,6 +1334,10 @@ def check_notebook_params(P, dataset=None) -> None:
     validate_gan_config(gan_loss=P.gan_loss, pool_models=P.pool_models or [P.model],
                         eval_protocol=P.eval_protocol, deploy_ipcs=list(P.deploy_ipcs) or None,
                         gan_betas=P.gan_betas)
+    if hasattr(P, "match_betas"):
+        validate_gan_config(gan_betas=P.match_betas)
+    if getattr(P, "iterations", 0) and hasattr(P, "match_epochs"):
+        stage2_schedule(P.match_epochs, P.iterations, 1, 1)       # iterations >= match_epochs
     if dataset is not None:
         if _as_hw(dataset.im_size) not in SUPPORTED_SIZES:
             raise ValueError(f"the DiM generator makes {SUPPORTED_SIZES} images; dataset {dataset.name} "
@@ -1020,19 +1359,25 @@ def stage1_from_params(P, dataset, device=None, progress=True) -> GANState:
                   gan_epochs=P.gan_epochs, gan_iters=P.gan_iters, d_steps=P.d_steps, gp_lambda=P.gp_lambda,
                   aux_weight=P.aux_weight, seed=P.seed, device=device,
                   cache_dir=default_cache_dir(P.results_dir or None), use_cache=P.use_cache, progress=progress,
-                  checkpoint=P.gan_checkpoint or None)
+                  checkpoint=P.gan_checkpoint or None, gen_arch=P.gen_arch, gen_conditioning=P.gen_conditioning,
+                  fake_aux=P.fake_aux, step_order=P.step_order, d_labels=P.d_labels)
 
 
 def stage2_from_params(P, state, dataset, objective, objective_key=None, device=None, progress=True,
                        desc="stage 2") -> GANState:
-    """:func:`stage2` with a notebook's parameters (``iterations`` = generator steps per epoch,
-    0 = one pass over the training set; ``mid_layer = -1`` = each model's own)."""
+    """:func:`stage2` with a notebook's parameters (``iterations`` = total stage-2 generator updates,
+    0 = ``match_epochs`` passes over the training set; ``mid_layer = -1`` = each model's own). Every
+    optimiser setting comes from the parameters: ``match_lr`` / ``match_betas`` (G and D),
+    ``pool_lr`` (pool warm-up SGD); so do the GAN schedule (``step_order``, ``d_labels``,
+    ``fake_aux``) and the augmentations (``pool_dsa``, ``match_aug``)."""
     return stage2(state, dataset, objective, objective_key=objective_key if P.use_cache else None,
                   device=device, pool_models=P.pool_models or [P.model],
                   mid_layer=None if P.mid_layer < 0 else P.mid_layer, pool_batch_size=P.pool_batch_size,
-                  epochs=P.match_epochs, iters_per_epoch=P.iterations, batch_size=P.batch_size, lr=P.match_lr,
+                  pool_lr=P.pool_lr, pool_dsa=P.pool_dsa, epochs=P.match_epochs, iterations=P.iterations,
+                  batch_size=P.batch_size, lr=P.match_lr, betas=tuple(P.match_betas),
                   pool_train_steps=P.pool_train_steps, gan_weight=P.gan_weight, gp_lambda=P.gp_lambda,
-                  aux_weight=P.aux_weight, seed=P.seed, progress=progress, desc=desc)
+                  aux_weight=P.aux_weight, step_order=P.step_order, d_labels=P.d_labels, fake_aux=P.fake_aux,
+                  match_aug=P.match_aug, seed=P.seed, progress=progress, desc=desc)
 
 
 def random_real_eval(dataset, ipc, *, model="ConvNet", num_models=5, epochs=1000, seed=0, device=None,
@@ -1045,47 +1390,57 @@ def random_real_eval(dataset, ipc, *, model="ConvNet", num_models=5, epochs=1000
     r = _evaluate_fixed_sets(lambda s: dataset.sample_classes(ipc, generator=make_generator(s + 17)), dataset,
                              fixed_sets, num_models, seed, model=model, epochs=epochs, device=device,
                              progress=progress)
+    settings = {"epochs": epochs, "lr": 0.01, "batch_size": 256, "schedule": "step", "dsa": "dataset",
+                "fixed_sets": fixed_sets, "num_models": num_models}
     return GeneratorEval(r.mean, r.std, [float(a) for a in r.accs], "fixed", ipc, model,
-                         time.perf_counter() - t0, 0.0, fixed_sets)
+                         time.perf_counter() - t0, 0.0, fixed_sets, settings=settings)
 
 
 def protocol_list(protocol: str) -> list:
-    """``"both"`` -> ``["fixed", "resample"]`` (the fixed set first: it is the headline);
-    a single protocol -> ``[protocol]``."""
+    """``"both"`` -> ``["fixed", "dim"]`` (the fixed set first); a single protocol -> ``[protocol]``."""
     if protocol not in NOTEBOOK_PROTOCOLS:
         raise ValueError(f"unknown eval protocol {protocol!r}; expected one of {NOTEBOOK_PROTOCOLS}")
     return list(EVAL_PROTOCOLS) if protocol == "both" else [protocol]
 
 
-def compare_methods(generators: dict, dataset, ipcs, *, protocol="fixed", random_real=True, model="ConvNet",
-                    num_models=5, epochs=1000, seed=0, device=None, progress=True, fixed_sets="one"):
-    """Evaluate every generator (and random real images) at every IPC; returns
-    ``(table, results)``: a pandas DataFrame (rows = methods, columns = IPCs, "mean ± std")
-    and ``results[method][ipc] -> GeneratorEval``.
+#: Row suffix of DiM's reported number (best of the test evaluations) in :func:`compare_methods`.
+BEST_TEST_LABEL = "best test eval (test-set selection)"
 
-    ``protocol="both"`` evaluates each generator with the fixed set (rows named as in
-    ``generators``) *and* with DiM's resampling (rows ``"<name> · resample"``); random real
-    images always use the fixed protocol. ``fixed_sets`` (:data:`FIXED_SETS`) applies to every
-    fixed-protocol row, random real included."""
+
+def compare_methods(generators: dict, dataset, ipcs, *, protocol="fixed", random_real=True, model="ConvNet",
+                    num_models=5, epochs=1000, seed=0, device=None, progress=True, fixed_sets="one",
+                    dim_batch=64, dim_test_every=200):
+    """Evaluate every generator (and random real images) at every IPC; returns
+    ``(table, results)``: a pandas DataFrame (rows = methods x protocols, columns = IPCs,
+    "mean ± std") and ``results[row][ipc] -> GeneratorEval``.
+
+    Rows: ``"<name> · fixed"`` and ``"<name> · dim"`` (the last epoch) and
+    ``"<name> · dim · best test eval (test-set selection)"`` (DiM's reported number). Random real
+    images are a fixed set: only ``"Random real · fixed"``. ``fixed_sets`` (:data:`FIXED_SETS`)
+    applies to every fixed-protocol row."""
     import pandas as pd
 
     protocols = protocol_list(protocol)
     results: dict = {}
-    jobs = ([("Random real", None, "fixed")] if random_real else []) + [
-        (name if (p == protocols[0]) else f"{name} · {p}", G, p) for p in protocols for name, G in generators.items()]
+    jobs = ([("Random real", None, "fixed")] if random_real and "fixed" in protocols else []) + [
+        (name, G, p) for p in protocols for name, G in generators.items()]
     for name, G, p in jobs:
-        results[name] = {}
+        per = {}
         for ipc in ipcs:
             if G is None:
-                r = random_real_eval(dataset, ipc, model=model, num_models=num_models, epochs=epochs, seed=seed,
-                                     device=device, progress=progress, fixed_sets=fixed_sets)
+                per[ipc] = random_real_eval(dataset, ipc, model=model, num_models=num_models, epochs=epochs,
+                                            seed=seed, device=device, progress=progress, fixed_sets=fixed_sets)
             else:
-                r = evaluate_generator(G, dataset, ipc, protocol=p, model=model, num_models=num_models,
-                                       epochs=epochs, seed=seed, device=device, progress=progress,
-                                       fixed_sets=fixed_sets)
-            results[name][ipc] = r
+                per[ipc] = evaluate_generator(G, dataset, ipc, protocol=p, model=model, num_models=num_models,
+                                              epochs=epochs, seed=seed, device=device, progress=progress,
+                                              fixed_sets=fixed_sets, dim_batch=dim_batch,
+                                              dim_test_every=dim_test_every)
+        results[f"{name} · {p}"] = per
+        if p == "dim":
+            results[f"{name} · dim · {BEST_TEST_LABEL}"] = {k: r.select("best_test") for k, r in per.items()}
     table = pd.DataFrame({f"IPC {ipc}": {n: f"{results[n][ipc].mean:.2f} ± {results[n][ipc].std:.2f}"
                                          for n in results} for ipc in ipcs})
+    table.insert(0, "selection", [results[n][ipcs[0]].selected for n in results])
     table.insert(0, "protocol", [results[n][ipcs[0]].protocol for n in results])
     table.index.name = f"{model}"
     return table, results

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ddkit import generative as gen
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.losses import feature_matching_loss, logit_matching_loss
+from ddkit.models import reinit_
 from ddkit.utils import make_generator
 
 torch.set_num_threads(1)
@@ -55,8 +56,14 @@ def test_generate_range_is_normalised_space():
     assert x.min() >= (0 - 0.1307) / 0.3081 - 1e-5 and x.max() <= (1 - 0.1307) / 0.3081 + 1e-5
 
 
-def test_conditioning_changes_output_and_is_deterministic():
-    G = gen.ConditionalGenerator(10, 1, 28, z_dim=16, width=8).eval()
+@pytest.mark.parametrize("arch", gen.GEN_ARCHS)
+def test_conditioning_changes_output_and_is_deterministic(arch):
+    G = gen.ConditionalGenerator(10, 1, 28, z_dim=16, width=8, arch=arch)
+    reinit_(G, make_generator(0))                       # ddkit's init (build_gan), not torch's default
+    with torch.no_grad():                               # BN running statistics of a used generator
+        for _ in range(30):
+            G(torch.randn(32, 16), torch.randint(10, (32,)))
+    G.eval()
     z = torch.randn(1, 16).repeat(10, 1)
     x = G.generate(torch.arange(10), z)
     assert (x[0] - x[1]).abs().max() > 1e-4           # changing y changes the image
@@ -217,7 +224,8 @@ def test_stage1_cache_and_resume(tmp_path):
     # a killed 2-epoch run leaves a 1-epoch checkpoint under the 2-epoch key: it resumes
     cfg = dict(z_dim=8, gen_width=8, disc_width=8, gan_loss="wgan_gp", gan_lr=1e-4, gan_betas=[0.0, 0.9],
                gan_batch_size=8, gan_epochs=2, gan_iters=2, d_steps=1, gp_lambda=10.0, aux_weight=None,
-               seed=0)
+               seed=0, gen_arch="dim", gen_conditioning="concat", fake_aux=False, step_order="d_first",
+               d_labels="real")
     shutil.copy(a.meta["cache"], tmp_path / f"{gen.stage1_key(ds, cfg)}.pt")
     c = gen.stage1(ds, gan_epochs=2, **kw)
     assert not c.meta["cache_hit"] and c.epochs_done == 2 and len(c.history) == 4
@@ -262,7 +270,7 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
     st = gen.build_gan(mnist, z_dim=16, gen_width=16, disc_width=8, seed=0)
     objective = _global_local(1e-3, 1e-4)
     pool = gen.GANModelPool(["ConvNet"], 1, 10, (28, 28), width=16)
-    tuned = gen.match_generator(st, mnist, objective, pool=pool, epochs=1, iters_per_epoch=25,
+    tuned = gen.match_generator(st, mnist, objective, pool=pool, epochs=1, iterations=25,
                                 batch_size=32, lr=2e-3, pool_train_steps=0, gan_weight=0.0,
                                 progress=False, seed=0)
     net = pool.current                                   # the same frozen network
@@ -289,7 +297,7 @@ def test_dim_objective_runs_and_stage2_cache(tmp_path):
     ds = tiny_dataset()
     st = gen.stage1(ds, z_dim=8, gen_width=8, disc_width=8, gan_batch_size=8, gan_epochs=1, gan_iters=1,
                     cache_dir=tmp_path, progress=False)
-    kw = dict(objective_key="dim_w0.01", pool_models=["ConvNet"], epochs=1, iters_per_epoch=2,
+    kw = dict(objective_key="dim_w0.01", pool_models=["ConvNet"], epochs=1, iterations=2,
               batch_size=8, pool_train_steps=1, pool_batch_size=8, progress=False)
     a = gen.stage2(st, ds, gen.dim_objective(0.01), **kw)
     assert not a.meta["cache_hit"] and "match_global" in a.history[0]
@@ -332,17 +340,31 @@ def test_fixed_sets_per_model_trains_network_i_on_the_set_of_seed_plus_i():
         gen.evaluate_generator(G, ds, 1, fixed_sets="many", **kw)
 
 
-def test_compare_methods_both_protocols_names_rows_and_keeps_fixed_headline():
+def test_compare_methods_both_protocols_rows_and_entries():
     ds = tiny_dataset()
     G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
     table, res = gen.compare_methods({"G": G}, ds, [1], protocol="both", model="ConvNet", num_models=1,
-                                     epochs=1, progress=False)
-    assert list(res) == ["Random real", "G", "G · resample"]
-    assert [res[n][1].protocol for n in res] == ["fixed", "fixed", "resample"]
-    assert list(table["protocol"]) == ["fixed", "fixed", "resample"]
-    assert gen.protocol_list("both") == ["fixed", "resample"] and gen.protocol_list("resample") == ["resample"]
+                                     epochs=2, dim_batch=4, dim_test_every=1, progress=False)
+    best = f"G · dim · {gen.BEST_TEST_LABEL}"
+    assert list(res) == ["Random real · fixed", "G · fixed", "G · dim", best]
+    assert list(table["protocol"]) == ["fixed", "fixed", "dim", "dim"]
+    assert list(table["selection"]) == ["last", "last", "last", "best_test"]
+    # the best-test row is the max over the test evaluations (epochs 1 and 2), per network
+    curve = res["G · dim"][1].curve
+    assert [p["epoch"] for p in curve] == [1, 2]
+    assert res[best][1].accs == [max(p["test"][0] for p in curve)]
+    assert res["G · dim"][1].accs == curve[-1]["test"]
+    # one evaluation entry per (method, protocol, selection): ours under both protocols
+    entries = gen.comparison_entries(res, "ConvNet")
+    keys = [(e["method"], e["protocol"]["name"], e["protocol"]["selection"]) for e in entries]
+    assert keys == [("Random real", "fixed", "last"), ("G", "fixed", "last"), ("G", "dim", "last"),
+                    ("G", "dim", "best_test")]
+    dim_entry = entries[2]["protocol"]
+    assert dim_entry["steps_per_epoch"] == 4 * 1 // 4 + 1 and dim_entry["schedule"] == "constant"
+    assert dim_entry["dsa"] == "color_crop" and dim_entry["labels"] == "random"
+    assert gen.protocol_list("both") == ["fixed", "dim"] and gen.protocol_list("dim") == ["dim"]
     with pytest.raises(ValueError, match="eval protocol"):
-        gen.protocol_list("all")
+        gen.protocol_list("resample")
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -401,13 +423,20 @@ def test_gan_spec_checks_params():
                 batch_size=8, match_lr=5e-6, gan_weight=1.0, pool_models=["ConvNet", "ResNet18"],
                 pool_train_steps=1, pool_batch_size=8, mid_layer=-1, deploy_ipcs=[1, 10],
                 eval_protocol="fixed", fixed_sets="per_model", baselines=["cgan", "dim"], dim_form="dim",
-                gan_checkpoint="",
-                use_cache=True)
+                gan_checkpoint="", use_cache=True, fake_aux=True, step_order="g_first", d_labels="random",
+                gen_arch="dim", gen_conditioning="concat", match_betas=[0.0, 0.9], match_aug="color_crop_cutout",
+                pool_dsa="color_crop", pool_lr=0.01, dim_batch=64, dim_test_every=200)
     check_params(good, spec)
     for key, bad, msg in [("gan_loss", "lsgan", "gan_loss"), ("pool_models", ["ConvNet", "Nope"], "pool model"),
                           ("gan_weight", -1.0, "gan_weight"), ("eval_protocol", "x", "eval_protocol"),
                           ("gan_checkpoint", "/nonexistent.pt", "checkpoint"),
-                          ("gan_betas", [0.5, 1.0], "Adam beta"), ("fixed_sets", "all", "fixed_sets")]:
+                          ("gan_betas", [0.5, 1.0], "Adam beta"), ("fixed_sets", "all", "fixed_sets"),
+                          ("match_betas", [0.0, 1.2], "match_betas=1.2: an Adam beta"),
+                          ("match_aug", "color_blur", "unknown DSA op"), ("pool_dsa", "zoom", "unknown DSA op"),
+                          ("step_order", "random", "step_order"), ("d_labels", "fake", "d_labels"),
+                          ("gen_arch", "big", "gen_arch"), ("gen_conditioning", "add", "gen_conditioning"),
+                          ("eval_protocol", "resample", "eval_protocol"), ("dim_batch", 0, "dim_batch"),
+                          ("dim_test_every", 0, "dim_test_every"), ("pool_lr", 0.0, "pool_lr")]:
         with pytest.raises(ValueError, match=msg):
             check_params({**good, key: bad}, spec)
 
@@ -431,3 +460,272 @@ def test_check_notebook_params_refuses_foreign_checkpoint(tmp_path):
     P.gan_checkpoint, P.ipc = "", 50                   # more random-real images than a class has
     with pytest.raises(ValueError, match="images per class"):
         gen.check_notebook_params(P, tiny_dataset())
+
+
+# --------------------------------------------------------------------------- DiM's pipeline
+
+def _convs(module):
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+@pytest.mark.parametrize("size,first_kernel", [(28, 3), (32, 4)])
+def test_dim_generator_architecture(size, first_kernel):
+    G = gen.ConditionalGenerator(10, 1, size, z_dim=100, width=12, arch="dim")
+    convs = _convs(G.net)
+    assert len(convs) == 8                                       # DiM: 8 conv layers
+    kinds = ["T" if isinstance(m, nn.ConvTranspose2d) else "C" for m in convs]
+    assert kinds == ["T", "C", "C", "C", "T", "C", "T", "C"]
+    assert convs[0].kernel_size == (first_kernel, first_kernel) and convs[-1].out_channels == 1
+    # BN + ReLU after every conv but the last, then tanh
+    mods = list(G.net)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in mods) == 7 and isinstance(mods[-1], nn.Tanh)
+    shapes, h = [], torch.zeros(2, 12, 4, 4)
+    for m in mods:
+        h = m(h)
+        if isinstance(m, nn.ConvTranspose2d):
+            shapes.append(h.shape[-1])
+    assert shapes == ([7, 14, 28] if size == 28 else [8, 16, 32])
+    assert len(_convs(gen.ConditionalGenerator(10, 1, size, width=12, arch="compact").net)) == 4
+    with pytest.raises(ValueError, match="gen_arch='big'"):
+        gen.ConditionalGenerator(10, 1, size, arch="big")
+
+
+def test_overwrite_conditioning_replaces_the_first_entries_of_z():
+    G = gen.ConditionalGenerator(4, 1, 28, z_dim=10, width=8, conditioning="overwrite").eval()
+    assert G.fc.in_features == 10
+    z, y = torch.randn(3, 10), torch.tensor([0, 1, 3])
+    z2 = z.clone()
+    z2[:, :4] = 5.0                                              # overwritten by the one-hot
+    assert torch.equal(G(z, y), G(z2, y))
+    z3 = z.clone()
+    z3[:, 6] += 1.0                                              # a kept entry
+    assert not torch.allclose(G(z, y), G(z3, y))
+    assert not torch.allclose(G(z, y), G(z, torch.tensor([1, 1, 3])))
+    assert gen.ConditionalGenerator(4, 1, 28, z_dim=10, width=8).fc.in_features == 14   # concat
+    with pytest.raises(ValueError, match="z_dim must be >= 4"):
+        gen.ConditionalGenerator(4, 1, 28, z_dim=3, conditioning="overwrite")
+
+
+def test_checkpoint_keeps_architecture(tmp_path):
+    ds = tiny_dataset()
+    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8, gen_arch="compact", gen_conditioning="overwrite")
+    back = gen.load_checkpoint(gen.save_checkpoint(st, tmp_path / "g.pt"), ds)
+    assert back.G.arch == "compact" and back.G.conditioning == "overwrite"
+    st.G.eval(), back.G.eval()
+    z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    assert torch.equal(st.G(z, y), back.G(z, y))
+
+
+def test_fake_class_cross_entropy_on_the_discriminator_by_hand():
+    D = _StubD()
+    xr, xf = torch.randn(4, 1, 1, 2), torch.randn(4, 1, 1, 2)
+    y, yf = torch.tensor([0, 1, 2, 0]), torch.tensor([2, 2, 1, 0])
+    sr, sf = D(xr)[0], D(xf)[0]
+    gp_hand = (0.5 * math.sqrt(2) - 1) ** 2
+    ce_real, ce_fake = F.cross_entropy(D(xr)[1], y), F.cross_entropy(D(xf)[1], yf)
+    d = gen.discriminator_loss(D, xr, y, xf, yf, "wgan_gp", gp_lambda=10.0, fake_aux=True)
+    # DiM: s_fake - s_real + CE(c(x_fake), y_fake) + CE(c(x_real), y_real) + lambda * GP
+    assert torch.allclose(d["loss"], sf.mean() - sr.mean() + ce_fake + ce_real + 10 * gp_hand, atol=1e-5)
+    assert torch.allclose(d["aux_fake"], ce_fake)
+    half = gen.discriminator_loss(D, xr, y, xf, yf, "wgan_gp", aux_weight=0.5, fake_aux=True)
+    assert torch.allclose(half["loss"], sf.mean() - sr.mean() + 0.5 * (ce_fake + ce_real) + 10 * gp_hand,
+                          atol=1e-5)
+    off = gen.discriminator_loss(D, xr, y, xf, yf, "wgan_gp", fake_aux=False)
+    assert "aux_fake" not in off and torch.allclose(off["loss"], d["loss"] - ce_fake, atol=1e-5)
+
+
+def _record_gan_calls(monkeypatch, state):
+    """Record the order of the G/D optimiser steps and the labels D's fakes get."""
+    order, labels = [], []
+    for name, opt in (("g", state.opt_g), ("d", state.opt_d)):
+        step = opt.step
+        monkeypatch.setattr(opt, "step", lambda *a, _s=step, _n=name, **k: (order.append(_n), _s(*a, **k))[1])
+    real_loss = gen.discriminator_loss
+
+    def spy(D, xr, yr, xf, yf, *a, **k):
+        labels.append((yr.clone(), yf.clone()))
+        return real_loss(D, xr, yr, xf, yf, *a, **k)
+
+    monkeypatch.setattr(gen, "discriminator_loss", spy)
+    return order, labels
+
+
+@pytest.mark.parametrize("step_order,d_labels", [("d_first", "real"), ("g_first", "random")])
+def test_stage1_step_order_and_d_labels(monkeypatch, step_order, d_labels):
+    ds = tiny_dataset()
+    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    order, labels = _record_gan_calls(monkeypatch, st)
+    gen.train_gan(st, ds, epochs=1, batch_size=16, iters_per_epoch=3, progress=False, step_order=step_order,
+                  d_labels=d_labels, fake_aux=True)
+    assert order == (["d", "g"] * 3 if step_order == "d_first" else ["g", "d"] * 3)
+    same = [torch.equal(yr, yf) for yr, yf in labels]
+    assert all(same) if d_labels == "real" else not any(same)
+    assert "d_aux_fake" in st.history[-1]
+    with pytest.raises(ValueError, match="step_order='both'"):
+        gen.train_gan(st, ds, epochs=2, step_order="both", progress=False)
+
+
+def test_stage2_dim_order_betas_and_iterations(monkeypatch):
+    ds = tiny_dataset()
+    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    pool = gen.GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=8)
+    tuned = gen.match_generator(st, ds, gen.dim_objective(0.01), pool=pool, epochs=2, iterations=5, batch_size=8,
+                                lr=3e-4, betas=(0.5, 0.99), pool_train_steps=0, progress=False)
+    for opt in (tuned.opt_g, tuned.opt_d):                       # stage-2 optimiser from the arguments
+        assert opt.param_groups[0]["betas"] == (0.5, 0.99) and opt.param_groups[0]["lr"] == 3e-4
+    assert len(tuned.history) == 5 and [h["epoch"] for h in tuned.history] == [0, 0, 0, 1, 1]
+    assert all(h["w_gan"] == h["g_loss"] for h in tuned.history)          # gan_weight 1
+    order, labels = _record_gan_calls(monkeypatch, st)
+    st2 = st.copy()
+    monkeypatch.setattr(gen.GANState, "copy", lambda self, lr=None, betas=None: st)   # record on st's optimisers
+    gen.match_generator(st2, ds, gen.dim_objective(0.01), pool=pool, epochs=1, iterations=2, batch_size=8,
+                        pool_train_steps=0, progress=False, step_order="g_first", d_labels="random")
+    assert order == ["g", "d", "g", "d"] and not any(torch.equal(a, b) for a, b in labels)
+    with pytest.raises(ValueError, match="match_betas"):
+        gen.match_generator(st, ds, gen.dim_objective(0.01), pool=pool, epochs=1, betas=(0.5,), progress=False)
+
+
+def test_stage2_schedule_by_hand():
+    assert gen.stage2_schedule(3, 10, 1000, 64) == [4, 3, 3]       # exactly `iterations` updates
+    assert gen.stage2_schedule(2, 0, 100, 32) == [3, 3]            # DiM: full passes, last batch dropped
+    assert gen.stage2_schedule(1, 7, 10, 64) == [7]
+    with pytest.raises(ValueError, match="iterations=2 < match_epochs=3"):
+        gen.stage2_schedule(3, 2, 100, 8)
+    with pytest.raises(ValueError, match="iterations=-1"):
+        gen.stage2_schedule(3, -1, 100, 8)
+
+
+def test_stage2_from_params_passes_every_optimiser_setting(tmp_path):
+    from types import SimpleNamespace
+
+    ds = tiny_dataset()
+    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    P = SimpleNamespace(use_cache=False, pool_models=["ConvNet"], model="ConvNet", mid_layer=-1, pool_batch_size=8,
+                        pool_lr=0.05, pool_dsa="color_crop", match_epochs=1, iterations=3, batch_size=8,
+                        match_lr=2e-4, match_betas=[0.5, 0.999], pool_train_steps=1, gan_weight=1.0, gp_lambda=10.0,
+                        aux_weight=1.0, step_order="g_first", d_labels="random", fake_aux=True,
+                        match_aug="color_crop_cutout", seed=0)
+    out = gen.stage2_from_params(P, st, ds, gen.dim_objective(0.01), progress=False)
+    assert out.opt_g.param_groups[0]["betas"] == (0.5, 0.999) and out.opt_d.param_groups[0]["lr"] == 2e-4
+    s2 = out.params["stage2"]
+    assert s2["pool_lr"] == 0.05 and s2["pool_dsa"] == "color_crop" and s2["match_aug"] == "color_crop_cutout"
+    assert len(out.history) == 3 and "d_aux_fake" in out.history[-1]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+def test_pool_warm_up_uses_dsa_on_every_batch():
+    ds = tiny_dataset()
+    pool = gen.GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=6, dsa="color_crop")
+    assert pool.dsa.strategy == "color_crop"
+    seen = []
+    real_dsa = pool.dsa
+
+    def spy(x, generator=None):
+        out = real_dsa(x, generator=generator)
+        seen.append((x, out))
+        return out
+
+    pool.dsa = spy
+    pool.draw(make_generator(0))
+    pool.warm(ds, 3, make_generator(1))
+    assert len(seen) == 3 and all(x.shape == (6, 1, 28, 28) for x, _ in seen)
+    assert all(not torch.equal(x, out) for x, out in seen)           # the model saw augmented batches
+    assert gen.GANModelPool(["ConvNet"], 1, 4, 28, dsa="").dsa is None
+    with pytest.raises(ValueError, match="unknown DSA op"):
+        gen.GANModelPool(["ConvNet"], 1, 4, 28, dsa="color_blur")
+
+
+def test_siamese_augment_one_draw_for_the_whole_batch():
+    from ddkit.augment import DSA
+
+    aug = DSA("color_crop_cutout")
+    g = make_generator(0)
+    xr = torch.randn(5, 1, 28, 28)
+    xs = xr.flip(0).clone().requires_grad_(True)                   # the same images, reversed
+    ar, as_ = gen.siamese_augment(aug, xr, xs, g)
+    assert torch.allclose(as_, ar.flip(0), atol=1e-6)               # same draw for every image, both sides
+    assert not torch.allclose(ar, xr)
+    as_.sum().backward()
+    assert xs.grad is not None and xs.grad.abs().sum() > 0         # differentiable w.r.t. the synthetic side
+
+
+def test_match_aug_feeds_augmented_pairs_to_the_objective():
+    ds = tiny_dataset()
+    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    seen = []
+
+    def objective(b):
+        seen.append(b.x_real.detach().clone())
+        return gen.dim_objective(0.01)(b)
+
+    pool = gen.GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=8)
+    for aug in ("", "color"):
+        seen.clear()
+        gen.match_generator(st, ds, objective, pool=pool, epochs=1, iterations=2, batch_size=8, pool_train_steps=0,
+                            gan_weight=0.0, progress=False, match_aug=aug)
+        dist = [(x.flatten(1)[:, None] - ds.x_train.flatten(1)[None]).abs().amax(2).min(1).values.max() for x in seen]
+        if aug:
+            assert all(d > 1e-3 for d in dist)                     # not the raw training images
+        else:
+            assert all(d < 1e-4 for d in dist)
+
+
+# --------------------------------------------------------------------------- the dim protocol
+
+def test_dim_steps_per_epoch_formula():
+    assert gen.dim_steps_per_epoch(10, 1, 64) == 10 * 1 // 64 + 1 == 1
+    assert gen.dim_steps_per_epoch(10, 10, 64) == 2
+    assert gen.dim_steps_per_epoch(10, 50, 128) == 4
+    with pytest.raises(ValueError, match="dim_batch"):
+        gen.dim_steps_per_epoch(10, 1, 0)
+
+
+def test_dim_protocol_draws_new_images_every_step():
+    ds = tiny_dataset()
+    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    calls = []
+    G.register_forward_hook(lambda m, inp, out: calls.append((inp[0].clone(), inp[1].clone(), m.training)))
+    r = gen.evaluate_generator(G, ds, 3, protocol="dim", model="ConvNet", num_models=1, epochs=2, dim_batch=5,
+                               dim_test_every=1, progress=False)
+    steps = 4 * 3 // 5 + 1
+    assert r.settings["steps_per_epoch"] == steps == 3
+    assert len(calls) == 2 * steps                                 # one generated batch per training step
+    assert all(z.shape == (5, 8) and not training for z, _, training in calls)
+    for (z0, y0, _), (z1, y1, _) in zip(calls, calls[1:]):
+        assert not torch.allclose(z0, z1)                           # fresh noise at every step
+    assert len({tuple(y.tolist()) for _, y, _ in calls}) > 1       # random labels, redrawn
+    assert r.settings["schedule"] == "constant" and r.settings["dsa"] == "color_crop"
+    assert [p["epoch"] for p in r.curve] == [1, 2]
+    assert r.selection["best_test"] == [max(p["test"][0] for p in r.curve)] and r.selection["last"] == r.accs
+    assert r.select("best_test").selected == "best_test"
+    with pytest.raises(ValueError, match="selection 'best_val' not recorded"):
+        r.select("best_val")
+
+
+# --------------------------------------------------------------------------- balance
+
+def test_term_balance_by_hand():
+    t = lambda a, b: {"global": torch.tensor(a), "local": torch.tensor(b)}   # noqa: E731
+    fixed = gen.TermBalance({"global": 0.01, "local": 0.001})
+    out = fixed(t(2.0, 3000.0))
+    assert out["w_global"].item() == pytest.approx(0.02) and out["loss"].item() == pytest.approx(3.02)
+    eq = gen.TermBalance({"global": 0.01, "local": 0.001}, "equal_start")
+    s0 = 0.01 * 2.0 + 0.001 * 3000.0
+    first = eq(t(2.0, 3000.0))
+    assert first["w_global"].item() == pytest.approx(s0 / 2) == pytest.approx(first["w_local"].item())
+    second = eq(t(4.0, 1000.0))                                    # weights kept from the first batch
+    assert second["w_global"].item() == pytest.approx(s0 / 2 / 2.0 * 4.0)
+    assert second["w_local"].item() == pytest.approx(s0 / 2 / 3000.0 * 1000.0)
+    rm = gen.TermBalance({"global": 0.01, "local": 0.001}, "running_mean")
+    rm(t(2.0, 3000.0))
+    second = rm(t(4.0, 1000.0))                                    # divided by the running means 3 and 2000
+    assert second["w_global"].item() == pytest.approx(s0 / 2 * 4.0 / 3.0)
+    assert second["w_local"].item() == pytest.approx(s0 / 2 * 1000.0 / 2000.0)
+    x = torch.tensor(2.0, requires_grad=True)
+    rm({"global": x, "local": torch.tensor(1.0)})["loss"].backward()
+    assert x.grad is not None and x.grad > 0
+    with pytest.raises(ValueError, match="balance='auto'"):
+        gen.TermBalance({"global": 0.01}, "auto")
+    with pytest.raises(ValueError, match="missing"):
+        fixed({"global": torch.tensor(1.0)})
