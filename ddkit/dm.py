@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .distill import IMAGE_STEPS
 from .losses import PrototypeBank, class_prototypes
+from .params import Param
 from .pools import IDMQueue, PretrainedPool, RandomPool
 from .train import embed_all  # noqa: F401  (re-exported: the notebooks import it from here)
 
@@ -110,3 +112,148 @@ def update_bank(bank: PrototypeBank, net: nn.Module, x: torch.Tensor, y: torch.T
     under the current iteration's model, folded into the memory bank. Returns the bank value."""
     protos, present = synthetic_prototypes(net, x, y, num_classes)
     return bank.update(protos, present)
+
+
+# --------------------------------------------------------------------------- the notebooks' run settings
+def _model_names_check(v):
+    from .models import MODEL_NAMES
+    return None if v in MODEL_NAMES else f"unknown model; expected one of {list(MODEL_NAMES)}"
+
+
+#: Loop, evaluation and resume parameters shared by notebooks 03 and 04 (added to their SPEC).
+DM_LOOP = {
+    "momentum_img": Param(float, min=0, max=0.999, help="SGD momentum of the images (DM / IDM / DSDM code: 0.5)"),
+    "image_step": Param(str, choices=("auto",) + IMAGE_STEPS,
+                        help="'auto' = the reference's: joint for DM, per_class for IDM and DSDM"),
+    "eval_models": Param(list, item=str, check=_model_names_check,
+                         help="architectures to evaluate on ([] = just eval_model; cross-architecture tables)"),
+    "eval_every": Param(int, min=0, help="evaluate every N iterations (accuracy curve); 0 = only at the end"),
+    "compile": Param(str, choices=("auto", "on", "off"), help="torch.compile: 'auto' = when the run is long"),
+    "resume": Param(bool, help="checkpoint the loop in the run folder and resume from it"),
+    "checkpoint_every": Param(int, min=1, help="iterations between checkpoints"),
+}
+
+
+def resolve_image_step(image_step: str, base: str) -> str:
+    """``"auto"`` -> the reference's stepping: ``"joint"`` for the DM base (DM / IID-on-DM code sums the
+    class losses, one step), ``"per_class"`` otherwise (IDM, IID-on-IDM, IDC-based DSDM)."""
+    if image_step not in ("auto",) + IMAGE_STEPS:
+        raise ValueError(f"image_step={image_step!r}; expected 'auto' or one of {list(IMAGE_STEPS)}")
+    if image_step != "auto":
+        return image_step
+    return "joint" if base == "dm" else "per_class"
+
+
+def compile_flag(value: str):
+    """Notebook ``compile`` ('auto' / 'on' / 'off') -> the ``compile`` argument of distill/evaluate."""
+    flags = {"auto": "auto", "on": True, "off": False}
+    if value not in flags:
+        raise ValueError(f"compile={value!r}; expected one of {list(flags)}")
+    return flags[value]
+
+
+def eval_model_list(eval_model: str, eval_models) -> list:
+    """The architectures to evaluate on: ``eval_model`` first, then ``eval_models`` (no repeats)."""
+    out = [eval_model]
+    for m in eval_models or []:
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def checkpoint_path(run_folder, tag: str, params: dict):
+    """``<run folder>/checkpoint_<tag>_<loop_key(params)>.pt`` when ``params["resume"]``, else None.
+    Keyed by what determines the loop: a run with other settings never resumes this one's state."""
+    from pathlib import Path
+    return Path(run_folder) / f"checkpoint_{tag}_{loop_key(params)}.pt" if params.get("resume") else None
+
+
+class GeneratorState:
+    """A ``torch.Generator`` that ``distill``'s checkpoints can save and restore (``extra_state``):
+    e.g. the generator an objective uses to draw its pretrained network."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+class AccuracyCurve:
+    """Test accuracy against distillation iterations (IID Fig. 5; the reference codes' evaluation
+    every N iterations), as a ``distill`` ``after_step`` hook that checkpoints with the loop.
+
+    ``evaluate(x, y) -> EvalResult`` is the run's own protocol; ``every = 0`` records nothing."""
+
+    def __init__(self, every: int, evaluate):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+            raise ValueError(f"every={every!r} must be an int >= 0")
+        self.every, self.evaluate, self.points = every, evaluate, []
+
+    def __call__(self, iteration: int, syn, batch=None) -> None:
+        if self.every and (iteration + 1) % self.every == 0:
+            x, y = syn.detached()
+            self.points.append({"iteration": iteration + 1, "accs": list(self.evaluate(x, y).accs)})
+
+    def state_dict(self) -> dict:
+        return {"points": self.points}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = list(state["points"])
+
+
+def chain_steps(*hooks):
+    """One ``after_step`` calling each of ``hooks`` (None entries skipped) in order."""
+    hooks = [h for h in hooks if h is not None]
+
+    def after_step(iteration, syn, batch):
+        for h in hooks:
+            h(iteration, syn, batch)
+
+    return after_step
+
+
+def evaluate_models(x, y, dataset, models, **kw) -> dict:
+    """``{architecture: EvalResult}`` of one synthetic set on each of ``models`` (same protocol ``kw``)."""
+    from .evaluate import evaluate_synset
+    return {m: evaluate_synset(x, y, dataset, model=m, **kw) for m in models}
+
+
+def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float, budget: str) -> str:
+    """A sentence on whether ``method`` beat ``baseline`` in this run, computed from the accuracies
+    (one seed: a difference within the networks' spread is called a tie; pooled seeds with paired
+    intervals are in docs/evidence.md)."""
+    import numpy as np
+
+    diff = res.mean - res_base.mean
+    spread = float(np.hypot(res.std, res_base.std))
+    if abs(diff) <= spread:
+        verdict = "a tie within the networks' spread"
+    else:
+        verdict = f"{method} {'ahead' if diff > 0 else 'behind'}"
+    held = "held" if diff > spread else "did not show"
+    return (f"{method} {res.mean:.2f} ± {res.std:.2f} vs {baseline} {res_base.mean:.2f} ± {res_base.std:.2f}: "
+            f"{diff:+.2f} points ({verdict}; paper: {paper_gain:+.1f}). At this budget ({budget}) the paper's claim "
+            f"{held} in this run.")
+
+
+#: Parameters that do not change what the distillation loop computes (the checkpoint key leaves them out;
+#: the evaluation settings count only when ``eval_every`` records a curve inside the loop).
+LOOP_NEUTRAL_KEYS = ("iterations", "run_name", "results_dir", "device", "resume", "checkpoint_every", "compile",
+                     "tsne", "tsne_class", "compare_dm", "compare_no_h", "eval_no_h", "eval_init", "eval_models",
+                     "baselines")
+EVAL_KEYS = ("eval_model", "eval_epochs", "num_eval", "eval_protocol")
+
+
+def loop_key(params: dict) -> str:
+    """A short hash of the parameters that determine a distillation loop's result (not ``iterations``:
+    a longer run resumes a shorter one's checkpoint)."""
+    import hashlib
+    import json
+
+    drop = set(LOOP_NEUTRAL_KEYS) | (set(EVAL_KEYS) if not params.get("eval_every") else set())
+    kept = {k: v for k, v in sorted(params.items()) if k not in drop}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
