@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .losses import effect_alignment_loss, replacement_alpha
+from .losses import (effect_alignment_loss, effect_alignment_squared_loss, effect_alignment_vector_loss,
+                     replacement_alpha)
 from .train import soft_cross_entropy
+from .trajectory import SCHEDULES, lr_at
 from .utils import make_generator, resolve_device
 
 
@@ -162,55 +164,144 @@ def _dot(a, b) -> torch.Tensor:
     return sum((u.reshape(-1) * v.reshape(-1)).sum() for u, v in zip(a, b))
 
 
+OBJECTIVES = ("paper", "squared", "vector")
+
+
+def check_objective(objective: str) -> str:
+    """``ValueError`` unless ``objective`` is one of :data:`OBJECTIVES`."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}; expected one of {OBJECTIVES} ('paper' = Eq. 7 |.|, "
+                         f"'squared' = (Eq. 7 signed)^2, 'vector' = per-probe-sample squared effects; the last two "
+                         f"are ddkit extensions)")
+    return objective
+
+
+def _per_sample_loss(model, params, buffers, x, y):
+    out = functional_call(model, (params, buffers), (x,))
+    return F.cross_entropy(out, y, reduction="none") if y.dim() == 1 else -(y * F.log_softmax(out, 1)).sum(1)
+
+
+def probe_effects(model, params: dict, buffers: dict, x_probe, y_probe, direction) -> torch.Tensor:
+    """``e_p = <grad l(theta, p), direction>`` for every probe sample ``p`` (a (|P|,) vector), by one
+    forward-mode product (``torch.func.jvp``): no per-sample gradients are materialised. Their mean is
+    ``<g_P, direction>``."""
+    tangent = dict(zip(params.keys(), (d.detach() for d in direction)))
+    primal = {k: v.detach() for k, v in params.items()}
+    _, e = jvp(lambda p: _per_sample_loss(model, p, buffers, x_probe, y_probe), (primal,), (tangent,))
+    return e
+
+
+def per_sample_grads(model, params: dict, buffers: dict, x, y) -> torch.Tensor:
+    """(N, n_params) matrix of per-sample loss gradients (``torch.func.vmap`` of ``grad``), flattened in
+    ``params`` order: the rows ``g_p`` of :func:`ddkit.losses.effect_alignment_vector_loss`."""
+    primal = {k: v.detach() for k, v in params.items()}
+
+    def one(xi, yi):
+        return grad(lambda p: _per_sample_loss(model, p, buffers, xi[None], yi[None]).sum())(primal)
+
+    g = vmap(one)(x, y)
+    return torch.cat([g[k].reshape(len(x), -1) for k in primal], 1)
+
+
+def effect_values(model, checkpoints, x_probe, y_probe, x_real, y_real, x_syn, y_syn, *, real_coef: float = 1.0,
+                  eta_weighting: bool = True) -> dict:
+    """The three objectives at fixed batches and checkpoints, without graphs (monitoring, diagnostics).
+
+    Returns ``signed`` (inside Eq. 7's bars: ``sum_t w_t <g_P, c g_D - g_S>``), ``paper`` (``|signed|``,
+    Eq. 7), ``squared`` (``signed^2``) and ``vector`` (``sum_t mean_p (w_t e_p^t)^2``), ``real_term``,
+    ``syn_term``. ``x_syn`` may carry hard (N,) or soft (N, K) labels.
+    """
+    dev = x_syn.device
+    signed, vector, real, syn = 0.0, 0.0, 0.0, 0.0
+    for ck in checkpoints:
+        w = float(ck.lr) if eta_weighting else 1.0
+        params, buffers = checkpoint_tensors(model, ck.state, dev)
+        gp = loss_grads(model, params, buffers, x_probe, y_probe)
+        gd = loss_grads(model, params, buffers, x_real, y_real)
+        gs = loss_grads(model, params, buffers, x_syn, y_syn)
+        e = probe_effects(model, params, buffers, x_probe, y_probe, [real_coef * d - s for d, s in zip(gd, gs)])
+        real += w * float(_dot(gp, gd))
+        syn += w * float(_dot(gp, gs))
+        vector += float(((w * e) ** 2).mean())
+    signed = real_coef * real - syn
+    return {"signed": signed, "paper": abs(signed), "squared": signed ** 2, "vector": vector,
+            "real_term": real, "syn_term": syn}
+
+
 def ead_objective(model, checkpoints, x_probe, y_probe, x_real, y_real, x_syn, y_syn, *, real_coef: float = 1.0,
-                  eta_weighting: bool = True, streaming: bool = False, leaves=None) -> dict:
-    """The effect alignment loss (Eq. 7) over the sampled ``checkpoints`` (list of ``Checkpoint``).
+                  eta_weighting: bool = True, objective: str = "paper", streaming: bool = False, leaves=None) -> dict:
+    """The effect alignment objective over the sampled ``checkpoints`` (list of ``Checkpoint``).
 
     Per checkpoint: ``g_P`` (probe batch) and ``g_D`` (real batch) without graph, ``g_S`` (synthetic
     batch, soft labels) with ``create_graph=True``. Weights ``w_t = eta_t`` when ``eta_weighting``
-    (TracIn), else 1. Returns ``{"loss", "real_term", "syn_term"}`` with
-    ``loss = |real_coef * real_term - syn_term|``, ``real_term = sum_t w_t <g_P, g_D>``.
+    (TracIn), else 1. ``objective``: ``"paper"`` = Eq. 7, ``|real_coef * real_term - syn_term|``
+    (:func:`ddkit.losses.effect_alignment_loss`), ``real_term = sum_t w_t <g_P, g_D>``; ``"squared"`` =
+    its square (:func:`ddkit.losses.effect_alignment_squared_loss`); ``"vector"`` = per-probe-sample
+    squared effects (:func:`ddkit.losses.effect_alignment_vector_loss`). The last two are ddkit
+    extensions. Returns ``{"loss", "real_term", "syn_term"}``.
 
-    ``streaming=False``: builds every checkpoint's graph and calls
-    :func:`ddkit.losses.effect_alignment_loss`; the caller runs ``loss.backward()``.
-    ``streaming=True``: memory-light exact equivalent; the gradient
-    ``d|c A - B| = -sign(c A - B) dB`` is accumulated checkpoint by checkpoint into ``leaf.grad``
-    for each tensor in ``leaves`` (graphs freed after each checkpoint); ``loss`` is then a detached value.
+    ``streaming=False``: builds every checkpoint's graph (for ``"vector"`` with per-sample probe
+    gradients, :func:`per_sample_grads`) and calls the ``ddkit.losses`` function; the caller runs
+    ``loss.backward()``. ``streaming=True``: memory-light exact equivalent, accumulated checkpoint by
+    checkpoint into ``leaf.grad`` for each tensor in ``leaves``; ``loss`` is then a detached value.
+    With ``B = sum_t w_t <g_P, g_S>`` and ``r = c A - B``: ``d|r| = -sign(r) dB`` and ``d r^2 = -2 r dB``;
+    for ``"vector"``, with ``e^t = J_P^t v^t`` (``v^t = c g_D^t - g_S^t``, :func:`probe_effects`) and
+    ``u^t = (J_P^t)^T e^t`` (the gradient of ``sum_p e_p l_p``), ``dL = -sum_t (2 w_t^2 / |P|) <u^t, d g_S^t>``.
     """
+    check_objective(objective)
     dev = x_syn.device
     weights = [float(c.lr) if eta_weighting else 1.0 for c in checkpoints]
     if not streaming:
         gP, gD, gS = [], [], []
         for ck in checkpoints:
             params, buffers = checkpoint_tensors(model, ck.state, dev)
-            gP.append(loss_grads(model, params, buffers, x_probe, y_probe))
+            gP.append(per_sample_grads(model, params, buffers, x_probe, y_probe) if objective == "vector"
+                      else loss_grads(model, params, buffers, x_probe, y_probe))
             gD.append(loss_grads(model, params, buffers, x_real, y_real))
             gS.append(loss_grads(model, params, buffers, x_syn, y_syn, create_graph=True))
-        loss = effect_alignment_loss(gP, gD, gS, real_coef=real_coef, weights=weights)
-        real = sum(w * float(_dot(p, d)) for w, p, d in zip(weights, gP, gD))
-        syn = sum(w * float(_dot(p, [t.detach() for t in s])) for w, p, s in zip(weights, gP, gS))
+        fn = {"paper": effect_alignment_loss, "squared": effect_alignment_squared_loss,
+              "vector": effect_alignment_vector_loss}[objective]
+        loss = fn(gP, gD, gS, real_coef=real_coef, weights=weights)
+        mean_p = [p.mean(0) if objective == "vector" else torch.cat([t.reshape(-1) for t in p]) for p in gP]
+        flat = lambda g: torch.cat([t.detach().reshape(-1) for t in g])
+        real = sum(w * float(p @ flat(d)) for w, p, d in zip(weights, mean_p, gD))
+        syn = sum(w * float(p @ flat(s)) for w, p, s in zip(weights, mean_p, gS))
         return {"loss": loss, "real_term": real, "syn_term": syn}
     if not leaves:
         raise ValueError("streaming=True needs `leaves` (the tensors to receive gradients)")
     acc = [torch.zeros_like(t) for t in leaves]
-    real, syn = 0.0, 0.0
+    real, syn, vector = 0.0, 0.0, 0.0
     for w, ck in zip(weights, checkpoints):
         params, buffers = checkpoint_tensors(model, ck.state, dev)
         gp = loss_grads(model, params, buffers, x_probe, y_probe)
         gd = loss_grads(model, params, buffers, x_real, y_real)
         gs = loss_grads(model, params, buffers, x_syn, y_syn, create_graph=True)
         real += w * float(_dot(gp, gd))
-        b = w * _dot(gp, gs)
-        syn += float(b.detach())
+        if objective == "vector":
+            e = probe_effects(model, params, buffers, x_probe, y_probe,
+                              [real_coef * d - s.detach() for d, s in zip(gd, gs)])
+            vector += float(((w * e) ** 2).mean())
+            u = torch.autograd.grad((e * _per_sample_loss(model, params, buffers, x_probe, y_probe)).sum(),
+                                    list(params.values()))
+            b = -(2.0 * w * w / len(x_probe)) * _dot(u, gs)
+        else:
+            b = w * _dot(gp, gs)
+        syn += w * float(_dot(gp, [s.detach() for s in gs]))
         for a, g in zip(acc, torch.autograd.grad(b, leaves, retain_graph=True, allow_unused=True)):
             if g is not None:
                 a.add_(g)
         del gs, b
-    s = math.copysign(1.0, real_coef * real - syn) if real_coef * real - syn != 0 else 0.0
+    r = real_coef * real - syn
+    if objective == "vector":
+        scale, value = 1.0, vector
+    elif objective == "squared":
+        scale, value = -2.0 * r, r * r
+    else:
+        scale, value = -(math.copysign(1.0, r) if r != 0 else 0.0), abs(r)
     for t, a in zip(leaves, acc):
-        g = a.mul_(-s)
+        g = a.mul_(scale)
         t.grad = g if t.grad is None else t.grad + g
-    return {"loss": torch.tensor(abs(real_coef * real - syn)), "real_term": real, "syn_term": syn}
+    return {"loss": torch.tensor(value), "real_term": real, "syn_term": syn}
 
 
 # =============================================================================== Algorithm 1
@@ -227,22 +318,73 @@ def _check_inputs(syn: EADSynSet, dataset, trajectory, t_m: int, model: str | No
                          f"{(dataset.channels, *dataset.im_size)}")
 
 
+@dataclass
+class Monitor:
+    """A fixed evaluation point of the objective: probe batch, real batch and checkpoints that do not
+    change between updates, so its curve shows what the updates do, apart from the per-draw noise."""
+
+    x_probe: torch.Tensor
+    y_probe: torch.Tensor
+    x_real: torch.Tensor
+    y_real: torch.Tensor
+    checkpoints: list
+    every: int = 10
+
+
+def make_monitor(dataset, trajectory, *, batch_probe: int, batch_real: int, every: int = 10,
+                 num_checkpoints: int = 0, seed: int = 0) -> Monitor:
+    """A :class:`Monitor` with disjoint random probe / real batches of ``dataset`` and all checkpoints
+    (``num_checkpoints=0``) or that many, evenly spaced along the trajectory (first and last included)."""
+    if int(every) != every or every < 1:
+        raise ValueError(f"monitor every={every!r} must be a positive integer")
+    if int(num_checkpoints) != num_checkpoints or not 0 <= num_checkpoints <= len(trajectory):
+        raise ValueError(f"monitor num_checkpoints={num_checkpoints!r} must be an integer in [0, {len(trajectory)}] "
+                         f"(0 = all checkpoints)")
+    picks = (range(len(trajectory)) if num_checkpoints == 0 else
+             sorted({int(round(i)) for i in np.linspace(0, len(trajectory) - 1, int(num_checkpoints))}))
+    n = len(dataset.x_train)
+    if batch_probe + batch_real > n:
+        raise ValueError(f"batch_probe + batch_real = {batch_probe + batch_real} exceeds the {n} training images")
+    idx = torch.randperm(n, generator=make_generator(seed))[:batch_probe + batch_real].to(dataset.x_train.device)
+    p, d = idx[:batch_probe], idx[batch_probe:]
+    return Monitor(dataset.x_train[p], dataset.y_train[p], dataset.x_train[d], dataset.y_train[d],
+                   [trajectory.checkpoint(i) for i in picks], int(every))
+
+
+def label_entropy(y: torch.Tensor) -> float:
+    """Mean Shannon entropy (nats) of the rows of a (N, K) probability matrix."""
+    return float(-(y * y.clamp_min(1e-12).log()).sum(1).mean())
+
+
 def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: int, lr_img: float, lr_label: float,
                 batch_syn: int = 0, batch_real: int = 256, batch_probe: int = 256, real_coef: float = 1.0,
-                eta_weighting: bool = True, optimizer: str = "sgd", momentum: float = 0.5, streaming: bool = True,
-                dsa=None, model: str | None = None, seed: int = 0, device=None, progress: bool = True) -> list:
+                eta_weighting: bool = True, objective: str = "paper", optimizer: str = "sgd", momentum: float = 0.5,
+                lr_schedule: str = "constant", streaming: bool = True, dsa=None, model: str | None = None,
+                monitor: Monitor | None = None, seed: int = 0, device=None, progress: bool = True) -> list:
     """EAD Algorithm 1: ``iterations`` updates of the synthetic images and soft labels (in place in ``syn``).
 
     Each update samples ``S_t`` (``batch_syn`` synthetic images, 0 = all), a probe batch ``P``
     (``batch_probe``) and a real batch ``D_t`` (``batch_real``, disjoint from ``P``), ``t_m``
-    checkpoints of ``trajectory``, evaluates :func:`ead_objective` and takes one optimiser step on
-    images (``lr_img``) and label logits (``lr_label``). ``dsa``: optional callable ``dsa(x, generator)``
-    applied (per-sample draws) to all three batches. Returns the history (one dict per update).
+    checkpoints of ``trajectory``, evaluates :func:`ead_objective` (``objective``: ``"paper"`` = Eq. 7,
+    or the ddkit extensions ``"squared"`` / ``"vector"``) and takes one optimiser step on images
+    (``lr_img``) and label logits (``lr_label``), both scaled by ``lr_schedule`` (``constant``, ``step``,
+    ``cosine``: :func:`ddkit.trajectory.lr_at` over the ``iterations``). ``dsa``: optional callable
+    ``dsa(x, generator)`` applied (per-sample draws) to all three batches.
+
+    Returns the history, one dict per update: ``loss`` (this draw's objective), ``real_term``,
+    ``syn_term``, ``step_norm`` (Frobenius norm of this update's image change), ``displacement``
+    (``||x - x_0||_F``), ``entropy`` (mean soft-label entropy), and every ``monitor.every`` updates (and
+    after the last) ``monitor``: :func:`effect_values` at the monitor's fixed batches, all checkpoints.
     Inputs are checked before any compute (``ValueError``).
     """
     _check_inputs(syn, dataset, trajectory, t_m, model)
+    check_objective(objective)
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer={optimizer!r}; expected 'sgd' or 'adam'")
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"lr_schedule={lr_schedule!r}; expected one of {SCHEDULES}")
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"iterations={iterations!r} must be a non-negative integer")
     n_real = len(dataset.x_train)
     if batch_real + batch_probe > n_real:
         raise ValueError(f"batch_real + batch_probe = {batch_real + batch_probe} exceeds the {n_real} training images")
@@ -257,10 +399,21 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     aug_gen = make_generator(seed + 1, dev)
     n_syn = len(syn)
     bs = n_syn if batch_syn in (0, None) or batch_syn >= n_syn else batch_syn
+    x0 = syn.images.detach().clone()
+
+    def monitored():
+        return effect_values(net, monitor.checkpoints, monitor.x_probe.to(dev), monitor.y_probe.to(dev),
+                             monitor.x_real.to(dev), monitor.y_real.to(dev), syn.images.detach(),
+                             syn.soft_labels().detach(), real_coef=real_coef, eta_weighting=eta_weighting)
+
     history = []
-    bar = tqdm(range(iterations), desc="EAD", disable=not progress)
+    bar = tqdm(range(iterations), desc=f"EAD ({objective})", disable=not progress)
     for it in bar:
         t0 = time.time()
+        rec = {"iteration": it, "monitor": monitored()} if monitor is not None and it % monitor.every == 0 else \
+            {"iteration": it}
+        for group, base in zip(opt.param_groups, (lr_img, lr_label)):
+            group["lr"] = lr_at(it, iterations, base, lr_schedule)
         s_idx = torch.randperm(n_syn, generator=gen)[:bs].to(dev)
         r_idx = torch.randperm(n_real, generator=gen)[:batch_real + batch_probe].to(dev)
         p_idx, d_idx = r_idx[:batch_probe], r_idx[batch_probe:]
@@ -272,17 +425,78 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
             x_s, x_p, x_d = dsa(x_s, generator=aug_gen), dsa(x_p, generator=aug_gen), dsa(x_d, generator=aug_gen)
         opt.zero_grad(set_to_none=True)
         out = ead_objective(net, cks, x_p, y_p, x_d, y_d, x_s, y_s, real_coef=real_coef, eta_weighting=eta_weighting,
-                            streaming=streaming, leaves=syn.parameters())
+                            objective=objective, streaming=streaming, leaves=syn.parameters())
         if not streaming:
             out["loss"].backward()
+        before = syn.images.detach().clone()
         opt.step()
-        rec = {"iteration": it, "loss": float(out["loss"].detach()), "real_term": out["real_term"],
-               "syn_term": out["syn_term"], "checkpoints": [c.index for c in cks], "seconds": time.time() - t0}
+        with torch.no_grad():
+            rec.update(loss=float(out["loss"].detach()), real_term=out["real_term"], syn_term=out["syn_term"],
+                       step_norm=float((syn.images - before).norm()), displacement=float((syn.images - x0).norm()),
+                       entropy=label_entropy(syn.soft_labels()), checkpoints=[c.index for c in cks],
+                       seconds=time.time() - t0)
         if not math.isfinite(rec["loss"]):
             raise ValueError(f"EAD loss became {rec['loss']} at iteration {it}; lower lr_img / lr_label")
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.2e}")
+    if monitor is not None and history:
+        history[-1]["monitor_after"] = monitored()
     return history
+
+
+def effect_over_draws(model, trajectory, dataset, x_syn, y_syn, *, draws: int, t_m: int, batch_probe: int,
+                      batch_real: int, real_coef: float = 1.0, eta_weighting: bool = True, seed: int = 0) -> list:
+    """:func:`effect_values` of a fixed set ``(x_syn, y_syn)`` (hard or soft labels) for ``draws`` random draws
+    of a probe batch, a disjoint real batch and ``t_m`` checkpoints, as in one update of Algorithm 1. The
+    signed values' mean against their spread says whether Eq. 7 is met in expectation."""
+    if int(draws) != draws or draws < 1:
+        raise ValueError(f"draws={draws!r} must be a positive integer")
+    n = len(dataset.x_train)
+    if batch_probe + batch_real > n:
+        raise ValueError(f"batch_probe + batch_real = {batch_probe + batch_real} exceeds the {n} training images")
+    gen = make_generator(seed)
+    out = []
+    for _ in range(int(draws)):
+        idx = torch.randperm(n, generator=gen)[:batch_probe + batch_real].to(dataset.x_train.device)
+        p, d = idx[:batch_probe], idx[batch_probe:]
+        cks = trajectory.sample(t_m, gen)
+        out.append(effect_values(model, cks, dataset.x_train[p], dataset.y_train[p], dataset.x_train[d],
+                                 dataset.y_train[d], x_syn, y_syn, real_coef=real_coef, eta_weighting=eta_weighting))
+    return out
+
+
+INIT_LABEL = "random real / teacher soft labels (EAD init)"
+
+
+def evidence_summary(records: list) -> dict:
+    """Per IPC, from evidence runs' ``result.json`` records (one per seed, each with an ``evaluations`` list):
+    ``methods`` - ``label -> {mean, std, n_nets}`` over all networks of all seeds (label ``"method / variant"``);
+    ``paired`` - for every EAD form, :func:`ddkit.stats.paired_difference` of the per-seed mean accuracies
+    against the init's (:data:`INIT_LABEL`, same seed); ``seeds``; ``dataset``."""
+    from .stats import paired_difference
+
+    by_ipc: dict = {}
+    for r in records:
+        seed = r["params"]["seed"]
+        for e in r.get("evaluations", []):
+            label = f"{e['method']} / {e['variant']}" if e.get("variant") else e["method"]
+            slot = by_ipc.setdefault(int(e["ipc"]), {"dataset": r["dataset"], "accs": {}})
+            slot["accs"].setdefault(label, {})[seed] = list(e["accs"])
+    out = {}
+    for ipc, slot in by_ipc.items():
+        accs = slot["accs"]
+        methods = {k: {"mean": float(np.mean(sum(v.values(), []))), "std": float(np.std(sum(v.values(), []))),
+                       "n_nets": len(sum(v.values(), []))} for k, v in accs.items()}
+        init = accs.get(INIT_LABEL, {})
+        paired = {}
+        for label, per_seed in accs.items():
+            seeds = sorted(set(per_seed) & set(init))
+            if label.startswith("EAD") and seeds:
+                paired[label] = paired_difference([np.mean(per_seed[k]) for k in seeds],
+                                                  [np.mean(init[k]) for k in seeds])
+        out[ipc] = {"dataset": slot["dataset"], "seeds": sorted(set().union(*(set(v) for v in accs.values()))),
+                    "methods": methods, "paired": paired}
+    return out
 
 
 # =============================================================================== estimator check
@@ -344,14 +558,20 @@ class EstimatorCheck:
     train_loss: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
+    @property
+    def sign_agreement(self) -> float:
+        """Fraction of pairs where the derived estimate has the sign of the exact effect."""
+        return float(np.mean(np.sign(self.estimate) == np.sign(self.exact)))
+
     def __str__(self):
         return (f"estimator check: {len(self.exact)} (G, A) pairs, corr(derived R-hat, exact) = {self.corr:.3f}, "
-                f"corr(paper Eq. 4 literal, exact) = {self.corr_paper:.3f}")
+                f"corr(paper Eq. 4 literal, exact) = {self.corr_paper:.3f}, sign agreement {self.sign_agreement:.2f}")
 
 
 def logistic_estimator_check(x_train, y_train, x_probe, y_probe, x_pool, y_pool, num_classes: int, *,
                              num_pairs: int = 24, steps: int = 30, lr: float = 0.1, sizes=(5, 10, 20, 40),
-                             label_noise=(0.0, 0.5, 1.0), t_m: int = 0, seed: int = 0) -> EstimatorCheck:
+                             label_noise=(0.0, 0.5, 1.0), t_m: int = 0, replace_all: bool = False,
+                             seed: int = 0) -> EstimatorCheck:
     """Proposition 3.2 made visible on a convex problem (multinomial logistic regression).
 
     Train by full-batch gradient descent (``steps`` x ``lr``, from zero) on ``D = (x_train, y_train)``
@@ -361,6 +581,10 @@ def logistic_estimator_check(x_train, y_train, x_probe, y_probe, x_pool, y_pool,
     ``L(P, theta_D) - L(P, theta_{D-G+A})``, and the estimates (derived form and the paper's literal
     Eq. 4) from the D-trajectory (all steps, or ``t_m`` sampled ones rescaled by ``T / t_m``).
     The first-order error grows with the distance travelled (``lr * steps``; Remark 3.4).
+
+    ``replace_all=True`` is EAD's regime (Eq. 7): ``G = D`` (all of it) and ``A = S`` of a size from
+    ``sizes``; the exact effect then retrains on ``A`` alone, and the derived estimate is
+    ``sum_t eta <g_P, g_S - g_D>``.
     """
     g = make_generator(seed)
     x_train, x_probe, x_pool = (t.detach().reshape(len(t), -1).double().cpu() for t in (x_train, x_probe, x_pool))
@@ -370,7 +594,7 @@ def logistic_estimator_check(x_train, y_train, x_probe, y_probe, x_pool, y_pool,
     onehot = lambda y: F.one_hot(y, num_classes).double()
     y1h, yp1h = onehot(y_train), onehot(y_probe)
     d, k, n = x1.shape[1], num_classes, len(x1)
-    if max(sizes) >= n or max(sizes) > len(xa1):
+    if (not replace_all and max(sizes) >= n) or max(sizes) > len(xa1):
         raise ValueError(f"sizes {tuple(sizes)} too large for |D|={n}, |pool|={len(xa1)}")
     theta_d, traj, train_loss = _gd(x1, y1h, steps, lr, d, k, keep=True)
     idx_t = list(range(steps))
@@ -386,7 +610,7 @@ def logistic_estimator_check(x_train, y_train, x_probe, y_probe, x_pool, y_pool,
     base = _softmax_reg_loss(theta_d, xp1, yp1h)
     rows = []
     for i in range(num_pairs):
-        n_g = int(sizes[torch.randint(len(sizes), (1,), generator=g).item()])
+        n_g = n if replace_all else int(sizes[torch.randint(len(sizes), (1,), generator=g).item()])
         n_a = int(sizes[torch.randint(len(sizes), (1,), generator=g).item()])
         noise = float(label_noise[i % len(label_noise)])
         G = torch.randperm(n, generator=g)[:n_g]
@@ -409,7 +633,7 @@ def logistic_estimator_check(x_train, y_train, x_probe, y_probe, x_pool, y_pool,
     corr = float(np.corrcoef(arr[:, 0], arr[:, 1])[0, 1])
     corr_paper = float(np.corrcoef(arr[:, 0], arr[:, 2])[0, 1])
     settings = dict(n_train=n, n_probe=len(xp1), n_pool=len(xa1), dim=d - 1, steps=steps, lr=lr, t_m=t_m,
-                    sizes=list(sizes), label_noise=list(label_noise), seed=seed)
+                    sizes=list(sizes), label_noise=list(label_noise), replace_all=replace_all, seed=seed)
     return EstimatorCheck(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3].astype(int), arr[:, 4].astype(int), arr[:, 5],
                           corr, corr_paper, train_loss, settings)
 

@@ -703,3 +703,59 @@ def replacement_alpha(n_data, n_removed, n_added):
     if denom == 0:
         raise ValueError("n_data - n_removed + n_added must be nonzero")
     return float(n_removed - n_added) / float(denom)
+
+
+def effect_alignment_squared_loss(probe_grads, real_grads, syn_grads, real_coef=1.0, weights=None):
+    """Smooth form of EAD Eq. 7 (a ddkit extension, not the paper's objective):
+
+    ``L = ( real_coef * sum_t w_t <g_P^t, g_D^t> - sum_t w_t <g_P^t, g_S^t> )^2``,
+
+    the square of the signed value inside Eq. 7's bars (:func:`effect_alignment_loss` with
+    ``absolute=False``). Same minimisers as Eq. 7; its gradient shrinks with the residual instead
+    of keeping unit size with a flipping sign. Arguments as in :func:`effect_alignment_loss`.
+    """
+    return effect_alignment_loss(probe_grads, real_grads, syn_grads, real_coef=real_coef, weights=weights,
+                                 absolute=False) ** 2
+
+
+def _flat(entry, name: str) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in _as_grad_list(entry, name)])
+
+
+def effect_alignment_vector_loss(probe_grads, real_grads, syn_grads, real_coef=1.0, weights=None):
+    """Vector-valued effect alignment (a ddkit extension, not the paper's objective).
+
+    Eq. 7 aligns one scalar, the probe-averaged effect summed over checkpoints. This form aligns the
+    effect on every probe sample ``p`` at every checkpoint ``t`` with a squared loss:
+
+    ``L = sum_t mean_p ( w_t <g_p^t, real_coef * g_D^t - g_S^t> )^2``
+
+    ``probe_grads[t]``: a (R, n) tensor whose rows are per-probe-sample gradients ``g_p^t`` (the
+    per-probe-sample form), or a flat vector / sequence of per-parameter tensors, taken as a single
+    row ``g_P^t`` (the per-checkpoint form, ``sum_t (w_t <g_P^t, c g_D^t - g_S^t>)^2``).
+    ``real_grads[t]``, ``syn_grads[t]``: flat vectors or sequences of tensors with n elements in all.
+    With one row per checkpoint and one checkpoint it equals :func:`effect_alignment_squared_loss`;
+    since the mean of the rows is ``g_P``, it is >= the per-checkpoint form (Jensen), with equality
+    when every probe sample sees the same effect.
+    """
+    for name, g in (("probe_grads", probe_grads), ("real_grads", real_grads), ("syn_grads", syn_grads)):
+        if not isinstance(g, (list, tuple)) or len(g) == 0:
+            raise ValueError(f"{name} must be a non-empty list over checkpoints")
+    t = len(probe_grads)
+    if len(real_grads) != t or len(syn_grads) != t:
+        raise ValueError(f"probe_grads, real_grads and syn_grads must have one entry per checkpoint, got "
+                         f"{t}, {len(real_grads)} and {len(syn_grads)}")
+    w = [1.0] * t if weights is None else list(weights.unbind(0) if isinstance(weights, torch.Tensor) else weights)
+    if len(w) != t:
+        raise ValueError(f"weights must have {t} entries (one per checkpoint), got {len(w)}")
+    total = None
+    for i in range(t):
+        v = real_coef * _flat(real_grads[i], f"real_grads[{i}]") - _flat(syn_grads[i], f"syn_grads[{i}]")
+        p = probe_grads[i]
+        rows = p if isinstance(p, torch.Tensor) and p.dim() == 2 else _flat(p, f"probe_grads[{i}]")[None]
+        if rows.shape[1] != v.numel():
+            raise ValueError(f"probe_grads[{i}] rows have {rows.shape[1]} elements, the real/synthetic "
+                             f"gradients {v.numel()}")
+        term = ((w[i] * (rows @ v.to(rows))) ** 2).mean()
+        total = term if total is None else total + term
+    return total
