@@ -79,13 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect every result.json under --results-dir; write Table-1 style, "
         "cross-architecture and ablation tables (Markdown/LaTeX/CSV) and seaborn plots.",
     )
-    r.add_argument("--results-dir", default=None, help="default: <repo>/results")
+    r.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else <repo>/results")
     r.add_argument("--out", default=None, help="output folder (default: <results-dir>/report)")
     r.add_argument("--formats", default="md,tex,csv", help="comma list of md, tex, csv")
     r.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
     r.add_argument("--published", default=None, help="CSV of published numbers (default: ddkit/published.csv)")
     r.add_argument("--no-plots", action="store_true", help="tables only")
     r.add_argument("--eval-model", default=None, help="evaluation model of the main table (default: the most common)")
+    r.add_argument("--include-test", action="store_true",
+                   help="also show runs marked run_kind test/tiny (CI-sized configurations; left out by default)")
     return p
 
 
@@ -141,6 +143,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         published=a.published,
         plots=not a.no_plots,
         eval_model=a.eval_model,
+        include_test=a.include_test,
     )
     print(rep.summary())
     return 0

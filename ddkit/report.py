@@ -1,56 +1,38 @@
-"""Collect ``results/**/result.json`` into the papers' tables and plots.
+"""Collect every ``result.json``'s ``evaluations`` into the papers' tables and plots.
 
-``build_report(results_dir, out_dir)`` does everything ``ddkit report`` does:
+``build_report(results_dir, out_dir)`` does everything ``ddkit report`` does. The report reads one
+schema: each ``result.json`` holds an ``evaluations`` list (``ddkit.results.evaluation_entry``), one
+entry per evaluated synthetic set with ``method, variant, protocol {name + settings}, ipc,
+eval_model, accs`` (optional ``curve``, ``selection``, ``epoch_curve``, ``ledger``). Files written
+before that list existed are read through :func:`legacy_evaluations`, a converter of their shapes.
 
-* :func:`collect` reads every ``result.json`` (CONTRACT "Results on disk") into one
-  DataFrame, one row per evaluated synthetic set (``source == "ours"``).
-* :func:`table1`: method x (dataset, IPC), ``mean ± std`` (pooled over all evaluated
-  networks of all runs in the cell, i.e. over seeds and ``num_eval``), the best of
-  our rows per column marked (bold in Markdown/LaTeX, ``*`` in CSV); published numbers
-  (:func:`load_published`, ``ddkit/published.csv``) appended as ``<method> (paper)``
-  rows.
-* :func:`cross_arch_table`: (method, distillation model) x evaluation model.
-* :func:`ablation_table`: per notebook and method, one row per parameter variant.
-* plots (seaborn): accuracy vs IPC per method (paper rows dashed), accuracy vs
-  distillation iterations, cross-architecture heat map.
-* :func:`write_table` exports Markdown, LaTeX (booktabs) and CSV.
+What a cell pools (:func:`collect` computes the keys, every table uses them):
 
-Optional ``result.json`` fields the report understands (all extras of ``write_result``):
+* one **row** per (method, variant, configuration, protocol). The configuration is the set of run
+  parameters that differ between runs of the same method, dataset, IPC, evaluation model and
+  protocol (e.g. ``iterations=400``); it labels entries of the run's own method only (a baseline
+  evaluated inside a run is defined by its method, ``variant`` and protocol). The protocol is the
+  entry's ``protocol`` dict without the evaluation seed (``selection`` defaults to ``"last"``,
+  ``labels`` to ``"hard"``). Rows are never dropped or merged across these keys.
+* **seeds** pool as the papers do: mean ± std over every evaluated network of every seed; the
+  cell shows ``(seeds/networks)``.
+* the main table uses one evaluation model (ConvNet when present); other evaluation models go to
+  the cross-architecture table.
+* published numbers (``published.csv``) carry their protocol and selection; rows are grouped in
+  blocks of one (protocol, selection) and the best of our rows is marked per block, so a
+  paper row is only compared with our rows evaluated the same way.
+* runs marked ``run_kind: "test"`` or ``"tiny"`` (``ddkit.results.RUN_KINDS``) are skipped unless
+  ``include_test=True``.
 
-``variant``
-    an ablation label (e.g. ``"w/o L_CC"``); runs without it get a label built from
-    the parameters that differ between runs of the same method/dataset/IPC.
-``baselines``
-    ``{method name: {mean, std, accs}}``: other methods evaluated in the same run under
-    the same protocol (e.g. random real images): one more row each.
-``baseline_method, baseline_accs, baseline_mean, baseline_std``
-    the same for a single baseline.
-``variants``
-    ``{label: {mean, std, accs}}``: ablation variants of this run's method (e.g.
-    ``{"w/o L_h": ...}``): rows ``<method> [<label>]`` in Table 1 and the ablation table.
-``table``
-    ``{method: {ipc: {mean, std, accs[, model]}}}``: one run evaluated at several IPCs
-    and/or with baselines (the GAN notebooks: a generator is redeployed at any IPC). The
-    entry named ``"... (ours)"`` (or the run's method) is this run's method.
-``<label>_accs, <label>_mean, <label>_std``
-    the same for one variant (all three keys present; e.g. DSDM's ``no_h_*``).
-``extra_results``
-    list of ``{method, accs, mean, std[, eval_model]}``: more rows from one run (e.g. the
-    quickstart's coreset baselines).
-``cross_arch``
-    ``{eval_model: {mean, std, accs}}`` or a list of ``{eval_model, mean, std, accs}``: the
-    same synthetic set evaluated on other architectures. A run whose ``eval_model``
-    differs from its ``model`` also counts as a cross-architecture entry.
-``curve``
-    list of ``{iteration, mean[, std]}``: accuracy during distillation.
-
-Tables only use runs evaluated with the main evaluation model (``eval_model`` argument,
-default ConvNet when present, else the most common one) and, among runs that differ only
-in ``iterations``, the longest.
+Sections of ``report.md``: main table, protocols, cross-architecture, ablation, model selection
+(last / best validation / best test epoch), paired comparisons (:func:`compare_table`, same seeds,
+``ddkit.stats.paired_difference``), DD-Ranking robust scores (:func:`robust_scores`), budget ledger,
+plots (accuracy vs IPC, accuracy vs distillation iterations from entries' ``curve``, cross-arch).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -62,12 +44,21 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .results import RUN_KINDS, evaluation_entry, resolve_results_dir
+from .utils import atomic_write_bytes
+
 __all__ = [
     "collect",
+    "legacy_evaluations",
     "load_published",
     "table1",
     "cross_arch_table",
     "ablation_table",
+    "selection_table",
+    "compare_table",
+    "robust_scores",
+    "robust_table",
+    "ledger_table",
     "to_markdown",
     "to_latex",
     "write_table",
@@ -80,11 +71,15 @@ __all__ = [
 ]
 
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
-#: parameters that never define a variant (bookkeeping, or a table axis)
-NOT_A_VARIANT = frozenset(
-    {"seed", "run_name", "results_dir", "data_root", "device", "dataset", "ipc", "iterations", "tsne",
-     "compare_dm", "progress"}
+#: run parameters that never define a configuration (bookkeeping, a table axis, or the protocol)
+NOT_A_CONFIG = frozenset(
+    {"seed", "run_name", "results_dir", "data_root", "device", "dataset", "ipc", "progress", "tsne",
+     "eval_model", "eval_epochs", "num_eval", "eval_protocol", "baselines", "compare_dm", "compare_no_h"}
 )
+#: runs the report leaves out unless asked (``include_test``)
+SKIPPED_KINDS = tuple(k for k in RUN_KINDS if k != "user")
+#: protocol settings read as these values when an entry does not record them
+PROTOCOL_DEFAULTS = {"selection": "last", "labels": "hard"}
 _ALIASES = {
     "random": "Random", "randomreal": "Random", "randomsubset": "Random", "herding": "Herding",
     "kcenter": "K-Center", "forgetting": "Forgetting", "dm": "DM", "dim": "DiM", "idm": "IDM",
@@ -95,18 +90,14 @@ _ALIASES = {
 
 
 def canonical_method(name: Any) -> str:
-    """One spelling per method, so ours and the papers' rows share a colour."""
+    """One spelling per method, so ours and the papers' rows share a row name and a colour."""
     s = str(name)
     return _ALIASES.get(re.sub(r"[^a-z0-9]", "", s.lower()), s)
 
 
 def default_results_dir() -> Path:
-    try:
-        from ddkit.results import resolve_results_dir
-
-        return Path(resolve_results_dir(""))
-    except Exception:  # pragma: no cover
-        return Path(__file__).resolve().parents[1] / "results"
+    """``ddkit.results.resolve_results_dir("")`` (``$DDKIT_RESULTS`` or the repository's ``results/``)."""
+    return resolve_results_dir("")
 
 
 def default_out_dir(results_dir: str | os.PathLike | None = None) -> Path:
@@ -114,194 +105,266 @@ def default_out_dir(results_dir: str | os.PathLike | None = None) -> Path:
     return Path(results_dir or default_results_dir()) / "report"
 
 
-# --------------------------------------------------------------------------- collection
-def _stats(accs, mean=None, std=None) -> tuple[list, float, float]:
-    accs = [float(a) for a in (accs or []) if a is not None and a == a]
-    if accs:
-        return accs, float(np.mean(accs)), float(np.std(accs))
-    m = float(mean) if isinstance(mean, (int, float)) else math.nan
-    s = float(std) if isinstance(std, (int, float)) else math.nan
-    return [], m, s
+# --------------------------------------------------------------------------- reading
+def _legacy_protocol(rec: dict) -> dict:
+    """The protocol of a pre-``evaluations`` file: its ``eval_settings`` or the notebook parameters."""
+    params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+    if isinstance(rec.get("eval_settings"), dict) and rec["eval_settings"]:
+        return {"name": "standard", **rec["eval_settings"]}
+    known = {"epochs": params.get("eval_epochs"), "num_models": params.get("num_eval")}
+    return {"name": "standard", **{k: v for k, v in known.items() if v is not None}}
 
 
-def _ipc(v) -> float:
+def _legacy_entry(method, val: dict, *, ipc, eval_model, protocol, variant="") -> dict:
+    """An entry from a ``{mean, std, accs}`` mapping (``accs`` may be missing: mean and std kept)."""
+    accs = [a for a in (val.get("accs") or []) if isinstance(a, (int, float)) and a == a]
+    entry = evaluation_entry(str(method), accs, ipc=ipc, eval_model=eval_model, variant=variant or "",
+                             protocol=dict(protocol))
+    if not accs:
+        entry["mean"], entry["std"] = val.get("mean"), val.get("std")
+    return entry
+
+
+def legacy_evaluations(rec: dict) -> list:
+    """Entries for a ``result.json`` written before the ``evaluations`` list, one per shape it used:
+    the headline (``accs``, ``variant``, ``curve`` of ``{iteration, mean}``); ``baseline_method`` +
+    ``baseline_accs``; ``baselines`` / ``variants`` mappings; ``table`` ``{method: {ipc: {...}}}``
+    (the run's method is the key with "(ours)" or its own name); ``<label>_accs/_mean/_std``
+    triples (variants); ``extra_results``; ``cross_arch`` (other evaluation models)."""
+    params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+    ipc, method = rec.get("ipc", params.get("ipc")), str(rec["method"])
+    em = str(rec.get("eval_model") or params.get("eval_model") or rec.get("model", ""))
+    kw = dict(protocol=_legacy_protocol(rec), eval_model=em)
+    head = _legacy_entry(method, rec, ipc=ipc, variant=rec.get("variant") or "", **kw)
+    if rec.get("curve"):
+        head["curve"] = [{"iteration": p["iteration"], "accs": [p["mean"]]} for p in rec["curve"]
+                         if isinstance(p, dict) and "iteration" in p and "mean" in p]
+    out = [head]
+    if rec.get("baseline_method"):
+        out.append(_legacy_entry(rec["baseline_method"], {k[9:]: v for k, v in rec.items() if k.startswith("baseline_")},
+                                 ipc=ipc, **kw))
+    out += [_legacy_entry(name, v, ipc=ipc, **kw) for name, v in (rec.get("baselines") or {}).items()
+            if isinstance(v, dict)]
+    out += [_legacy_entry(method, v, ipc=ipc, variant=str(name), **kw) for name, v in (rec.get("variants") or {}).items()
+            if isinstance(v, dict)]
+    for name, per_ipc in (rec.get("table") or {}).items():
+        ours = "(ours)" in str(name).lower() or canonical_method(name) == canonical_method(method)
+        for k, v in (per_ipc or {}).items():
+            if isinstance(v, dict) and _num(k) == _num(k) and not (ours and _num(k) == _num(ipc)):  # not the headline
+                out.append(_legacy_entry(method if ours else name, v, ipc=_num(k), **{**kw, "eval_model": v.get("model", em)}))
+    for k in rec:
+        label = k[:-5] if k.endswith("_accs") else None
+        if label and label != "baseline" and isinstance(rec[k], list) and {f"{label}_mean", f"{label}_std"} <= set(rec):
+            out.append(_legacy_entry(method, {"accs": rec[k]}, ipc=ipc, variant=label, **kw))
+    out += [_legacy_entry(x["method"], x, ipc=ipc, variant=x.get("variant", ""), **{**kw, "eval_model": x.get("eval_model", em)})
+            for x in rec.get("extra_results") or [] if isinstance(x, dict) and "method" in x]
+    ca = rec.get("cross_arch")
+    items = [{"eval_model": k, **(v if isinstance(v, dict) else {"mean": v})} for k, v in ca.items()] \
+        if isinstance(ca, dict) else [x for x in ca or [] if isinstance(x, dict)]
+    out += [_legacy_entry(method, x, ipc=ipc, **{**kw, "eval_model": x.get("eval_model") or x.get("model")})
+            for x in items]
+    return out
+
+
+def _legacy_run_kind(rec: dict) -> str:
+    """Older files carry no ``run_kind``: one written into a pytest temporary folder was a test."""
+    where = str((rec.get("params") or {}).get("results_dir", ""))
+    return "test" if re.search(r"pytest-of-|ddkit-test-results-", where) else "user"
+
+
+def protocol_key(protocol: dict | None) -> str:
+    """What makes two evaluations the same protocol: every setting but the evaluation seed, with
+    :data:`PROTOCOL_DEFAULTS` filled in (canonical JSON)."""
+    p = {**PROTOCOL_DEFAULTS, **(protocol or {})}
+    p.pop("seed", None)
+    p.setdefault("name", "standard")
+    return json.dumps(p, sort_keys=True, default=str)
+
+
+def _entry_row(entry: dict, run: dict) -> dict:
+    protocol = json.loads(protocol_key(entry.get("protocol")))
+    accs = [float(a) for a in entry.get("accs") or []]
+    mean = float(np.mean(accs)) if accs else _num(entry.get("mean"))
+    std = float(np.std(accs)) if accs else _num(entry.get("std"))
+    seed = entry.get("seed", run["seed"])
+    return {**run, "method_raw": str(entry["method"]), "method": canonical_method(entry["method"]),
+            "variant": str(entry.get("variant") or ""), "protocol": protocol, "protocol_key": protocol_key(protocol),
+            "protocol_name": protocol["name"], "selection_name": protocol["selection"],
+            "ipc": _num(entry.get("ipc", run["ipc"])), "eval_model": str(entry.get("eval_model") or run["model"]),
+            "accs": accs, "mean": mean, "std": std, "n": len(accs), "seed": seed,
+            "headline": canonical_method(entry["method"]) == run["run_method"],
+            "curve": entry.get("curve"), "selection": entry.get("selection"), "ledger": entry.get("ledger")}
+
+
+def _num(v) -> float:
     try:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
 
 
-def collect(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per evaluated synthetic set found under ``results_dir``.
+def _read_run(path: Path, root: Path) -> tuple[dict, list]:
+    rec = json.loads(path.read_text())
+    if not isinstance(rec, dict) or "method" not in rec:
+        raise ValueError("not a result record (no 'method')")
+    params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+    rel = path.parent.relative_to(root)
+    run = {"notebook": rel.parts[0] if len(rel.parts) > 1 else "", "run": path.parent.name, "path": str(path),
+           "dataset": str(rec.get("dataset", params.get("dataset", ""))), "ipc": _num(rec.get("ipc", params.get("ipc"))),
+           "model": str(rec.get("model", params.get("model", ""))), "seed": params.get("seed"),
+           "iterations": _num(params.get("iterations")), "params": params, "seconds": rec.get("seconds"),
+           "created": rec.get("created"), "run_kind": rec.get("run_kind") or _legacy_run_kind(rec),
+           "run_method": canonical_method(rec["method"]), "source": "ours"}
+    entries = rec["evaluations"] if isinstance(rec.get("evaluations"), list) else legacy_evaluations(rec)
+    return run, entries
 
-    ``method`` is :func:`canonical_method` of the recorded name (``method_raw``).
-    Columns: ``notebook, run, method, dataset, ipc, model, eval_model, iterations, seed,
-    mean, std, accs, n, seconds, variant, kind (main/baseline/extra), params, cross_arch,
-    curve, created, path, source``. Unreadable files are skipped with a warning and listed
-    in ``df.attrs["skipped"]``.
-    """
+
+COLUMNS = ["notebook", "run", "method", "method_raw", "variant", "config", "row", "protocol_label", "dataset", "ipc",
+           "model", "eval_model", "seed", "mean", "std", "accs", "n", "protocol_name", "selection_name",
+           "protocol_key", "protocol", "iterations", "seconds", "run_kind", "headline", "params", "curve",
+           "selection", "ledger", "created", "path", "source"]
+
+
+def collect(results_dir: str | os.PathLike | None = None, include_test: bool = False) -> pd.DataFrame:
+    """One row per ``evaluations`` entry of every ``result.json`` under ``results_dir``.
+
+    Columns :data:`COLUMNS`; ``row`` is the table row name (method, [variant; configuration]),
+    ``protocol_label`` the protocol's short name. Unreadable files are skipped with a warning
+    (``df.attrs["skipped"]``); test/tiny runs are left out unless ``include_test``
+    (``df.attrs["excluded"]`` counts them)."""
     root = Path(results_dir) if results_dir else default_results_dir()
-    rows, skipped = [], []
-    files = sorted(root.rglob("result.json")) if root.is_dir() else []
-    for f in files:
+    rows, skipped, excluded = [], [], 0
+    for f in sorted(root.rglob("result.json")) if root.is_dir() else []:
         try:
-            rec = json.loads(f.read_text())
-            if not isinstance(rec, dict) or "method" not in rec:
-                raise ValueError("not a result record (no 'method')")
+            run, entries = _read_run(f, root)
+            new = [_entry_row(e, run) for e in entries]
         except Exception as exc:
             skipped.append(f"{f}: {exc}")
             warnings.warn(f"skipping {f}: {exc}", stacklevel=2)
             continue
-        params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
-        rel = f.parent.relative_to(root)
-        base = {
-            "notebook": rel.parts[0] if len(rel.parts) > 1 else "",
-            "run": f.parent.name,
-            "dataset": str(rec.get("dataset", params.get("dataset", ""))),
-            "ipc": _ipc(rec.get("ipc", params.get("ipc"))),
-            "model": str(rec.get("model", params.get("model", ""))),
-            "eval_model": str(rec.get("eval_model") or params.get("eval_model") or rec.get("model", "")),
-            "iterations": rec["iterations"] if isinstance(rec.get("iterations"), (int, float)) else params.get("iterations"),
-            "seed": params.get("seed"),
-            "seconds": rec.get("seconds"),
-            "params": params,
-            "created": rec.get("created"),
-            "path": str(f),
-            "source": "ours",
-        }
-        accs, m, s = _stats(rec.get("accs"), rec.get("mean"), rec.get("std"))
-        rows.append({**base, "method": str(rec["method"]), "mean": m, "std": s, "accs": accs, "n": len(accs),
-                     "variant": rec.get("variant"), "kind": "main", "cross_arch": rec.get("cross_arch"),
-                     "curve": rec.get("curve")})
-        if rec.get("baseline_method"):
-            accs, m, s = _stats(rec.get("baseline_accs"), rec.get("baseline_mean"), rec.get("baseline_std"))
-            rows.append({**base, "method": str(rec["baseline_method"]), "mean": m, "std": s, "accs": accs,
-                         "n": len(accs), "variant": rec.get("variant"), "kind": "baseline", "cross_arch": None,
-                         "curve": None})
-        for key, kind in (("baselines", "baseline"), ("variants", "variant")):
-            mapping = rec.get(key)
-            if not isinstance(mapping, dict):
-                continue
-            for name, val in mapping.items():
-                if not isinstance(val, dict):
-                    continue
-                accs, m, s = _stats(val.get("accs"), val.get("mean"), val.get("std"))
-                method, variant = (str(name), rec.get("variant")) if kind == "baseline" else (str(rec["method"]), str(name))
-                rows.append({**base, "method": method, "mean": m, "std": s, "accs": accs, "n": len(accs),
-                             "variant": variant, "kind": kind, "cross_arch": val.get("cross_arch"), "curve": None})
-        # "table": {method: {ipc: {mean, std, accs}}} (GAN notebooks: one generator, several IPCs)
-        table = rec.get("table")
-        if isinstance(table, dict):
-            for name, per_ipc in table.items():
-                if not isinstance(per_ipc, dict):
-                    continue
-                ours = "(ours)" in str(name).lower() or canonical_method(name) == canonical_method(rec["method"])
-                for k, val in per_ipc.items():
-                    if not isinstance(val, dict) or _ipc(k) != _ipc(k):
-                        continue
-                    if ours and _ipc(k) == base["ipc"]:
-                        continue  # that is the main row
-                    accs, m, s = _stats(val.get("accs"), val.get("mean"), val.get("std"))
-                    rows.append({**base, "ipc": _ipc(k), "method": str(rec["method"]) if ours else str(name),
-                                 "eval_model": str(val.get("model") or base["eval_model"]), "mean": m, "std": s,
-                                 "accs": accs, "n": len(accs), "variant": rec.get("variant"),
-                                 "kind": "main" if ours else "baseline", "cross_arch": None, "curve": None})
-        # "<label>_accs/_mean/_std" triples (e.g. DSDM's no_h_*): variants of this run's method
-        for k in rec:
-            label = k[:-5] if k.endswith("_accs") else None
-            if not label or label == "baseline" or f"{label}_mean" not in rec or f"{label}_std" not in rec:
-                continue
-            if not isinstance(rec[k], list):
-                continue
-            accs, m, s = _stats(rec[k], rec.get(f"{label}_mean"), rec.get(f"{label}_std"))
-            rows.append({**base, "method": str(rec["method"]), "mean": m, "std": s, "accs": accs, "n": len(accs),
-                         "variant": label, "kind": "variant", "cross_arch": None, "curve": None})
-        for extra in rec.get("extra_results") or []:
-            if not isinstance(extra, dict) or "method" not in extra:
-                continue
-            accs, m, s = _stats(extra.get("accs"), extra.get("mean"), extra.get("std"))
-            rows.append({**base, "eval_model": str(extra.get("eval_model", base["eval_model"])),
-                         "method": str(extra["method"]), "mean": m, "std": s, "accs": accs, "n": len(accs),
-                         "variant": extra.get("variant", rec.get("variant")), "kind": "extra",
-                         "cross_arch": extra.get("cross_arch"), "curve": None})
-    cols = ["notebook", "run", "method", "dataset", "ipc", "model", "eval_model", "iterations", "seed", "mean",
-            "std", "accs", "n", "seconds", "variant", "kind", "params", "cross_arch", "curve", "created", "path",
-            "source"]
-    df = pd.DataFrame(rows, columns=cols)
-    df["method_raw"] = df["method"]
-    df["method"] = df["method"].map(canonical_method)
-    df["iterations"] = pd.to_numeric(df["iterations"], errors="coerce")
-    df.attrs["skipped"] = skipped
-    df.attrs["results_dir"] = str(root)
+        if run["run_kind"] in SKIPPED_KINDS and not include_test:
+            excluded += 1
+            continue
+        rows += new
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("config", "row", "protocol_label")]
+                      + ["run_method"])
+    df["config"] = _config_labels(df)
+    df["row"] = [_row_name(m, v, c) for m, v, c in zip(df["method"], df["variant"], df["config"])]
+    df["protocol_label"] = _protocol_labels(df)
+    df = df[COLUMNS].reset_index(drop=True)
+    df.attrs.update(skipped=skipped, excluded=excluded, results_dir=str(root))
     return df
 
 
+def _row_name(method: str, variant: str, config: str) -> str:
+    tags = "; ".join(t for t in (variant, config) if t)
+    return f"{method} [{tags}]" if tags else method
+
+
+def _config_labels(df: pd.DataFrame) -> pd.Series:
+    """Per (method, variant, dataset, IPC, eval model, protocol): the run parameters that differ
+    between the runs whose own method it is (``k=v, ...``); '' when they agree."""
+    labels = pd.Series("", index=df.index, dtype=object)
+    own = df[df["headline"].astype(bool)] if len(df) else df
+    for _, g in own.groupby(["method", "variant", "dataset", "ipc", "eval_model", "protocol_key"], dropna=False):
+        keys = sorted(set().union(*(p.keys() for p in g["params"])) - NOT_A_CONFIG)
+        varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in g["params"]}) > 1]
+        for i, p in zip(g.index, g["params"]):
+            labels[i] = ", ".join(f"{k}={p.get(k)}" for k in varying)
+    return labels
+
+
+def _protocol_labels(df: pd.DataFrame) -> pd.Series:
+    """``name`` (``, <selection>`` unless last epoch), plus the settings that differ between the
+    protocols sharing that name and selection."""
+    labels = pd.Series("", index=df.index, dtype=object)
+    for (name, sel), g in df.groupby(["protocol_name", "selection_name"]):
+        base = protocol_title(name, sel)
+        protos = {k: json.loads(k) for k in g["protocol_key"].unique()}
+        keys = sorted(set().union(*protos.values()))
+        varying = [k for k in keys if len({json.dumps(p.get(k), default=str) for p in protos.values()}) > 1]
+        for i, k in zip(g.index, g["protocol_key"]):
+            labels[i] = base + (f" ({', '.join(f'{s}={protos[k].get(s)}' for s in varying)})" if varying else "")
+    return labels
+
+
+#: The protocols of ``published.csv`` (REFERENCE_NOTES "The standard evaluation protocol").
+PUBLISHED_PROTOCOLS = {
+    "standard": "DC/DSA/DM: fresh ConvNets trained on the set, SGD 0.01, step decay at half, DSA, 1000 epochs; "
+                "test accuracy after the last epoch",
+    "dsdm": "DSDM's own: 1500 epochs, batch 64, MultiStepLR x0.2 at 2/3 and 5/6, DSA + CutMix; best test "
+            "accuracy over checkpoints (as IDM)",
+    "dim": "DiM's validate: a fresh generated batch every step, constant lr 0.01, color_crop DSA, tested every "
+           "200 epochs; best of those test accuracies",
+    "unstated": "the paper does not state its evaluation protocol",
+    "whole": "a network trained on the full training set",
+}
+
+
+def protocol_title(name: str, selection: str) -> str:
+    """``"dim, best_test"``; the selection is left out for the last-epoch report (and when unstated)."""
+    return name if selection in ("last", "", None, name) else f"{name}, {selection}"
+
+
 def load_published(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Published numbers (columns ``method, dataset, ipc, mean, source``; empty ``ipc`` =
-    whole dataset) with ``source_kind == "paper"``."""
-    df = pd.read_csv(path or PUBLISHED_CSV, dtype={"method": str, "dataset": str, "source": str})
-    missing = {"method", "dataset", "ipc", "mean", "source"} - set(df.columns)
+    """Published numbers: columns ``method, dataset, ipc, mean, protocol, selection, source`` (empty
+    ``ipc`` = whole dataset). ``ValueError`` naming the missing columns."""
+    df = pd.read_csv(path or PUBLISHED_CSV, dtype={"method": str, "dataset": str, "source": str, "protocol": str,
+                                                   "selection": str})
+    missing = {"method", "dataset", "ipc", "mean", "protocol", "selection", "source"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path or PUBLISHED_CSV}: missing column(s) {sorted(missing)}")
+        raise ValueError(f"{path or PUBLISHED_CSV}: missing column(s) {sorted(missing)}; expected method, dataset, "
+                         f"ipc, mean, protocol, selection, source")
     df["ipc"] = pd.to_numeric(df["ipc"], errors="coerce")
     df["mean"] = pd.to_numeric(df["mean"], errors="coerce")
     return df
 
 
-# --------------------------------------------------------------------------- selection
+# --------------------------------------------------------------------------- pooling
 def main_eval_model(df: pd.DataFrame) -> str | None:
+    """ConvNet when some entry used it, else the most common evaluation model."""
     if df.empty:
         return None
     models = df["eval_model"].value_counts()
     return "ConvNet" if "ConvNet" in models.index else str(models.index[0])
 
 
-def _variant_labels(df: pd.DataFrame, by: list[str]) -> pd.Series:
-    """Label each row by the parameters that differ within its ``by`` group."""
-    labels = pd.Series([""] * len(df), index=df.index, dtype=object)
-    for _, g in df.groupby(by, dropna=False, sort=False):
-        explicit = g["variant"].notna()
-        labels.loc[g.index[explicit]] = g.loc[explicit, "variant"].astype(str)
-        rest = g[~explicit]
-        if len(rest) < 2:
-            continue
-        keys = sorted(set().union(*(p.keys() for p in rest["params"])) - NOT_A_VARIANT)
-        varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in rest["params"]}) > 1]
-        for i, p in zip(rest.index, rest["params"]):
-            labels.loc[i] = ", ".join(f"{k}={p.get(k)}" for k in varying)
-    return labels
-
-
-def _select_main(df: pd.DataFrame, eval_model: str | None) -> tuple[pd.DataFrame, str | None]:
-    d = df[df["source"] == "ours"].copy()
-    d["variant_label"] = pd.Series(dtype=object)
-    if d.empty:
-        return d, None
-    em = eval_model or main_eval_model(d)
-    d = d[d["eval_model"] == em].copy()
-    if d.empty:
-        return d, em
-    d["ipc"] = d["ipc"].astype(float)
-    d["variant_label"] = _variant_labels(d, ["notebook", "method", "dataset", "ipc"])
-    # among runs that differ only in the number of iterations, keep the longest
-    it = d["iterations"].fillna(-1)
-    longest = it.groupby([d["notebook"], d["method"], d["dataset"], d["ipc"], d["variant_label"]]).transform("max")
-    return d[it == longest], em
-
-
-def _pool(g: pd.DataFrame) -> tuple[float, float, int]:
+def pool(g: pd.DataFrame) -> dict:
+    """Mean ± (population) std over every network of every entry in ``g``, with the number of seeds
+    and networks; entries without per-network accuracies contribute their mean (``n_nets`` 0)."""
     accs = [a for lst in g["accs"] for a in lst]
+    seeds = g["seed"].dropna().nunique() or g["run"].nunique()
     if accs:
-        return float(np.mean(accs)), float(np.std(accs)), len(accs)
-    return float(g["mean"].mean()), float(g["std"].mean()) if g["std"].notna().any() else math.nan, 0
+        return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n_nets": len(accs), "n_seeds": seeds}
+    return {"mean": float(g["mean"].mean()), "std": float(g["std"].mean()), "n_nets": 0, "n_seeds": seeds}
 
 
-def _fmt(mean: float, std: float | None, digits: int = 1) -> str:
+def _fmt(mean: float, std: float | None = None, digits: int = 1, counts: tuple | None = None) -> str:
     if mean is None or mean != mean:
         return ""
-    if std is None or std != std:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f}" if std is None or std != std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text + (f" ({counts[0]}/{counts[1]})" if counts else "")
+
+
+def _ipc_label(ipc: float) -> str:
+    return "whole" if ipc != ipc else f"{int(ipc)}" if float(ipc).is_integer() else f"{ipc:g}"
+
+
+CELL_KEYS = ["row", "protocol_key", "dataset", "ipc", "eval_model"]
+
+
+def pooled(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per table cell (:data:`CELL_KEYS`) with :func:`pool`'s numbers and the labels."""
+    out = []
+    for key, g in df.groupby(CELL_KEYS, sort=False, dropna=False):
+        first = g.iloc[0]
+        out.append({**dict(zip(CELL_KEYS, key)), **pool(g), "method": first["method"],
+                    "protocol_label": first["protocol_label"], "protocol_name": first["protocol_name"],
+                    "selection_name": first["selection_name"], "model": first["model"],
+                    "notebook": first["notebook"], "variant": first["variant"], "config": first["config"]})
+    return pd.DataFrame(out, columns=CELL_KEYS + ["mean", "std", "n_nets", "n_seeds", "method", "protocol_label",
+                                                  "protocol_name", "selection_name", "model", "notebook", "variant",
+                                                  "config"])
 
 
 @dataclasses.dataclass
@@ -320,168 +383,309 @@ class Table:
         return self.cells.empty
 
 
-def _ipc_label(ipc: float) -> str:
-    return "whole" if ipc != ipc else f"{int(ipc)}" if float(ipc).is_integer() else f"{ipc:g}"
+def _empty(title: str, note: str, long: pd.DataFrame | None = None) -> Table:
+    e = pd.DataFrame()
+    return Table(e, e, e, title, note, long)
 
 
-def table1(
-    df: pd.DataFrame,
-    published: pd.DataFrame | None = None,
-    eval_model: str | None = None,
-    digits: int = 1,
-) -> Table:
-    """Method x (dataset, IPC) mean ± std, best of our rows per column marked, paper rows
-    (``"<method> (paper)"``) appended when ``published`` is given."""
-    d, em = _select_main(df, eval_model)
-    long_rows = []
-    for (method, variant, dataset, ipc), g in d.groupby(["method", "variant_label", "dataset", "ipc"], sort=True):
-        m, s, n = _pool(g)
-        label = f"{method} [{variant}]" if variant else method
-        long_rows.append(dict(row=label, method=method, dataset=dataset, ipc=ipc, mean=m, std=s, n_nets=n,
-                              n_runs=len(g), source="ours"))
-    ours_labels = sorted({r["row"] for r in long_rows}, key=lambda s: (canonical_method(s).lower(), s))
-    if published is not None and len(published):
-        pub = published.copy()
-        ipcs_by_ds = {ds: sorted({r["ipc"] for r in long_rows if r["dataset"] == ds} | set(
-            pub.loc[(pub["dataset"] == ds) & pub["ipc"].notna(), "ipc"])) for ds in pub["dataset"].unique()}
-        for _, r in pub.iterrows():
-            targets = [r["ipc"]] if r["ipc"] == r["ipc"] else ipcs_by_ds.get(r["dataset"], [])
-            for ipc in targets:
-                long_rows.append(dict(row=f"{canonical_method(r['method'])} (paper)", method=r["method"], dataset=r["dataset"],
-                                      ipc=float(ipc), mean=float(r["mean"]), std=math.nan, n_nets=0, n_runs=0,
-                                      source="paper", ref=r["source"]))
-    long = pd.DataFrame(long_rows, columns=["row", "method", "dataset", "ipc", "mean", "std", "n_nets", "n_runs",
-                                            "source", "ref"])
-    if long.empty:
-        empty = pd.DataFrame()
-        return Table(empty, empty, empty, "Method x (dataset, IPC)", "no runs found", long)
-    paper_labels = list(dict.fromkeys(long.loc[long["source"] == "paper", "row"]))
-    row_order = ours_labels + [p for p in paper_labels if p not in ours_labels]
-    cols = sorted({(r.dataset, r.ipc) for r in long.itertuples()}, key=lambda c: (c[0], c[1]))
-    col_index = pd.MultiIndex.from_tuples([(ds, _ipc_label(ipc)) for ds, ipc in cols], names=["dataset", "IPC"])
-    cells = pd.DataFrame("", index=row_order, columns=col_index)
-    values = pd.DataFrame(np.nan, index=row_order, columns=col_index)
-    best = pd.DataFrame(False, index=row_order, columns=col_index)
+def _grid(long: pd.DataFrame, rows: list, cols: list, text: str = "text") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``cells`` and ``values`` frames of ``long``'s ``label`` x ``col`` entries."""
+    cells = pd.DataFrame("", index=rows, columns=pd.Index(cols) if not isinstance(cols[0], tuple) else
+                         pd.MultiIndex.from_tuples(cols, names=["dataset", "IPC"]))
+    values = pd.DataFrame(np.nan, index=rows, columns=cells.columns)
     for r in long.itertuples():
-        c = (r.dataset, _ipc_label(r.ipc))
-        cells.loc[r.row, c] = _fmt(r.mean, r.std, digits)
-        values.loc[r.row, c] = r.mean
-    for c in col_index:
-        ours = values.loc[ours_labels, c].dropna() if ours_labels else pd.Series(dtype=float)
-        if len(ours):
-            top = ours.max()
-            for lbl in ours.index[np.isclose(ours.values, top)]:
-                best.loc[lbl, c] = True
-    cells.index.name = "method"
-    note = (f"Test accuracy (%) of {em or 'ConvNet'} trained on the synthetic set; mean ± std over all "
-            f"evaluated networks of all runs (seeds) in a cell; best of our rows per column marked. "
-            f"'(paper)' rows: published numbers (ddkit/published.csv), full-size datasets.")
-    if not ours_labels:
+        cells.loc[r.label, r.col] = getattr(r, text)
+        values.loc[r.label, r.col] = r.mean
+    return cells, values
+
+
+def _block(protocol_name: str, selection: str) -> tuple:
+    """Sort key of a (protocol, selection) block: the standard protocol first, whole-dataset rows last."""
+    return (protocol_name == "whole", protocol_name != "standard", protocol_name, selection)
+
+
+def table1(df: pd.DataFrame, published: pd.DataFrame | None = None, eval_model: str | None = None,
+           digits: int = 1) -> Table:
+    """Rows ``<row> · <protocol>`` x columns (dataset, IPC): our cells (:func:`pooled`, main
+    evaluation model) and the published numbers (``<method> (paper) · <protocol>``), in blocks of
+    one (protocol, selection); the best of our rows per column and block is marked."""
+    em = eval_model or main_eval_model(df)
+    ours = pooled(df[df["eval_model"] == em]) if len(df) else pooled(df)
+    ours["label"] = [f"{r} · {p}" for r, p in zip(ours["row"], ours["protocol_label"])]
+    ours["text"] = [_fmt(m, s, digits, (ns, nn)) for m, s, ns, nn in
+                    zip(ours["mean"], ours["std"], ours["n_seeds"], ours["n_nets"])]
+    ours["source"] = "ours"
+    long = pd.concat([ours, _paper_cells(published, ours)], ignore_index=True) if published is not None else ours
+    if long.empty:
+        return _empty("Method x (dataset, IPC)", "no runs found", long)
+    long["col"] = [(ds, _ipc_label(i)) for ds, i in zip(long["dataset"], long["ipc"])]
+    long["block"] = [_block(p, s) for p, s in zip(long["protocol_name"], long["selection_name"])]
+    order = long.sort_values(["block", "source", "label"], key=lambda c: c if c.name != "label" else c.str.lower())
+    rows = list(dict.fromkeys(order["label"]))
+    cols = sorted(set(long["col"]), key=lambda c: (c[0], float(c[1]) if c[1] != "whole" else math.inf))
+    cells, values = _grid(long, rows, cols)
+    best = pd.DataFrame(False, index=rows, columns=cells.columns)
+    for _, g in ours.groupby([ours["protocol_name"], ours["selection_name"], ours["dataset"], ours["ipc"]]):
+        col = (g["dataset"].iloc[0], _ipc_label(g["ipc"].iloc[0]))
+        best.loc[g.loc[np.isclose(g["mean"], g["mean"].max()), "label"].tolist(), col] = True
+    cells.index.name = "method · protocol"
+    note = (f"Test accuracy (%) of {em or 'ConvNet'} trained on the synthetic set; mean ± std over every evaluated "
+            "network of every seed in a cell, (seeds/networks) after it. A row is one method, variant, "
+            "configuration and protocol: cells never pool different settings. Rows come in blocks of one protocol "
+            "and selection; the best of our rows is marked per block and column, so a paper row "
+            "(ddkit/published.csv, full-size datasets) is compared with ours evaluated the same way only.")
+    if ours.empty:
         note += " No runs found: paper rows only."
     return Table(cells, best, values, "Method x (dataset, IPC)", note, long)
 
 
-def cross_arch_long(df: pd.DataFrame) -> pd.DataFrame:
-    """(method, dataset, ipc, model, eval_model, mean, std, accs) from runs and ``cross_arch``."""
+def _paper_cells(published: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """Published numbers as cells; a whole-dataset number fills every IPC column of its dataset."""
     rows = []
-    d = df[(df["source"] == "ours") & df["kind"].isin(["main", "extra"])]
-    if "variant" in d and d["variant"].notna().any():
-        d = d[d["variant"].isna()]
-    for r in d.itertuples():
-        rows.append(dict(method=r.method, dataset=r.dataset, ipc=r.ipc, model=r.model, eval_model=r.eval_model,
-                         accs=r.accs, mean=r.mean, std=r.std))
-        ca = r.cross_arch
-        items = []
-        if isinstance(ca, dict):
-            items = [{"eval_model": k, **(v if isinstance(v, dict) else {"mean": v})} for k, v in ca.items()]
-        elif isinstance(ca, list):
-            items = [dict(x) for x in ca if isinstance(x, dict)]
-        for it in items:
-            em = it.get("eval_model") or it.get("model")
-            if not em:
-                continue
-            accs, m, s = _stats(it.get("accs"), it.get("mean"), it.get("std"))
-            rows.append(dict(method=r.method, dataset=r.dataset, ipc=r.ipc, model=r.model, eval_model=str(em),
-                             accs=accs, mean=m, std=s))
-    out = pd.DataFrame(rows, columns=["method", "dataset", "ipc", "model", "eval_model", "accs", "mean", "std"])
-    if out.empty:
-        return out
-    # only synthetic sets seen by at least two architectures (or by a foreign one)
-    key = [out["method"], out["dataset"], out["ipc"].astype(float), out["model"]]
-    n_eval = out.groupby(key)["eval_model"].transform("nunique")
-    foreign = (out["eval_model"] != out["model"]).groupby(key).transform("any")
-    return out[(n_eval >= 2) | foreign].reset_index(drop=True)
+    for r in published.itertuples():
+        ipcs = [r.ipc] if r.ipc == r.ipc else sorted(set(published.loc[(published["dataset"] == r.dataset)
+                                                                        & published["ipc"].notna(), "ipc"])
+                                                     | set(ours.loc[ours["dataset"] == r.dataset, "ipc"]))
+        label = f"{canonical_method(r.method)} (paper) · {protocol_title(r.protocol, r.selection)}"
+        rows += [{"label": label, "dataset": r.dataset, "ipc": float(i), "mean": float(r.mean), "text": _fmt(r.mean),
+                  "protocol_name": r.protocol, "selection_name": r.selection, "source": "paper", "ref": r.source,
+                  "method": canonical_method(r.method)} for i in ipcs]
+    return pd.DataFrame(rows, columns=["label", "dataset", "ipc", "mean", "text", "protocol_name", "selection_name",
+                                       "source", "ref", "method"])
 
 
 def cross_arch_table(df: pd.DataFrame, digits: int = 1) -> Table:
-    """Rows ``method (distilled with <model>), dataset, IPC``; columns evaluation models.
-    Empty when every synthetic set was evaluated on one architecture only."""
-    ca = cross_arch_long(df)
-    if ca.empty or ca["eval_model"].nunique() < 2 and not (ca["eval_model"] != ca["model"]).any():
-        empty = pd.DataFrame()
-        return Table(empty, empty, empty, "Cross-architecture", "no cross-architecture evaluations found", ca)
-    ca = ca.drop_duplicates(subset=["method", "dataset", "ipc", "model", "eval_model", "mean"])
-    long_rows = []
-    for (method, dataset, ipc, model, em), g in ca.groupby(["method", "dataset", "ipc", "model", "eval_model"]):
-        m, s, n = _pool(g)
-        long_rows.append(dict(row=f"{method} ({model}) · {dataset} · IPC {_ipc_label(ipc)}", eval_model=em,
-                              mean=m, std=s, n_nets=n))
-    long = pd.DataFrame(long_rows)
-    values = long.pivot_table(index="row", columns="eval_model", values="mean", aggfunc="first")
-    stds = long.pivot_table(index="row", columns="eval_model", values="std", aggfunc="first").reindex_like(values)
-    cells = pd.DataFrame("", index=values.index, columns=values.columns)
-    for i in values.index:
-        for c in values.columns:
-            cells.loc[i, c] = _fmt(values.loc[i, c], stds.loc[i, c], digits)
+    """Rows ``<row> (<distillation model>) · dataset · IPC · protocol``, columns evaluation models,
+    for synthetic sets evaluated on two or more architectures (or on one other than the
+    distillation model)."""
+    if df.empty:
+        return _empty("Cross-architecture", "no cross-architecture evaluations found")
+    cells_long = pooled(df)
+    cells_long["label"] = [f"{r} ({m}) · {d} · IPC {_ipc_label(i)} · {p}" for r, m, d, i, p in zip(
+        cells_long["row"], cells_long["model"], cells_long["dataset"], cells_long["ipc"], cells_long["protocol_label"])]
+    n_eval = cells_long.groupby("label")["eval_model"].transform("nunique")
+    foreign = (cells_long["eval_model"] != cells_long["model"]).groupby(cells_long["label"]).transform("any")
+    long = cells_long[(n_eval >= 2) | foreign].copy()
+    if long.empty:
+        return _empty("Cross-architecture", "no cross-architecture evaluations found", long)
+    long["col"] = long["eval_model"]
+    long["text"] = [_fmt(m, s, digits, (ns, nn)) for m, s, ns, nn in
+                    zip(long["mean"], long["std"], long["n_seeds"], long["n_nets"])]
+    cells, values = _grid(long, list(dict.fromkeys(sorted(long["label"]))), sorted(set(long["col"])))
     best = values.eq(values.max(axis=0), axis=1) & values.notna()
-    cells.index.name = "distilled (model) · dataset · IPC"
+    cells.index.name = "distilled (model) · dataset · IPC · protocol"
     return Table(cells, best, values, "Cross-architecture: evaluation model",
-                 "Test accuracy (%) of each evaluation architecture trained on the synthetic set; best per column "
-                 "marked.", long)
+                 "Test accuracy (%) of each evaluation architecture trained on the synthetic set, (seeds/networks); "
+                 "best per column marked.", long)
 
 
 def ablation_table(df: pd.DataFrame, eval_model: str | None = None, digits: int = 1) -> Table:
-    """Per notebook and method, one row per variant (the ``variant`` field, or the
-    parameters that differ between its runs); columns (dataset, IPC). Only groups with
-    at least two variants appear."""
-    d, _ = _select_main(df, eval_model)
+    """Per notebook, method and protocol with at least two variants or configurations: one row each,
+    columns (dataset, IPC); the best per group and column marked."""
+    em = eval_model or main_eval_model(df)
+    d = df[(df["eval_model"] == em) & df["headline"].astype(bool)] if len(df) else df
     if d.empty:
-        empty = pd.DataFrame()
-        return Table(empty, empty, empty, "Ablation", "no ablation runs found", d)
-    d = d.copy()
-    # variants across the whole notebook/method (not per cell), so rows line up
-    d["variant_label"] = _variant_labels(d, ["notebook", "method"])
-    long_rows = []
-    for (nb, method), g in d.groupby(["notebook", "method"]):
-        if g["variant_label"].nunique() < 2:
-            continue
-        for (variant, dataset, ipc), h in g.groupby(["variant_label", "dataset", "ipc"]):
-            m, s, n = _pool(h)
-            long_rows.append(dict(row=f"{nb}: {method} [{variant or 'default'}]", dataset=dataset, ipc=ipc,
-                                  mean=m, std=s, n_nets=n, notebook=nb, method=method, variant=variant))
-    if not long_rows:
-        empty = pd.DataFrame()
-        return Table(empty, empty, empty, "Ablation", "no ablation runs found (no method has two variants)", d)
-    long = pd.DataFrame(long_rows)
+        return _empty("Ablation", "no ablation runs found")
+    p = pooled(d)
+    n_rows = p.groupby(["notebook", "method", "protocol_label"])["row"].transform("nunique")
+    long = p[n_rows >= 2].copy()
+    if long.empty:
+        return _empty("Ablation", "no ablation runs found (no method has two variants or configurations)")
+    long["label"] = [f"{nb}: {r if r != m else m + ' [default]'} · {pl}" for nb, r, m, pl in
+                     zip(long["notebook"], long["row"], long["method"], long["protocol_label"])]
     long["col"] = [(ds, _ipc_label(i)) for ds, i in zip(long["dataset"], long["ipc"])]
-    cols = pd.MultiIndex.from_tuples(sorted(set(long["col"]), key=lambda c: (c[0], float(c[1]) if c[1] != "whole" else 1e9)),
-                                     names=["dataset", "IPC"])
-    rows = list(dict.fromkeys(long["row"]))
-    cells = pd.DataFrame("", index=rows, columns=cols)
-    values = pd.DataFrame(np.nan, index=rows, columns=cols)
-    for r in long.itertuples():
-        cells.loc[r.row, r.col] = _fmt(r.mean, r.std, digits)
-        values.loc[r.row, r.col] = r.mean
-    best = pd.DataFrame(False, index=rows, columns=cols)
-    for (nb, method), g in long.groupby(["notebook", "method"]):
-        idx = list(dict.fromkeys(g["row"]))
-        for c in cols:
-            v = values.loc[idx, c].dropna()
-            if len(v):
-                best.loc[v.index[np.isclose(v.values, v.max())], c] = True
-    cells.index.name = "notebook: method [variant]"
-    return Table(cells, best, values, "Ablation", "Best variant per method and column marked.", long)
+    long["text"] = [_fmt(m, s, digits, (ns, nn)) for m, s, ns, nn in
+                    zip(long["mean"], long["std"], long["n_seeds"], long["n_nets"])]
+    cols = sorted(set(long["col"]), key=lambda c: (c[0], float(c[1])))
+    cells, values = _grid(long, list(dict.fromkeys(long.sort_values("label")["label"])), cols)
+    best = pd.DataFrame(False, index=cells.index, columns=cells.columns)
+    for (_, col), g in long.groupby([long["notebook"] + long["method"] + long["protocol_label"], "col"]):
+        best.loc[g.loc[np.isclose(g["mean"], g["mean"].max()), "label"].tolist(), col] = True
+    cells.index.name = "notebook: method [variant; configuration] · protocol"
+    return Table(cells, best, values, "Ablation", "Best variant per method, protocol and column marked.", long)
 
+
+SELECTION_COLUMNS = {"last": "last epoch", "best_val": "best validation epoch",
+                     "best_test": "best test epoch (test-set selection)"}
+
+
+def selection_table(df: pd.DataFrame, digits: int = 1) -> Table:
+    """For entries that recorded ``selection`` (``evaluate_synset(..., val_per_class, eval_every_epochs)``):
+    the test accuracy after the last epoch, at the best validation epoch, and the best test
+    accuracy over the checkpoints (selection on the test set, optimistic), pooled like Table 1."""
+    d = df[df["selection"].map(lambda s: isinstance(s, dict) and bool(s))] if len(df) else df
+    if d.empty:
+        return _empty("Model selection", "no entry recorded a selection (evaluate_synset with eval_every_epochs "
+                      "or val_per_class)")
+    rows = []
+    for key, g in d.groupby(CELL_KEYS, sort=False):
+        first = g.iloc[0]
+        label = f"{first['row']} · {first['dataset']} · IPC {_ipc_label(first['ipc'])} · {first['eval_model']} · " \
+                f"{first['protocol_label']}"
+        for sel, col in SELECTION_COLUMNS.items():
+            accs = [a for s in g["selection"] for a in s.get(sel, [])]
+            if accs:
+                rows.append({"label": label, "col": col, "mean": float(np.mean(accs)),
+                             "text": _fmt(float(np.mean(accs)), float(np.std(accs)), digits)})
+    long = pd.DataFrame(rows)
+    cells, values = _grid(long, list(dict.fromkeys(long["label"])),
+                          [c for c in SELECTION_COLUMNS.values() if c in set(long["col"])])
+    cells.index.name = "row · dataset · IPC · eval model · protocol"
+    return Table(cells, pd.DataFrame(False, index=cells.index, columns=cells.columns), values,
+                 "Model selection: which epoch is reported",
+                 "Same networks, three reports: after the last epoch (the standard protocol), at the checkpoint "
+                 "with the best accuracy on a validation split held out of the real training set (honest), and "
+                 "the best test accuracy over checkpoints (selection on the test set, as DiM/IDM/DSDM report; "
+                 "optimistic). The gap between the last two is the test-set selection's bias.", long)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+def per_seed_means(g: pd.DataFrame) -> dict:
+    """``{seed: mean test accuracy over that seed's networks}`` (entries without a seed are left out)."""
+    out = {}
+    for seed, h in g.dropna(subset=["seed"]).groupby("seed"):
+        accs = [a for lst in h["accs"] for a in lst]
+        out[seed] = float(np.mean(accs)) if accs else float(h["mean"].mean())
+    return out
+
+
+def compare_table(df: pd.DataFrame, eval_model: str | None = None, confidence: float = 0.95) -> pd.DataFrame:
+    """Paired differences between the rows of one column (dataset, IPC, evaluation model, protocol)
+    that share at least two seeds: per seed, the difference of the two rows' mean accuracies;
+    :func:`ddkit.stats.paired_difference` gives the mean and its t interval over seeds. One line per
+    pair, the better row first."""
+    from .stats import format_paired, paired_difference
+
+    em = eval_model or main_eval_model(df)
+    d = df[df["eval_model"] == em] if len(df) else df
+    lines = []
+    for (ds, ipc, _), g in d.groupby(["dataset", "ipc", "protocol_key"], sort=True):
+        by_row = {row: per_seed_means(h) for row, h in g.groupby("row")}
+        label = g["protocol_label"].iloc[0]
+        for a, b in itertools.combinations(sorted(by_row), 2):
+            seeds = sorted(set(by_row[a]) & set(by_row[b]))
+            if len(seeds) < 2:
+                continue
+            r = paired_difference([by_row[a][s] for s in seeds], [by_row[b][s] for s in seeds], confidence)
+            if r["mean"] < 0:
+                a, b = b, a
+                r = paired_difference([by_row[a][s] for s in seeds], [by_row[b][s] for s in seeds], confidence)
+            lines.append({"dataset": ds, "ipc": _ipc_label(ipc), "protocol": label, "method": a, "baseline": b,
+                          "seeds": ", ".join(str(s) for s in seeds), "difference": format_paired(r), **r})
+    return pd.DataFrame(lines, columns=["dataset", "ipc", "protocol", "method", "baseline", "seeds", "difference",
+                                        "n", "mean", "std", "lo", "hi", "diffs"])
+
+
+# --------------------------------------------------------------------------- DD-Ranking robust scores
+def _normalised_exp(x: float) -> float:
+    """DD-Ranking's map of a score in [-1, 1] to [0, 100]: (e^x - e^-1) / (e - e^-1) x 100."""
+    return (math.exp(x) - math.exp(-1)) / (math.e - math.exp(-1)) * 100
+
+
+def robust_scores(acc_syn: float, acc_rdm: float, *, acc_real_hard: float | None = None,
+                  acc_syn_hard: float | None = None, acc_syn_naug: float | None = None,
+                  acc_rdm_naug: float | None = None, w: float = 0.5, gamma: float = 0.5) -> dict:
+    """DD-Ranking's scores (Li et al. 2025, "DD-Ranking: Rethinking the Evaluation of Dataset
+    Distillation"; definitions in its documentation, ``doc/introduction.md``), computed on
+    accuracies as fractions in [0, 1] (arguments in percent), so the exponents lie in [-1, 1]:
+
+    * IOR (improvement over random) = Acc(syn-any) - Acc(rdm-any): the synthetic set against random
+      real images at the same IPC, evaluated the same way (``acc_syn``, ``acc_rdm``).
+    * HLR (hard-label recovery) = Acc(real-hard) - Acc(syn-hard): the whole training set against
+      the synthetic images with hard labels (``acc_syn_hard`` defaults to ``acc_syn``).
+    * LRS (label-robust score) = (e^a - e^-1) / (e - e^-1) x 100 with a = w IOR - (1 - w) HLR.
+    * ARS (augmentation-robust score) = the same map of b = gamma (Acc(syn-aug) - Acc(rdm-aug))
+      + (1 - gamma) (Acc(syn-naug) - Acc(rdm-naug)); ``acc_syn``/``acc_rdm`` are the augmented pair.
+
+    Returns IOR and HLR in percentage points and LRS, ARS in percent; a score whose inputs are
+    missing is NaN. ``ValueError`` for weights outside [0, 1]."""
+    for name, v in (("w", w), ("gamma", gamma)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name}={v!r} must lie in [0, 1]")
+    f = {k: (v / 100 if v is not None and v == v else None) for k, v in dict(
+        syn=acc_syn, rdm=acc_rdm, real=acc_real_hard, syn_hard=acc_syn if acc_syn_hard is None else acc_syn_hard,
+        syn_naug=acc_syn_naug, rdm_naug=acc_rdm_naug).items()}
+    nan = math.nan
+    ior = f["syn"] - f["rdm"] if f["syn"] is not None and f["rdm"] is not None else None
+    hlr = f["real"] - f["syn_hard"] if f["real"] is not None and f["syn_hard"] is not None else None
+    lrs = _normalised_exp(w * ior - (1 - w) * hlr) if ior is not None and hlr is not None else nan
+    ars = _normalised_exp(gamma * ior + (1 - gamma) * (f["syn_naug"] - f["rdm_naug"])) \
+        if ior is not None and f["syn_naug"] is not None and f["rdm_naug"] is not None else nan
+    return {"IOR": nan if ior is None else 100 * ior, "HLR": nan if hlr is None else 100 * hlr, "LRS": lrs, "ARS": ars}
+
+
+def _with(protocol_key_: str, **changes) -> str:
+    return protocol_key({**json.loads(protocol_key_), **changes})
+
+
+def robust_table(df: pd.DataFrame, eval_model: str | None = None, digits: int = 1) -> Table:
+    """:func:`robust_scores` per row of Table 1 (main evaluation model). Random is the ``Random``
+    row (no variant) of the same dataset, IPC and protocol; real-hard the ``Whole dataset`` entries
+    of the dataset (any IPC) under the same protocol; syn-hard the same row under the protocol with
+    ``labels="hard"``; the no-augmentation pair the same rows under ``dsa="none"``."""
+    em = eval_model or main_eval_model(df)
+    p = pooled(df[df["eval_model"] == em]) if len(df) else pooled(df)
+    if p.empty:
+        return _empty("Robust scores (DD-Ranking)", "no runs found")
+    acc = {(r.row, r.protocol_key, r.dataset, r.ipc): r.mean for r in p.itertuples()}
+    whole = {(r.protocol_key, r.dataset): r.mean for r in p[p["method"] == "Whole dataset"].itertuples()}
+    rows = []
+    for r in p[~p["method"].isin(["Random", "Whole dataset"])].itertuples():
+        def at(row, key, r=r):
+            return acc.get((row, key, r.dataset, r.ipc))
+
+        hard = _with(r.protocol_key, labels="hard")
+        naug = _with(r.protocol_key, dsa="none")
+        s = robust_scores(r.mean, at("Random", r.protocol_key), acc_real_hard=whole.get((hard, r.dataset)),
+                          acc_syn_hard=at(r.row, hard), acc_syn_naug=at(r.row, naug), acc_rdm_naug=at("Random", naug))
+        if s["IOR"] == s["IOR"]:
+            label = f"{r.row} · {r.dataset} · IPC {_ipc_label(r.ipc)} · {r.protocol_label}"
+            rows += [{"label": label, "col": k, "mean": v, "text": _fmt(v, None, digits)} for k, v in s.items()]
+    if not rows:
+        return _empty("Robust scores (DD-Ranking)", "no row has a Random row under the same protocol (IOR needs it)")
+    long = pd.DataFrame(rows)
+    cells, values = _grid(long, list(dict.fromkeys(long["label"])), ["IOR", "HLR", "LRS", "ARS"])
+    cells.index.name = "row · dataset · IPC · protocol"
+    return Table(cells, pd.DataFrame(False, index=cells.index, columns=cells.columns), values,
+                 "Robust scores (DD-Ranking)",
+                 "DD-Ranking (Li et al. 2025) on accuracies as fractions: IOR = Acc(syn) - Acc(random real, same IPC "
+                 "and protocol), HLR = Acc(whole dataset, hard labels) - Acc(syn, hard labels), in points; "
+                 "LRS = (e^a - 1/e)/(e - 1/e) x 100 with a = IOR/2 - HLR/2 and ARS likewise with "
+                 "b = (IOR_aug + IOR_no-aug)/2, in %. Empty: the needed evaluation was not run "
+                 "(a Whole dataset entry for HLR/LRS, dsa='none' evaluations for ARS).", long)
+
+
+# --------------------------------------------------------------------------- budget ledger
+def ledger_table(df: pd.DataFrame, eval_model: str | None = None) -> Table:
+    """Per row of Table 1: the ``ledger`` its entries recorded (``ddkit.results.budget_ledger``):
+    bytes stored (images, soft labels, generator parameters) and training images per class the
+    evaluation network sees per epoch; rows without a ledger say so."""
+    em = eval_model or main_eval_model(df)
+    d = df[df["eval_model"] == em] if len(df) else df
+    if d.empty:
+        return _empty("Budget ledger", "no runs found")
+    cols = {"stored_bytes": "stored (KiB)", "image_bytes": "images (KiB)", "label_bytes": "soft labels (KiB)",
+            "generator_bytes": "generator (KiB)", "images_per_class_per_epoch": "images / class / epoch"}
+    rows = []
+    for (row, ds, ipc, pl), g in d.groupby(["row", "dataset", "ipc", "protocol_label"], sort=True):
+        ledgers = [json.dumps(x, sort_keys=True) for x in g["ledger"] if isinstance(x, dict)]
+        label = f"{row} · {ds} · IPC {_ipc_label(ipc)} · {pl}"
+        if not ledgers:
+            rows.append({"label": label, "col": "note", "mean": math.nan, "text": "not recorded"})
+            continue
+        ledger = json.loads(ledgers[0])
+        note = "" if len(set(ledgers)) == 1 else "differs between runs: first shown"
+        for k, col in cols.items():
+            v = ledger.get(k)
+            text = "" if v is None else f"{v / 1024:.1f}" if k.endswith("bytes") else f"{v:g}"
+            rows.append({"label": label, "col": col, "mean": _num(v), "text": text})
+        rows.append({"label": label, "col": "note", "mean": math.nan, "text": note})
+    long = pd.DataFrame(rows)
+    cells, values = _grid(long, list(dict.fromkeys(long["label"])), [*cols.values(), "note"])
+    cells.index.name = "row · dataset · IPC · protocol"
+    return Table(cells, pd.DataFrame(False, index=cells.index, columns=cells.columns), values, "Budget ledger",
+                 "What a row stores and what its evaluation network trains on: a factor-2 set (2x2 mosaics) shows "
+                 "4 images per stored image, a generator as many as its protocol draws per epoch.", long)
 
 # --------------------------------------------------------------------------- export
 def _col_label(c) -> str:
@@ -506,7 +710,7 @@ def to_markdown(t: Table) -> str:
         for c in t.cells.columns:
             v = t.cells.loc[i, c]
             cells.append(f"**{v}**" if v and bool(t.best.loc[i, c]) else v)
-        label = f"_{i}_" if str(i).endswith("(paper)") else str(i)
+        label = f"_{i}_" if " (paper)" in str(i) else str(i)
         lines.append("| " + " | ".join(_md_escape(x) for x in [label] + cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -548,17 +752,18 @@ def to_latex(t: Table, caption: str | None = None, label: str | None = None) -> 
     else:
         out.append(_tex_escape(t.cells.index.name or "") + " & " + " & ".join(_tex_escape(c) for c in cols) + r" \\")
     out.append(r"\midrule")
-    first_paper = True
+    previous = None
     for i in t.cells.index:
-        if str(i).endswith("(paper)") and first_paper:
+        is_paper = " (paper)" in str(i)
+        if previous is not None and is_paper != previous:
             out.append(r"\midrule")
-            first_paper = False
+        previous = is_paper
         row = []
         for c in cols:
             v = _tex_escape(t.cells.loc[i, c])
             row.append(r"\textbf{" + v + "}" if v and bool(t.best.loc[i, c]) else v)
         name = _tex_escape(i)
-        if str(i).endswith("(paper)"):
+        if " (paper)" in str(i):
             name = r"\textit{" + name + "}"
         out.append(name + " & " + " & ".join(row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
@@ -582,10 +787,7 @@ def to_csv_frame(t: Table) -> pd.DataFrame:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def write_table(t: Table, out_dir: str | os.PathLike, name: str, formats: Iterable[str] = ("md", "tex", "csv")) -> list[Path]:
@@ -601,7 +803,7 @@ def write_table(t: Table, out_dir: str | os.PathLike, name: str, formats: Iterab
         elif fmt == "csv":
             text = to_csv_frame(t).to_csv()
             if t.long is not None and len(t.long):
-                long = t.long.drop(columns=[c for c in ("accs", "params") if c in t.long.columns])
+                long = t.long.drop(columns=[c for c in ("accs", "params", "block") if c in t.long.columns])
                 _atomic_text(out_dir / f"{name}_long.csv", long.to_csv(index=False))
                 paths.append(out_dir / f"{name}_long.csv")
         else:
@@ -613,84 +815,64 @@ def write_table(t: Table, out_dir: str | os.PathLike, name: str, formats: Iterab
 
 # --------------------------------------------------------------------------- plots
 def _accuracy_long(df: pd.DataFrame, published: pd.DataFrame | None, eval_model: str | None) -> pd.DataFrame:
-    d, _ = _select_main(df, eval_model)
-    rows = []
-    for r in d.itertuples():
-        label = canonical_method(r.method) + (f" [{r.variant_label}]" if r.variant_label else "")
-        for a in (r.accs or [r.mean]):
-            rows.append(dict(method=label, dataset=r.dataset, ipc=r.ipc, accuracy=a, source="ours"))
-    if published is not None:
-        for r in published.itertuples():
-            if r.ipc == r.ipc:
-                rows.append(dict(method=canonical_method(r.method), dataset=r.dataset, ipc=r.ipc,
-                                 accuracy=r.mean, source="paper"))
-    return pd.DataFrame(rows, columns=["method", "dataset", "ipc", "accuracy", "source"])
+    """Tidy (series, panel, ipc, accuracy, source) for :func:`plot_accuracy_vs_ipc`: a panel per
+    dataset and (protocol, selection) block; paper numbers only in the panel of their protocol."""
+    em = eval_model or main_eval_model(df)
+    d = df[df["eval_model"] == em] if len(df) else df
+    rows = [dict(series=r.row, panel=f"{r.dataset} · {protocol_title(r.protocol_name, r.selection_name)}",
+                 ipc=r.ipc, accuracy=a, source="ours") for r in d.itertuples() for a in (r.accs or [r.mean])]
+    for r in (published.itertuples() if published is not None else []):
+        if r.ipc == r.ipc:
+            rows.append(dict(series=canonical_method(r.method), panel=f"{r.dataset} · {protocol_title(r.protocol, r.selection)}",
+                             ipc=r.ipc, accuracy=r.mean, source="paper"))
+    return pd.DataFrame(rows, columns=["series", "panel", "ipc", "accuracy", "source"])
 
 
 def plot_accuracy_vs_ipc(df: pd.DataFrame, published: pd.DataFrame | None = None, eval_model: str | None = None):
-    """Accuracy vs IPC per method, one panel per dataset; ours solid (± std over the
-    evaluated networks), the papers' numbers dashed and labelled "paper". ``None`` when
-    there is nothing to draw."""
+    """Accuracy vs IPC, one panel per (dataset, protocol): ours solid (± std over the evaluated
+    networks), the papers' numbers dashed in the panel of their own protocol, so every panel
+    compares like with like. ``None`` when there is nothing to draw."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     data = _accuracy_long(df, published, eval_model)
     if data.empty:
         return None
-    datasets = sorted(data["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7.2 * len(datasets), 4), squeeze=False)
-    methods = sorted(data["method"].unique(), key=str.lower)
-    colors = sns.color_palette("tab10" if len(methods) <= 10 else "tab20", len(methods))
-    palette = dict(zip(methods, colors))
-    for ax, ds in zip(axes[0], datasets):
-        sub = data[data["dataset"] == ds]
-        sns.lineplot(data=sub, x="ipc", y="accuracy", hue="method", style="source", style_order=["ours", "paper"],
+    panels = sorted(data["panel"].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4), squeeze=False)
+    series = sorted(data["series"].unique(), key=str.lower)
+    palette = dict(zip(series, sns.color_palette("tab10" if len(series) <= 10 else "tab20", len(series))))
+    for ax, panel in zip(axes[0], panels):
+        sub = data[data["panel"] == panel]
+        sns.lineplot(data=sub, x="ipc", y="accuracy", hue="series", style="source", style_order=["ours", "paper"],
                      dashes={"ours": "", "paper": (4, 2)}, markers={"ours": "o", "paper": "X"}, errorbar="sd",
                      palette=palette, ax=ax, legend=True)
-        if published is not None:
-            whole = published[(published["dataset"] == ds) & published["ipc"].isna()]
-            for w in whole.itertuples():
-                ax.axhline(w.mean, color="grey", ls=":", lw=1, label=f"{w.method} (paper): {w.mean:g}")
         ipcs = sorted(sub["ipc"].unique())
         if len(ipcs) > 1 and ipcs[0] > 0:
             ax.set_xscale("log")
         ax.set_xticks(ipcs)
         ax.set_xticklabels([_ipc_label(i) for i in ipcs])
         ax.minorticks_off()
-        ax.set_title(ds)
-        ax.set_xlabel("images per class (IPC)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set(title=panel, xlabel="images per class (IPC)", ylabel="test accuracy (%)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle("Accuracy vs IPC (solid: ours, dashed: paper)")
+    fig.suptitle("Accuracy vs IPC per protocol (solid: ours, dashed: paper under the same protocol)")
     fig.tight_layout()
     return fig
 
 
 def iterations_long(df: pd.DataFrame, eval_model: str | None = None) -> pd.DataFrame:
-    d = df[(df["source"] == "ours") & (df["kind"] == "main")]  # baselines did not run those iterations
-    em = eval_model or main_eval_model(d)
-    d = d[d["eval_model"] == em] if em else d
-    rows = []
-    for r in d.itertuples():
-        panel = f"{r.dataset} · IPC {_ipc_label(r.ipc)}"
-        if r.iterations == r.iterations and r.iterations is not None:
-            for a in (r.accs or [r.mean]):
-                rows.append(dict(method=canonical_method(r.method), panel=panel, iterations=float(r.iterations),
-                                 accuracy=a, kind="final"))
-        for pt in r.curve or []:
-            if isinstance(pt, dict) and "iteration" in pt and "mean" in pt:
-                rows.append(dict(method=canonical_method(r.method), panel=panel, iterations=float(pt["iteration"]),
-                                 accuracy=float(pt["mean"]), kind="curve"))
-    data = pd.DataFrame(rows, columns=["method", "panel", "iterations", "accuracy", "kind"])
-    if data.empty:
-        return data
-    n_it = data.groupby(["method", "panel"])["iterations"].transform("nunique")
-    return data[n_it >= 2]
+    """Tidy (series, panel, iterations, accuracy) from every entry's ``curve``."""
+    em = eval_model or main_eval_model(df)
+    d = df[(df["eval_model"] == em) & df["curve"].map(lambda c: isinstance(c, list) and bool(c))] if len(df) else df
+    rows = [dict(series=f"{r.row} · {r.protocol_label}", panel=f"{r.dataset} · IPC {_ipc_label(r.ipc)}",
+                 iterations=float(p["iteration"]), accuracy=float(a))
+            for r in d.itertuples() for p in r.curve for a in p["accs"]]
+    return pd.DataFrame(rows, columns=["series", "panel", "iterations", "accuracy"])
 
 
 def plot_accuracy_vs_iterations(df: pd.DataFrame, eval_model: str | None = None):
-    """Accuracy vs distillation iterations (runs that differ in ``iterations`` and/or
-    ``curve`` records). ``None`` when no method has two iteration counts."""
+    """Accuracy vs distillation iterations from the entries' ``curve`` (mean ± std over the
+    networks at each point). ``None`` when no entry recorded a curve."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -698,13 +880,12 @@ def plot_accuracy_vs_iterations(df: pd.DataFrame, eval_model: str | None = None)
     if data.empty:
         return None
     panels = sorted(data["panel"].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, p in zip(axes[0], panels):
-        sns.lineplot(data=data[data["panel"] == p], x="iterations", y="accuracy", hue="method", marker="o",
+        sns.lineplot(data=data[data["panel"] == p], x="iterations", y="accuracy", hue="series", marker="o",
                      errorbar="sd", ax=ax)
-        ax.set_title(p)
-        ax.set_xlabel("distillation iterations")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set(title=p, xlabel="distillation iterations", ylabel="test accuracy (%)")
+        ax.legend(fontsize=7, frameon=False)
     fig.suptitle("Accuracy vs distillation iterations")
     fig.tight_layout()
     return fig
@@ -721,20 +902,10 @@ def plot_cross_arch(df: pd.DataFrame):
     v = t.values
     fig, ax = plt.subplots(figsize=(4.0 + 1.3 * v.shape[1], 1.6 + 0.45 * v.shape[0]))
     sns.heatmap(v, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "test accuracy (%)"}, ax=ax)
-    ax.set_xlabel("evaluation model")
-    ax.set_ylabel("")
+    ax.set(xlabel="evaluation model", ylabel="", title="Cross-architecture generalisation")
     ax.tick_params(axis="y", labelrotation=0)
-    ax.set_title("Cross-architecture generalisation")
     fig.tight_layout()
     return fig
-
-
-def _save_fig(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------- report
@@ -745,6 +916,10 @@ class Report:
     table1: Table
     cross_arch: Table
     ablation: Table
+    selection: Table | None = None
+    compare: pd.DataFrame | None = None
+    robust: Table | None = None
+    ledger: Table | None = None
     figures: dict = dataclasses.field(default_factory=dict)  # name -> Figure (or None)
     files: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
@@ -754,17 +929,48 @@ class Report:
     def n_runs(self) -> int:
         return int(self.runs["path"].nunique()) if len(self.runs) else 0
 
+    def tables(self) -> dict:
+        """File name -> table, in the order of ``report.md``."""
+        return {"table1": self.table1, "cross_arch": self.cross_arch, "ablation": self.ablation,
+                "selection": self.selection, "robust": self.robust, "ledger": self.ledger}
+
+    def protocols_markdown(self) -> str:
+        """Each protocol label of our rows with every setting that defines it."""
+        seen = self.runs.drop_duplicates("protocol_key")
+        ours = [f"- **{r.protocol_label}**: " + ", ".join(f"{k}={v}" for k, v in sorted(r.protocol.items()))
+                for r in seen.sort_values("protocol_label").itertuples()]
+        papers = [f"- paper rows **{k}**: {v}" for k, v in PUBLISHED_PROTOCOLS.items()]
+        return "\n".join(ours + papers) + "\n"
+
+    def compare_markdown(self) -> str:
+        if self.compare is None or self.compare.empty:
+            return "_no two rows of one column share two or more seeds: run both methods on the same seeds_\n"
+        cols = ["dataset", "ipc", "protocol", "method", "baseline", "seeds", "difference"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_md_escape(str(getattr(r, c))) for c in cols) + " |" for r in self.compare.itertuples()]
+        return "\n".join(lines) + "\n\nMean paired difference (method - baseline) over shared seeds with a 95% t interval.\n"
+
     def markdown(self) -> str:
+        root = self.runs.attrs.get("results_dir", "results")
         parts = ["# ddkit report", ""]
         if self.n_runs == 0:
-            parts.append(f"**No runs found** under `{self.runs.attrs.get('results_dir', 'results')}`: "
-                         "showing the published numbers only. Run `ddkit sweep params/demo.yaml` (or any notebook) "
-                         "first.\n")
+            parts.append(f"**No runs found** under `{root}`: showing the published numbers only. Run `ddkit sweep "
+                         "params/demo.yaml` (or any notebook) first.\n")
         else:
-            parts.append(f"{self.n_runs} run(s), {len(self.runs)} evaluated synthetic set(s) from "
-                         f"`{self.runs.attrs.get('results_dir', '')}`.\n")
-        for t in (self.table1, self.cross_arch, self.ablation):
-            parts += [f"## {t.title}", "", to_markdown(t), (t.note + "\n") if t.note and not t.empty else ""]
+            parts.append(f"{self.n_runs} run(s), {len(self.runs)} evaluated synthetic set(s) from `{root}`.\n")
+        if self.runs.attrs.get("excluded"):
+            parts.append(f"{self.runs.attrs['excluded']} test/tiny run(s) left out (`ddkit report --include-test` "
+                         "shows them).\n")
+        sections = [("table1", self.table1), ("protocols", None), ("cross_arch", self.cross_arch),
+                    ("ablation", self.ablation), ("selection", self.selection), ("compare", None),
+                    ("robust", self.robust), ("ledger", self.ledger)]
+        for name, t in sections:
+            if name == "protocols":
+                parts += ["## Protocols", "", self.protocols_markdown()]
+            elif name == "compare":
+                parts += ["## compare: paired differences (same seeds)", "", self.compare_markdown()]
+            elif t is not None:
+                parts += [f"## {t.title}", "", to_markdown(t), (t.note + "\n") if t.note and not t.empty else ""]
         for name, fig in self.figures.items():
             parts.append(f"![{name}]({name}.png)\n" if fig is not None else f"_{name}: nothing to plot_\n")
         if self.notes:
@@ -788,53 +994,61 @@ def build_report(
     plots: bool = True,
     eval_model: str | None = None,
     close_figures: bool = True,
+    include_test: bool = False,
 ) -> Report:
     """Collect, tabulate, plot and write everything into ``out_dir`` (default
-    ``<results_dir>/report``): ``table1.*``, ``cross_arch.*``, ``ablation.*``, ``runs.csv``,
-    ``acc_vs_ipc.png``, ``acc_vs_iterations.png``, ``cross_arch_heatmap.png``,
-    ``report.md``. Empty results are fine: the paper rows are still shown."""
+    ``<results_dir>/report``): ``table1.*``, ``cross_arch.*``, ``ablation.*``, ``selection.*``,
+    ``robust.*``, ``ledger.*``, ``compare.csv``, ``runs.csv``, ``acc_vs_ipc.png``,
+    ``acc_vs_iterations.png``, ``cross_arch_heatmap.png``, ``report.md``. Empty results are fine:
+    the paper rows are still shown. Test/tiny runs only with ``include_test``."""
     formats = list(formats)
-    runs = collect(results_dir)
-    pub = None
-    if paper:
-        pub = published if isinstance(published, pd.DataFrame) else load_published(published)
-    rep = Report(runs=runs, published=pub, table1=table1(runs, pub, eval_model),
-                 cross_arch=cross_arch_table(runs), ablation=ablation_table(runs, eval_model))
+    runs = collect(results_dir, include_test=include_test)
+    pub = (published if isinstance(published, pd.DataFrame) else load_published(published)) if paper else None
+    rep = Report(runs=runs, published=pub, table1=table1(runs, pub, eval_model), cross_arch=cross_arch_table(runs),
+                 ablation=ablation_table(runs, eval_model), selection=selection_table(runs),
+                 compare=compare_table(runs, eval_model), robust=robust_table(runs, eval_model),
+                 ledger=ledger_table(runs, eval_model))
     rep.notes += [f"skipped unreadable {s}" for s in runs.attrs.get("skipped", [])]
     out = Path(out_dir) if out_dir else default_out_dir(results_dir)
     rep.out_dir = out
     out.mkdir(parents=True, exist_ok=True)
-    rep.files += write_table(rep.table1, out, "table1", formats)
-    for name, t in (("cross_arch", rep.cross_arch), ("ablation", rep.ablation)):
-        if t.empty:
+    for name, t in rep.tables().items():
+        if t.empty and name != "table1":
             rep.notes.append(f"{name}: {t.note}")
             for fmt in formats:  # no stale tables from an earlier report
                 (out / f"{name}.{fmt}").unlink(missing_ok=True)
         else:
             rep.files += write_table(t, out, name, formats)
-    flat = runs.drop(columns=["params", "cross_arch", "curve"]).copy()
+    _atomic_text(out / "compare.csv", rep.compare.drop(columns=["diffs"]).to_csv(index=False))
+    flat = runs.drop(columns=["params", "curve", "protocol", "selection", "ledger"]).copy()
     flat["accs"] = [json.dumps(a) for a in flat["accs"]]
     _atomic_text(out / "runs.csv", flat.to_csv(index=False))
-    rep.files.append(out / "runs.csv")
+    rep.files += [out / "compare.csv", out / "runs.csv"]
     if plots:
-        import matplotlib.pyplot as plt
-
-        makers = {
-            "acc_vs_ipc": lambda: plot_accuracy_vs_ipc(runs, pub, eval_model),
-            "acc_vs_iterations": lambda: plot_accuracy_vs_iterations(runs, eval_model),
-            "cross_arch_heatmap": lambda: plot_cross_arch(runs),
-        }
-        for name, make in makers.items():
-            fig = make()
-            rep.figures[name] = fig
-            path = out / f"{name}.png"
-            if fig is None:
-                path.unlink(missing_ok=True)
-                rep.notes.append(f"{name}.png: nothing to plot")
-                continue
-            rep.files.append(_save_fig(fig, path))
-            if close_figures:
-                plt.close(fig)
+        rep.files += _write_plots(rep, out, eval_model, close_figures)
     _atomic_text(out / "report.md", rep.markdown())
     rep.files.append(out / "report.md")
     return rep
+
+
+def _write_plots(rep: Report, out: Path, eval_model: str | None, close_figures: bool) -> list:
+    import matplotlib.pyplot as plt
+
+    from .results import save_figure
+
+    makers = {"acc_vs_ipc": lambda: plot_accuracy_vs_ipc(rep.runs, rep.published, eval_model),
+              "acc_vs_iterations": lambda: plot_accuracy_vs_iterations(rep.runs, eval_model),
+              "cross_arch_heatmap": lambda: plot_cross_arch(rep.runs)}
+    files = []
+    for name, make in makers.items():
+        fig = make()
+        rep.figures[name] = fig
+        path = out / f"{name}.png"
+        if fig is None:
+            path.unlink(missing_ok=True)
+            rep.notes.append(f"{name}.png: nothing to plot")
+            continue
+        files.append(save_figure(fig, path))
+        if close_figures:
+            plt.close(fig)
+    return files

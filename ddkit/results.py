@@ -74,7 +74,7 @@ def evaluation_entry(method: str, accs, *, ipc, eval_model: str | None = None, v
     (percent). ``protocol``: a dict with at least ``name`` plus the settings that define it (epochs,
     num_models, dsa, schedule, labels, selection, ...) or just a name.
     ``curve``: accuracy against distillation iterations, ``[{"iteration": i, "accs": [...]}, ...]``.
-    ``extra``: e.g. ``ledger`` (``ddkit.report.budget_ledger``). The report reads only these entries."""
+    ``extra``: e.g. ``ledger`` (:func:`budget_ledger`). The report reads only these entries."""
     import numpy as np
 
     settings = {}
@@ -96,6 +96,35 @@ def evaluation_entry(method: str, accs, *, ipc, eval_model: str | None = None, v
         entry["curve"] = [{"iteration": int(p["iteration"]), "accs": [float(a) for a in p["accs"]]} for p in curve]
     entry.update(extra)
     return entry
+
+
+def budget_ledger(num_classes: int, *, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                  generator: torch.nn.Module | None = None, factor: int = 1,
+                  images_per_class_per_epoch: float | None = None) -> dict:
+    """What a distilled set costs and what its evaluation network sees (an entry's ``ledger``).
+
+    * ``image_bytes``: the stored images (``numel * element_size``); ``label_bytes``: soft labels
+      (N, K) only (hard labels are implied by the class-ordered layout: 0 bytes);
+      ``generator_bytes``: the generator's parameters; ``stored_bytes``: their sum.
+    * ``images_per_class_per_epoch``: training images of one class the evaluation network sees per
+      epoch: ``len(images) * factor**2 / num_classes`` (a factor-2 set stores 2x2 mosaics, each
+      expanded to 4 images, IDM), or the value given (a generator protocol: steps x batch / K)."""
+    if factor < 1 or int(factor) != factor:
+        raise ValueError(f"factor={factor!r} must be a positive integer (1 = no partition, 2 = IDM's 2x2)")
+    if images_per_class_per_epoch is None and images is None:
+        raise ValueError("budget_ledger needs images or images_per_class_per_epoch")
+
+    def nbytes(t):
+        return int(t.numel() * t.element_size())
+
+    image_bytes = nbytes(images) if images is not None else 0
+    label_bytes = nbytes(labels) if labels is not None and labels.dim() == 2 else 0
+    generator_bytes = sum(nbytes(q) for q in generator.parameters()) if generator is not None else 0
+    seen = images_per_class_per_epoch if images_per_class_per_epoch is not None else \
+        len(images) * factor ** 2 / num_classes
+    return {"stored_bytes": image_bytes + label_bytes + generator_bytes, "image_bytes": image_bytes,
+            "label_bytes": label_bytes, "generator_bytes": generator_bytes, "factor": int(factor),
+            "images_per_class_per_epoch": float(seen)}
 
 
 def check_evaluations(evaluations) -> list:

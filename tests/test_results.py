@@ -153,3 +153,20 @@ def test_evaluation_entry_keeps_selection_and_epoch_curve():
     assert e["accs"] == [61.0, 64.0] and e["mean"] == 62.5
     assert e["protocol"] == {"epochs": 4, "selection": "best_test", "name": "dim"}
     assert e["selection"]["last"] == [60.0, 62.0] and e["epoch_curve"][0]["epoch"] == 4
+
+
+def test_budget_ledger_by_hand():
+    from ddkit.results import budget_ledger
+
+    x, soft = torch.zeros(20, 1, 28, 28), torch.full((20, 10), 0.1)
+    led = budget_ledger(10, images=x, labels=soft, factor=2)
+    assert led["image_bytes"] == 20 * 784 * 4 and led["label_bytes"] == 20 * 10 * 4
+    assert led["stored_bytes"] == 62720 + 800 and led["images_per_class_per_epoch"] == 20 * 4 / 10
+    hard = budget_ledger(10, images=x, labels=torch.zeros(20, dtype=torch.long))
+    assert hard["label_bytes"] == 0 and hard["images_per_class_per_epoch"] == 2.0
+    gen = torch.nn.Linear(3, 2)  # 8 float32 parameters
+    g = budget_ledger(10, generator=gen, images_per_class_per_epoch=70.4)
+    assert g == {"stored_bytes": 32, "image_bytes": 0, "label_bytes": 0, "generator_bytes": 32, "factor": 1,
+                 "images_per_class_per_epoch": 70.4}
+    with pytest.raises(ValueError, match="factor=0"):
+        budget_ledger(10, images=x, factor=0)
