@@ -372,7 +372,8 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     ``dsa(x, generator)`` applied (per-sample draws) to all three batches.
 
     Returns the history, one dict per update: ``loss`` (this draw's objective), ``real_term``,
-    ``syn_term``, ``step_norm`` (Frobenius norm of this update's image change), ``displacement``
+    ``syn_term``, ``lr_img`` / ``lr_label`` (this update's scheduled rates), ``step_norm`` (Frobenius norm of
+    this update's image change), ``displacement``
     (``||x - x_0||_F``), ``entropy`` (mean soft-label entropy), and every ``monitor.every`` updates (and
     after the last) ``monitor``: :func:`effect_values` at the monitor's fixed batches, all checkpoints.
     Inputs are checked before any compute (``ValueError``).
@@ -433,7 +434,8 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
         with torch.no_grad():
             rec.update(loss=float(out["loss"].detach()), real_term=out["real_term"], syn_term=out["syn_term"],
                        step_norm=float((syn.images - before).norm()), displacement=float((syn.images - x0).norm()),
-                       entropy=label_entropy(syn.soft_labels()), checkpoints=[c.index for c in cks],
+                       entropy=label_entropy(syn.soft_labels()), lr_img=opt.param_groups[0]["lr"],
+                       lr_label=opt.param_groups[1]["lr"], checkpoints=[c.index for c in cks],
                        seconds=time.time() - t0)
         if not math.isfinite(rec["loss"]):
             raise ValueError(f"EAD loss became {rec['loss']} at iteration {it}; lower lr_img / lr_label")
