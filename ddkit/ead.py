@@ -373,7 +373,7 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
 
     Returns the history, one dict per update: ``loss`` (this draw's objective), ``real_term``,
     ``syn_term``, ``lr_img`` / ``lr_label`` (this update's scheduled rates), ``step_norm`` (Frobenius norm of
-    this update's image change), ``displacement``
+    this update's image change), ``grad_norm`` (of the images' gradient), ``displacement``
     (``||x - x_0||_F``), ``entropy`` (mean soft-label entropy), and every ``monitor.every`` updates (and
     after the last) ``monitor``: :func:`effect_values` at the monitor's fixed batches, all checkpoints.
     Inputs are checked before any compute (``ValueError``).
@@ -430,11 +430,12 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
         if not streaming:
             out["loss"].backward()
         before = syn.images.detach().clone()
+        grad_norm = float(syn.images.grad.norm()) if syn.images.grad is not None else 0.0
         opt.step()
         with torch.no_grad():
             rec.update(loss=float(out["loss"].detach()), real_term=out["real_term"], syn_term=out["syn_term"],
                        step_norm=float((syn.images - before).norm()), displacement=float((syn.images - x0).norm()),
-                       entropy=label_entropy(syn.soft_labels()), lr_img=opt.param_groups[0]["lr"],
+                       grad_norm=grad_norm, entropy=label_entropy(syn.soft_labels()), lr_img=opt.param_groups[0]["lr"],
                        lr_label=opt.param_groups[1]["lr"], checkpoints=[c.index for c in cks],
                        seconds=time.time() - t0)
         if not math.isfinite(rec["loss"]):
@@ -444,6 +445,30 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     if monitor is not None and history:
         history[-1]["monitor_after"] = monitored()
     return history
+
+
+def random_walk_displacement(grad_norms, lr_imgs, shape, *, optimizer: str = "adam", momentum: float = 0.5,
+                             seed: int = 0) -> np.ndarray:
+    """What the images' displacement ``||x_k - x_0||_F`` would be after each update if the gradients had the
+    recorded norms (``grad_norms``) and learning rates (``lr_imgs``, one per update) but independent random
+    directions: the same optimiser (``"sgd"`` with ``momentum`` or ``"adam"``) stepped on Gaussian
+    gradients rescaled to those norms. The baseline of "the images only random-walk" - note that momentum
+    (SGD's or Adam's beta_1) makes even independent gradients travel further than sqrt(sum ||step||^2)."""
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer={optimizer!r}; expected 'sgd' or 'adam'")
+    if len(grad_norms) != len(lr_imgs):
+        raise ValueError(f"{len(grad_norms)} gradient norms for {len(lr_imgs)} learning rates")
+    gen = make_generator(seed)
+    x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=1.0, momentum=momentum) if optimizer == "sgd" else torch.optim.Adam([x], lr=1.0)
+    out = []
+    for g_norm, lr in zip(grad_norms, lr_imgs):
+        g = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x.grad = g * (float(g_norm) / float(g.norm()))
+        opt.param_groups[0]["lr"] = float(lr)
+        opt.step()
+        out.append(float(x.detach().norm()))
+    return np.array(out)
 
 
 def effect_over_draws(model, trajectory, dataset, x_syn, y_syn, *, draws: int, t_m: int, batch_probe: int,

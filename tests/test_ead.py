@@ -445,3 +445,20 @@ def test_evidence_summary_by_hand():
     sd = np.std([1.0, 1.5, 0.0], ddof=1)
     assert p["hi"] - p["mean"] == pytest.approx(4.3027 * sd / math.sqrt(3), rel=1e-3)
     assert INIT_LABEL not in s[1]["paired"] and s[10]["paired"]["EAD / paper Eq. 7"]["n"] == 1
+
+
+def test_random_walk_displacement():
+    from ddkit.ead import random_walk_displacement
+    # plain SGD, independent directions in high dimension: ||x_K|| = lr * g * sqrt(K) (near-orthogonal steps)
+    d = random_walk_displacement([2.0] * 16, [0.1] * 16, (20000,), optimizer="sgd", momentum=0.0)
+    assert d[0] == pytest.approx(0.2) and d[-1] == pytest.approx(0.2 * 4, rel=0.03)
+    # momentum makes independent gradients travel further: sum of steps ~ (1 / (1 - m)) x the SGD walk
+    m = random_walk_displacement([2.0] * 16, [0.1] * 16, (20000,), optimizer="sgd", momentum=0.5)
+    assert m[-1] > 1.5 * d[-1]
+    # Adam's first step moves every coordinate by lr
+    a = random_walk_displacement([5.0, 5.0], [0.01, 0.01], (4000,), optimizer="adam")
+    assert a[0] == pytest.approx(0.01 * math.sqrt(4000), rel=1e-4)
+    with pytest.raises(ValueError, match="3 gradient norms for 2"):
+        random_walk_displacement([1.0] * 3, [0.1] * 2, (4,))
+    with pytest.raises(ValueError, match="optimizer='rmsprop'"):
+        random_walk_displacement([1.0], [0.1], (4,), optimizer="rmsprop")
