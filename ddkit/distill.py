@@ -157,7 +157,9 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     - ``pool``: ``draw(generator)`` and optional ``after_iteration(dataset, generator)``.
     - ``dsa``: True (the dataset's strategy), False/"none", a strategy string or a ``DSA``.
     - ``after_step(iteration, syn, batch)``: e.g. DSDM's memory-bank update.
-    - ``clamp``: (lo, hi) bounds applied to the images after each step (DSDM clamps pixels).
+    - ``clamp``: (lo, hi) bounds on the images (DSDM clamps pixels): after the step with ``"joint"``;
+      with ``"per_class"`` once per iteration before the class loop, as the DSDM / IDC code does (and
+      once more when the loop ends, so the returned set is in range).
     - ``image_step``: ``"joint"`` (one step per iteration) or ``"per_class"`` (one step after each
       class's loss, as the IDM / IDC reference loops do; see the module docstring).
     - ``checkpoint``: a path; the loop saves its state there every ``checkpoint_every`` iterations
@@ -229,11 +231,12 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             batch = _syn_batch(syn, slice(None), net, x_real, y_real, aug, p, it, k)
             terms = _step(objective, batch, opt, syn, clamp)
         else:
+            _clamp(syn, clamp)
             per_class_terms = []
             for c in range(k):  # the reference's class loop: decode, augment, loss, step on all rows
                 real_c = slice(c * batch_real, (c + 1) * batch_real)
                 batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], aug, p, it, k)
-                per_class_terms.append(_step(objective, batch, opt, syn, clamp))
+                per_class_terms.append(_step(objective, batch, opt, syn, None))
             terms = {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}
         if hasattr(pool, "after_iteration"):
             pool.after_iteration(data, g_pool)
@@ -244,7 +247,21 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
         if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
             save(it + 1)
+    if image_step == "per_class":
+        _clamp(syn, clamp)
     return history
+
+
+def sample_match_batch(syn: SyntheticSet, dataset, net, batch_real: int, dsa=None, generator=None,
+                       aug_generator=None, iteration: int = 0) -> MatchBatch:
+    """One iteration's :class:`MatchBatch` outside the loop (diagnostics): ``batch_real`` real images per
+    class and the whole decoded synthetic set, with one siamese DSA draw per class when ``dsa`` (a ``DSA``)."""
+    k = dataset.num_classes
+    x_real, y_real = dataset.sample_classes(batch_real, generator=generator)
+    p = dsa.sample(k, generator=aug_generator, device=x_real.device) if dsa is not None else None
+    if dsa is not None:
+        x_real = dsa.apply(x_real, p, y_real)
+    return _syn_batch(syn, slice(None), net, x_real, y_real, dsa, p, iteration, k)
 
 
 def _syn_batch(syn: SyntheticSet, rows: slice, net, x_real, y_real, aug, p, iteration: int, k: int) -> MatchBatch:
@@ -262,7 +279,11 @@ def _step(objective, batch: MatchBatch, opt, syn: SyntheticSet, clamp) -> dict:
     opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
     opt.step()
+    _clamp(syn, clamp)
+    return terms
+
+
+def _clamp(syn: SyntheticSet, clamp) -> None:
     if clamp is not None:
         with torch.no_grad():
             syn.images.clamp_(*clamp)
-    return terms

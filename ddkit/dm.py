@@ -107,11 +107,41 @@ def synthetic_prototypes(net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_c
 
 @torch.no_grad()
 def update_bank(bank: PrototypeBank, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                num_classes: int) -> torch.Tensor:
+                num_classes: int, dsa=None, generator=None) -> torch.Tensor:
     """DSDM Algorithm 1, lines 11-12 (Eq. 7-8): the prototypes of the optimised synthetic data
-    under the current iteration's model, folded into the memory bank. Returns the bank value."""
+    under the current iteration's model, folded into the memory bank. Returns the bank value.
+
+    ``dsa`` (a ``DSA``): the prototypes are taken of augmented images, one draw per class, as the
+    official DSDM code does (it augments each class's decoded synthetic batch before the no-grad
+    forward); ``None`` uses the plain images (the paper's Algorithm 1 does not say)."""
+    if dsa is not None:
+        x = dsa.apply(x, dsa.sample(num_classes, generator=generator, device=x.device), y)
     protos, present = synthetic_prototypes(net, x, y, num_classes)
     return bank.update(protos, present)
+
+
+def gradient_norms(objectives: dict, batch, images: torch.Tensor) -> dict:
+    """``{name: ||d objectives[name](batch)["loss"] / d images||}`` on one fixed batch (its synthetic
+    side must be built from ``images`` with autograd). Pass cumulative objectives (term 1, terms 1+2,
+    ...) and difference the gradients to get each term's own share (see :func:`term_shares`)."""
+    grads = {}
+    for name, objective in objectives.items():
+        grads[name] = torch.autograd.grad(objective(batch)["loss"], images, retain_graph=True)[0]
+    return grads
+
+
+def term_shares(cumulative_grads: dict) -> dict:
+    """Each term's gradient norm and its share of the sum of norms, from the gradients of cumulative
+    objectives in order (``{"proto": g1, "sd": g(1+2), "h": g(1+2+3)}`` -> the terms' own gradients
+    g1, g(1+2) - g1, g(1+2+3) - g(1+2); exact, the objectives being sums)."""
+    names, prev, own = list(cumulative_grads), None, {}
+    for name in names:
+        g = cumulative_grads[name]
+        own[name] = g if prev is None else g - prev
+        prev = g
+    norms = {n: float(v.norm()) for n, v in own.items()}
+    total = sum(norms.values()) or 1.0
+    return {n: {"grad_norm": v, "share": v / total} for n, v in norms.items()}
 
 
 # --------------------------------------------------------------------------- the notebooks' run settings

@@ -164,12 +164,7 @@ def test_iid_idm_variant_with_class_aware_ce_uses_queue_accuracy():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_iid_objective_runs_in_the_shared_loop_with_factor_2(channels_last):
-    import inspect
-    kw = {}
-    if channels_last:
-        if "channels_last" not in inspect.signature(distill).parameters:
-            pytest.skip("distill has no speed flags")
-        kw["channels_last"] = True  # the objective then sees a FastView of the net
+    kw = {"channels_last": True} if channels_last else {}  # the objective then sees a FastView of the net
     ds = tiny_dataset()
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))  # IPC 1, 4 samples per class
@@ -353,3 +348,155 @@ def test_check_weights():
     for bad in (-1e-3, float("nan"), float("inf"), "0.1"):
         with pytest.raises(ValueError, match="w="):
             check_weights(w=bad)
+
+
+# --------------------------------------------------------------------------- resume, stepping, diagnostics
+class DrawnPool:
+    """Two frozen nets, one drawn per call from the generator (so the generator's state matters)."""
+
+    def __init__(self, nets):
+        self.nets = nets
+
+    def draw(self, generator=None):
+        return self.nets[int(torch.randint(len(self.nets), (1,), generator=generator))]
+
+
+def _iid_on_idm_run(ds, iterations, checkpoint=None):
+    from ddkit.dm import GeneratorState
+
+    make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
+    cc_pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8) for s in (1, 2)])
+    queue = IDMQueue("ConvNet", ds.channels, ds.num_classes, ds.im_size, generator=make_generator(3), max_nets=4,
+                     interval=2, train_steps=1, batch_size=8, width=8)
+    syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
+    cc_draws = GeneratorState(make_generator(5))
+    obj = make_iid_objective(cc_pool=cc_pool, lambda_cc=0.05, lambda_cm=0.01, generator=cc_draws.generator)
+    hist = distill(syn, ds, obj, queue, iterations, lr_img=0.2, batch_real=8, progress=False,
+                   image_step="per_class", checkpoint=checkpoint, checkpoint_every=1,
+                   extra_state={"cc_draws": cc_draws})
+    return syn.images.detach().clone(), hist
+
+
+def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path):
+    """Notebook 03's loop (IDM queue, per-class steps, L_CC draws from a checkpointed generator)
+    stopped after 2 iterations and resumed equals the 4-iteration run."""
+    ds = tiny_dataset()
+    full, h_full = _iid_on_idm_run(ds, 4)
+    ck = tmp_path / "ck.pt"
+    _iid_on_idm_run(ds, 2, checkpoint=ck)
+    resumed, h_res = _iid_on_idm_run(ds, 4, checkpoint=ck)
+    assert torch.allclose(full, resumed, atol=1e-6)
+    assert [h["loss"] for h in h_res] == pytest.approx([h["loss"] for h in h_full], rel=1e-6)
+
+
+def _dsdm_run(ds, iterations, checkpoint=None):
+    from ddkit.augment import DSA
+    from ddkit.dm import AccuracyCurve, GeneratorState, chain_steps
+
+    make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
+    pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8) for s in (1, 2)])
+    syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
+    bank = PrototypeBank(ds.num_classes, pool.nets[0].embed_dim)
+    bank_draws, dsa = GeneratorState(make_generator(7)), DSA(ds.dsa_strategy)
+    curve = AccuracyCurve(2, lambda x, y: type("R", (), {"accs": [float(x.mean())]})())
+
+    def after_step(it, s, batch):
+        x, y = s.detached()
+        update_bank(bank, batch.net, x, y, ds.num_classes, dsa=dsa, generator=bank_draws.generator)
+
+    lo, hi = pixel_bounds(ds)
+    hist = distill(syn, ds, make_dsdm_objective(bank, lambda_h=0.2), pool, iterations, lr_img=0.5, batch_real=8,
+                   progress=False, image_step="per_class", clamp=(lo, hi), after_step=chain_steps(after_step, curve),
+                   checkpoint=checkpoint, checkpoint_every=1,
+                   extra_state={"bank": bank, "bank_draws": bank_draws, "curve": curve})
+    return syn.images.detach().clone(), hist, bank.value.clone(), curve.points
+
+
+def test_dsdm_resumes_to_the_uninterrupted_run_bank_and_curve_included(tmp_path):
+    ds = tiny_dataset()
+    full, h_full, bank_full, curve_full = _dsdm_run(ds, 4)
+    ck = tmp_path / "ck.pt"
+    _dsdm_run(ds, 3, checkpoint=ck)
+    resumed, h_res, bank_res, curve_res = _dsdm_run(ds, 4, checkpoint=ck)
+    assert torch.allclose(full, resumed, atol=1e-6) and torch.allclose(bank_full, bank_res, atol=1e-6)
+    assert [p["iteration"] for p in curve_res] == [2, 4] and curve_res == curve_full
+    assert "h" in h_full[-1] and [h["loss"] for h in h_res] == pytest.approx([h["loss"] for h in h_full], rel=1e-6)
+    lo, hi = pixel_bounds(ds)
+    assert bool((full >= lo - 1e-6).all() and (full <= hi + 1e-6).all())  # clamped when the loop ends
+
+
+def test_bank_update_of_augmented_images_uses_one_draw_per_class():
+    from ddkit.augment import DSA
+
+    ds = tiny_dataset()
+    net = frozen_net(ds=ds, width=8)
+    x, y = ds.sample_classes(4, generator=make_generator(0))
+    dsa = DSA(ds.dsa_strategy)
+    bank = PrototypeBank(ds.num_classes, net.embed_dim)
+    update_bank(bank, net, x, y, ds.num_classes, dsa=dsa, generator=make_generator(9))
+    p = dsa.sample(ds.num_classes, generator=make_generator(9))
+    expect, _ = class_prototypes(net.embed(dsa.apply(x, p, y)), y, ds.num_classes)
+    plain, _ = class_prototypes(net.embed(x), y, ds.num_classes)
+    assert torch.allclose(bank.value, expect, atol=1e-5) and not torch.allclose(bank.value, plain, atol=1e-3)
+
+
+def test_term_shares_equal_the_terms_own_gradients():
+    from ddkit.dm import gradient_norms, term_shares
+
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    a = lambda b: {"loss": (w ** 2).sum()}                        # grad 2w, norm 2 sqrt(14)
+    ab = lambda b: {"loss": (w ** 2).sum() + 0.5 * w.sum()}       # own grad of the 2nd term: 0.5 * ones
+    shares = term_shares(gradient_norms({"a": a, "b": ab}, None, w))
+    na, nb = 2 * 14 ** 0.5, 0.5 * 3 ** 0.5
+    assert shares["a"]["grad_norm"] == pytest.approx(na) and shares["b"]["grad_norm"] == pytest.approx(nb)
+    assert shares["b"]["share"] == pytest.approx(nb / (na + nb))
+
+
+def test_loop_key_ignores_iterations_and_evaluation_unless_a_curve_is_recorded(tmp_path):
+    from ddkit.dm import checkpoint_path, loop_key
+
+    p = {"lambda_h": 0.2, "iterations": 10, "eval_epochs": 20, "eval_every": 0, "resume": True}
+    assert loop_key(p) == loop_key({**p, "iterations": 99, "eval_epochs": 300})
+    assert loop_key(p) != loop_key({**p, "lambda_h": 0.0})
+    assert loop_key({**p, "eval_every": 5}) != loop_key({**p, "eval_every": 5, "eval_epochs": 300})
+    assert checkpoint_path(tmp_path, "dsdm", p).name == f"checkpoint_dsdm_{loop_key(p)}.pt"
+    assert checkpoint_path(tmp_path, "dsdm", {**p, "resume": False}) is None
+
+
+def test_image_step_auto_follows_the_reference_codes():
+    from ddkit.dm import resolve_image_step
+
+    assert resolve_image_step("auto", "dm") == "joint"
+    assert resolve_image_step("auto", "idm") == "per_class" and resolve_image_step("auto", "dsdm") == "per_class"
+    assert resolve_image_step("joint", "idm") == "joint"
+    with pytest.raises(ValueError, match="image_step='perclass'"):
+        resolve_image_step("perclass", "dm")
+
+
+def test_accuracy_curve_records_every_n_and_round_trips():
+    from ddkit.dm import AccuracyCurve
+
+    syn = init_synthetic(tiny_dataset(), 1, generator=make_generator(0))
+    calls = []
+    curve = AccuracyCurve(3, lambda x, y: calls.append(len(x)) or type("R", (), {"accs": [50.0, 60.0]})())
+    for it in range(7):
+        curve(it, syn)
+    assert [p["iteration"] for p in curve.points] == [3, 6] and calls == [3, 3]
+    other = AccuracyCurve(3, None)
+    other.load_state_dict(curve.state_dict())
+    assert other.points == curve.points
+    with pytest.raises(ValueError, match="every=-1"):
+        AccuracyCurve(-1, None)
+
+
+@pytest.mark.parametrize("name,overrides,match", [
+    ("03_iid.ipynb", {"image_step": "perclass"}, "image_step"),
+    ("03_iid.ipynb", {"eval_models": ["ConvNet", "ResNet99"]}, "ResNet99"),
+    ("03_iid.ipynb", {"momentum_img": 1.5}, "momentum_img"),
+    ("04_dsdm.ipynb", {"baselines": ["dm", "dn"]}, "dn"),
+    ("04_dsdm.ipynb", {"eval_every": -1}, "eval_every"),
+    ("04_dsdm.ipynb", {"compile": "yes"}, "compile"),
+])
+def test_loop_parameters_are_checked_before_compute(name, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        run_check(name, **overrides)
