@@ -219,6 +219,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         per_net.append(points)
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
+    if y_syn is not None:
+        settings["labels"] = "soft" if y_syn.dim() == 2 else "hard"
     if not checkpoints:
         return EvalResult(accs, model, settings)
     settings.update(eval_every_epochs=eval_every_epochs or max(1, epochs // 10), val_per_class=val_per_class)

@@ -29,6 +29,7 @@ def test_soft_labels_one_hot_equal_hard(tiny_ds):
     soft = evaluate_synset(x, F.one_hot(y, 4).float(), tiny_ds, num_models=1, epochs=5, dsa=False,
                            progress=False)
     assert abs(hard.mean - soft.mean) <= 2.5
+    assert (hard.settings["labels"], soft.settings["labels"]) == ("hard", "soft")  # a protocol setting
 
 
 def test_dsdm_protocol_runs_with_cutmix(tiny_ds):
