@@ -1,6 +1,8 @@
 """One generator step of the global/local objective (seed 1, notebooks/01): ``ddkit.generative.
-match_generator`` with DiM's settings (batch 64, 16 SGD steps of the pool model on real batches
-before each generator step, WGAN-GP discriminator step, Adam on G), ConvNet-3 pool, 28x28.
+match_generator`` with DiM's settings (DiM's 8-conv generator, batch 64, 16 SGD steps of the pool
+model on ``color_crop``-augmented real batches before each generator step, siamese
+``color_crop_cutout`` DSA before matching, G step then a WGAN-GP discriminator step with the
+fake-class cross-entropy and random labels), ConvNet-3 pool, 28x28.
 
 Timing only: there is no public reference loop for this paper and ``ddkit/generative.py`` has no
 speed flags in issue 7, so the table shows ddkit's seconds per step (median over repeats) and
@@ -22,7 +24,7 @@ def run(quick: bool = False, iters: int = 1) -> dict:
         return {"skipped": f"ddkit.generative does not expose the stage-2 step ({e})"}
     repeats = 1 if quick else 2
     ds = bench_dataset("28")
-    state = build_gan(ds, seed=0)
+    state = build_gan(ds, seed=0, gen_arch="dim")
 
     def objective(b):
         with torch.no_grad():
@@ -33,10 +35,11 @@ def run(quick: bool = False, iters: int = 1) -> dict:
         return {"loss": 0.01 * glob + 0.001 * loc, "global": glob, "local": loc}
 
     def one(steps_warm):
-        pool = GANModelPool(["ConvNet"], ds.channels, ds.num_classes, ds.im_size)
+        pool = GANModelPool(["ConvNet"], ds.channels, ds.num_classes, ds.im_size, dsa="color_crop")
         t0 = time.perf_counter()
-        match_generator(state, ds, objective, pool=pool, epochs=1, iters_per_epoch=iters, batch_size=64,
-                        pool_train_steps=steps_warm, progress=False)
+        match_generator(state, ds, objective, pool=pool, epochs=1, iterations=iters, batch_size=64,
+                        pool_train_steps=steps_warm, progress=False, step_order="g_first", d_labels="random",
+                        fake_aux=True, match_aug="color_crop_cutout")
         return (time.perf_counter() - t0) / iters
 
     full, nowarm = [], []
@@ -44,7 +47,7 @@ def run(quick: bool = False, iters: int = 1) -> dict:
         full.append(one(16))
         nowarm.append(one(0))
     s_full, s_now = summary(full), summary(nowarm)
-    return {"dataset": ds.name, "batch_size": 64, "pool_train_steps": 16, "pool": ["ConvNet"],
+    return {"dataset": ds.name, "batch_size": 64, "pool_train_steps": 16, "pool": ["ConvNet"], "gen_arch": "dim",
             "seconds_per_step": s_full, "seconds_per_step_without_pool_warmup": s_now,
             "pool_warmup_share": 1 - s_now["median"] / s_full["median"],
             "note": "timing only (no reference-style path, no speed flags in ddkit.generative)"}

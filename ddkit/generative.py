@@ -76,7 +76,8 @@ __all__ = [
     "build_gan", "train_gan", "match_generator", "stage2_schedule", "stage1", "stage2",
     "save_checkpoint", "load_checkpoint", "checkpoint_meta", "check_checkpoint",
     "evaluate_generator", "GeneratorEval", "dim_steps_per_epoch", "dim_batch_source", "evaluation_entries",
-    "comparison_entries", "dim_objective", "forward_logits_mid",
+    "comparison_entries", "dim_objective", "forward_logits_mid", "term_scales", "paired_over_seeds",
+    "claim_verdict",
     "validate_gan_config", "stage1_key", "default_cache_dir", "gan_spec", "check_notebook_params",
     "stage1_from_params", "stage2_from_params", "random_real_eval", "protocol_list", "compare_methods", "timed_redeploy",
     "show_class_grids",
@@ -1189,13 +1190,16 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
                          fixed_sets if protocol == "fixed" else "-", "last", selection, settings, curve)
 
 
-def comparison_entries(results: dict, eval_model: str | None = None) -> list:
+def comparison_entries(results: dict, eval_model: str | None = None, names: dict | None = None) -> list:
     """:func:`evaluation_entries` of every method of :func:`compare_methods`' ``results`` (rows
-    ``"<method> · <protocol>"``; the derived best-test rows are covered by their ``dim`` row)."""
+    ``"<name> · <protocol>"``; the derived best-test rows are covered by their ``dim`` row).
+    ``names``: ``{name: (method, variant)}`` for the recorded method names (default: the name)."""
     out = []
     for row, per in results.items():
         if next(iter(per.values())).selected == "last":
-            out += evaluation_entries(row.split(" · ")[0], per, eval_model)
+            name = row.split(" · ")[0]
+            method, variant = (names or {}).get(name, (name, ""))
+            out += evaluation_entries(method, per, eval_model, variant)
     return out
 
 
@@ -1444,6 +1448,65 @@ def compare_methods(generators: dict, dataset, ipcs, *, protocol="fixed", random
     table.insert(0, "protocol", [results[n][ipcs[0]].protocol for n in results])
     table.index.name = f"{model}"
     return table, results
+
+
+def term_scales(history: list, keys, window: int = 5) -> dict:
+    """Mean absolute value of each logged term over the first and the last ``window`` generator
+    steps: ``{key: (start, end)}`` (keys absent from the history are left out)."""
+    out = {}
+    for k in keys:
+        v = [abs(float(h[k])) for h in history if k in h]
+        if v:
+            out[k] = (sum(v[:window]) / len(v[:window]), sum(v[-window:]) / len(v[-window:]))
+    return out
+
+
+def paired_over_seeds(results_root, params: dict, method: str, baseline: str, *, ipc: int, protocol: str,
+                      selection: str = "last", variant: str = "", baseline_variant: str = "") -> dict:
+    """Paired difference (method - baseline) of per-seed mean accuracies over the runs under
+    ``results_root`` whose parameters equal ``params`` except ``seed`` / ``run_name`` /
+    ``results_dir`` (the seeds of one sweep), from their ``evaluations`` entries
+    (``ddkit.stats.paired_difference``: mean and 95% t interval). Adds ``"seeds"``."""
+    from .results import read_result
+    from .stats import paired_difference
+
+    free = {"seed", "run_name", "results_dir"}
+    same = {k: v for k, v in params.items() if k not in free}
+    by_seed: dict = {}
+    for path in sorted(Path(results_root).glob("*/result.json")):
+        try:
+            rec = read_result(path)
+        except ValueError:
+            continue
+        if {k: v for k, v in (rec.get("params") or {}).items() if k not in free} != same:
+            continue
+        found = {}
+        for e in rec.get("evaluations", []):
+            pr = e.get("protocol") or {}
+            if e.get("ipc") == ipc and pr.get("name") == protocol and pr.get("selection", "last") == selection:
+                for role, (m, var) in (("m", (method, variant)), ("b", (baseline, baseline_variant))):
+                    if e.get("method") == m and (e.get("variant") or "") == var:
+                        found[role] = e["mean"]
+        if len(found) == 2:
+            by_seed[rec["params"]["seed"]] = found
+    seeds = sorted(by_seed)
+    if not seeds:
+        raise ValueError(f"no run under {results_root} has both {method!r} and {baseline!r} at IPC {ipc} "
+                         f"({protocol}, {selection})")
+    out = paired_difference([by_seed[s]["m"] for s in seeds], [by_seed[s]["b"] for s in seeds])
+    return {**out, "seeds": seeds}
+
+
+def claim_verdict(diff: dict) -> str:
+    """Words for a paired difference: held (interval above 0), reversed (below 0), not shown."""
+    if diff["n"] < 2:
+        return f"{diff['mean']:+.2f} points on one seed: no interval, so not shown either way"
+    span = f"{diff['mean']:+.2f} points, 95% interval [{diff['lo']:+.2f}, {diff['hi']:+.2f}] over {diff['n']} seeds"
+    if diff["lo"] > 0:
+        return f"held ({span})"
+    if diff["hi"] < 0:
+        return f"reversed ({span})"
+    return f"not shown ({span}: the interval contains 0)"
 
 
 def timed_redeploy(path, dataset, ipc, seed=0, device=None):
