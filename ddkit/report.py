@@ -31,7 +31,9 @@ plots (accuracy vs IPC, accuracy vs distillation iterations from entries' ``curv
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -45,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .results import RUN_KINDS, evaluation_entry, resolve_results_dir
-from .utils import atomic_write_bytes
+from .utils import REPO_ROOT, atomic_write_bytes
 
 __all__ = [
     "collect",
@@ -166,10 +168,33 @@ def legacy_evaluations(rec: dict) -> list:
     return out
 
 
-def _legacy_run_kind(rec: dict) -> str:
-    """Older files carry no ``run_kind``: one written into a pytest temporary folder was a test."""
-    where = str((rec.get("params") or {}).get("results_dir", ""))
-    return "test" if re.search(r"pytest-of-|ddkit-test-results-", where) else "user"
+#: parameters a sweep or a test sets on every run: not part of a notebook's configuration
+RUN_BOOKKEEPING = ("run_name", "results_dir", "data_root", "device")
+
+
+@functools.lru_cache(maxsize=None)
+def notebook_defaults(key: str) -> dict | None:
+    """The ``parameters`` cell of ``notebooks/NN_<key>.ipynb`` as a dict (``None`` when not found)."""
+    for path in sorted((REPO_ROOT / "notebooks").glob(f"[0-9][0-9]_{key}.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if "parameters" in cell.get("metadata", {}).get("tags", []):
+                tree = ast.parse("".join(cell["source"]))
+                return {t.id: ast.literal_eval(n.value) for n in tree.body for t in n.targets}
+    return None
+
+
+def _legacy_run_kind(rec: dict, notebook: str) -> str:
+    """Older files carry no ``run_kind``: one written into a pytest temporary folder was a test, one
+    run at its notebook's default parameters (the tiny CI configuration, e.g. by nbval) is tiny.
+    A notebook records all its parameters; parameters it gained later are not compared, but the
+    file must hold at least three quarters of today's."""
+    params = rec.get("params") or {}
+    if re.search(r"pytest-of-|ddkit-test-results-", str(params.get("results_dir", ""))):
+        return "test"
+    defaults = {k: v for k, v in (notebook_defaults(notebook) or {}).items() if k not in RUN_BOOKKEEPING}
+    shared = [k for k in defaults if k in params]
+    at_defaults = bool(shared) and len(shared) >= 0.75 * len(defaults) and all(params[k] == defaults[k] for k in shared)
+    return "tiny" if at_defaults else "user"
 
 
 def protocol_key(protocol: dict | None) -> str:
@@ -213,8 +238,9 @@ def _read_run(path: Path, root: Path) -> tuple[dict, list]:
            "dataset": str(rec.get("dataset", params.get("dataset", ""))), "ipc": _num(rec.get("ipc", params.get("ipc"))),
            "model": str(rec.get("model", params.get("model", ""))), "seed": params.get("seed"),
            "iterations": _num(params.get("iterations")), "params": params, "seconds": rec.get("seconds"),
-           "created": rec.get("created"), "run_kind": rec.get("run_kind") or _legacy_run_kind(rec),
+           "created": rec.get("created"),
            "run_method": canonical_method(rec["method"]), "source": "ours"}
+    run["run_kind"] = rec.get("run_kind") or _legacy_run_kind(rec, run["notebook"])
     entries = rec["evaluations"] if isinstance(rec.get("evaluations"), list) else legacy_evaluations(rec)
     return run, entries
 

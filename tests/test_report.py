@@ -70,12 +70,17 @@ def test_test_and_tiny_runs_stay_out_unless_asked(tmp_path):
     put(root, "quickstart", "tiny", "EAD", [("EAD", [42.9], {})], run_kind="tiny")
     legacy(root, "gan", "old_pytest", method="GAN global/local", accs=[5.8], mean=5.8, std=0.0,
            params=dict(dataset="mnist5k", ipc=10, seed=0, results_dir="/tmp/pytest-of-me/pytest-3/x/results"))
+    defaults = rp.notebook_defaults("quickstart")  # nbval ran the notebook at its defaults into results/
+    assert {"ipc", "iterations", "eval_epochs", "val_per_class"} <= set(defaults) and defaults["results_dir"] == ""
+    legacy(root, "quickstart", "mnist5k_ipc10_s0", method="DM", accs=[30.0], mean=30.0, std=0.0,
+           params={**defaults, "results_dir": "", "device": "cpu"})
     df = rp.collect(root)
-    assert list(df["mean"]) == [90.0] and df.attrs["excluded"] == 3
+    assert list(df["mean"]) == [90.0] and df.attrs["excluded"] == 4
     assert set(rp.collect(root, include_test=True)["method"]) == {"DM", "EAD", "GAN global/local"}
+    assert sorted(rp.collect(root, include_test=True)["run_kind"]) == ["test", "test", "tiny", "tiny", "user"]
     rep = rp.build_report(root, tmp_path / "rep", plots=False)
     assert "7.8" not in (tmp_path / "rep" / "table1.md").read_text()
-    assert "3 test/tiny run(s) left out" in (tmp_path / "rep" / "report.md").read_text()
+    assert "4 test/tiny run(s) left out" in (tmp_path / "rep" / "report.md").read_text()
     assert rep.n_runs == 1
 
 
@@ -281,3 +286,26 @@ def test_published_csv_is_well_formed_and_sourced(tmp_path):
     bad.write_text("method,dataset,ipc,mean,source\nDM,mnist,1,1.0,x\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['protocol', 'selection'\]"):
         rp.load_published(bad)
+
+
+def test_quickstart_notebook_writes_entries_the_report_reads(tmp_path):
+    """The quickstart at a tiny setting, into a temporary folder: one result.json whose entries
+    become the report's rows (marked as a test run, so only ``include_test`` shows them)."""
+    import papermill as pm
+
+    root = tmp_path / "results"
+    nb = Path(__file__).resolve().parent.parent / "notebooks" / "00_quickstart.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                        cwd=str(nb.parent), parameters=dict(ipc=1, iterations=2, batch_real=8, eval_epochs=2,
+                                                            num_eval=1, val_per_class=2, results_dir=str(root),
+                                                            run_name="tiny", device="cpu"))
+    rec = json.loads((root / "quickstart" / "tiny" / "result.json").read_text())
+    assert rec["run_kind"] == "test" and [e["method"] for e in rec["evaluations"]] == ["Random", "Herding", "DM"]
+    assert rp.collect(root).empty
+    df = rp.collect(root, include_test=True)
+    t = rp.table1(df).cells
+    assert {"DM · standard", "Random · standard", "Herding [random ConvNet] · standard"} == set(t.index)
+    assert t.loc["DM · standard", ("mnist5k", "1")].endswith("(1/1)")
+    assert rp.selection_table(df).cells.shape == (3, 3)  # last / best validation / best test per set
+    ledger = rp.ledger_table(df).cells
+    assert (ledger["images / class / epoch"] == "1").all() and (ledger["stored (KiB)"] == f"{10 * 784 * 4 / 1024:.1f}").all()
