@@ -1282,6 +1282,7 @@ def gan_spec() -> dict:
     return {
         "gan_loss": Param(str, choices=GAN_LOSSES, help="'cgan' = papers' Eq. 1-4; 'wgan_gp' = DiM code"),
         "gan_epochs": Param(int, min=0, help="stage-1 epochs"),
+        "gan_seed": Param(int, min=-1, help="stage-1 seed (-1 = seed): a fixed one shares stage 1 across seeds"),
         "gan_iters": Param(int, min=0, help="stage-1 iterations per epoch (0 = one pass over the data)"),
         "gan_batch_size": Param(int, min=1),
         "gan_lr": Param(float, min=0, min_exclusive=True),
@@ -1357,11 +1358,12 @@ def check_notebook_params(P, dataset=None) -> None:
 
 
 def stage1_from_params(P, dataset, device=None, progress=True) -> GANState:
-    """:func:`stage1` with a notebook's parameters (cache under ``<results_dir>/gan_cache``)."""
+    """:func:`stage1` with a notebook's parameters (cache under ``<results_dir>/gan_cache``; seed
+    ``gan_seed``, or ``seed`` when it is -1)."""
     return stage1(dataset, z_dim=P.z_dim, gen_width=P.gen_width, disc_width=P.disc_width, gan_loss=P.gan_loss,
                   gan_lr=P.gan_lr, gan_betas=tuple(P.gan_betas), gan_batch_size=P.gan_batch_size,
                   gan_epochs=P.gan_epochs, gan_iters=P.gan_iters, d_steps=P.d_steps, gp_lambda=P.gp_lambda,
-                  aux_weight=P.aux_weight, seed=P.seed, device=device,
+                  aux_weight=P.aux_weight, seed=P.seed if P.gan_seed < 0 else P.gan_seed, device=device,
                   cache_dir=default_cache_dir(P.results_dir or None), use_cache=P.use_cache, progress=progress,
                   checkpoint=P.gan_checkpoint or None, gen_arch=P.gen_arch, gen_conditioning=P.gen_conditioning,
                   fake_aux=P.fake_aux, step_order=P.step_order, d_labels=P.d_labels)

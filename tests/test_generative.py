@@ -418,7 +418,7 @@ def test_gan_spec_checks_params():
     from ddkit.params import check_params
 
     spec = gen.gan_spec()
-    good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, gan_betas=[0.0, 0.9],
+    good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_seed=-1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, gan_betas=[0.0, 0.9],
                 d_steps=1, gp_lambda=10.0, aux_weight=1.0, z_dim=8, gen_width=8, disc_width=8, match_epochs=1,
                 batch_size=8, match_lr=5e-6, gan_weight=1.0, pool_models=["ConvNet", "ResNet18"],
                 pool_train_steps=1, pool_batch_size=8, mid_layer=-1, deploy_ipcs=[1, 10],
