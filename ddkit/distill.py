@@ -188,6 +188,9 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     extra_state = extra_state or {}
     if checkpoint is not None and Path(checkpoint).is_file():
         state = safe_torch_load(checkpoint, expect={"shape": list(syn.images.shape)})
+        if state["iteration"] > iterations:
+            raise ValueError(f"checkpoint {checkpoint} is at iteration {state['iteration']} but iterations={iterations}: "
+                             "ask for at least as many iterations, or delete the checkpoint to start over")
         with torch.no_grad():
             syn.images.copy_(state["images"].to(dev))
         opt.load_state_dict(state["opt"])

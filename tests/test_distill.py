@@ -110,6 +110,13 @@ def test_per_class_steps_differ_from_joint_under_momentum_and_agree_without(tiny
     assert torch.allclose(run("joint", 0.0), run("per_class", 0.0), atol=1e-5)
 
 
+def test_distill_refuses_a_checkpoint_past_the_requested_iterations(tiny_ds, tmp_path):
+    ck = tmp_path / "ck.pt"
+    _run(tiny_ds, 3, checkpoint=ck, checkpoint_every=1)
+    with pytest.raises(ValueError, match="at iteration 3 but iterations=2"):
+        _run(tiny_ds, 2, checkpoint=ck)
+
+
 def test_distill_rejects_an_unknown_image_step(tiny_ds):
     syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
     with pytest.raises(ValueError, match="image_step='perclass'"):
