@@ -17,10 +17,15 @@ on the real term (``real_coef=1``, the default), whereas the literal ``(1 - alph
 
 This module holds
 - :class:`EADSynSet`: synthetic images + learnable soft labels (parameterised as logits),
-- :func:`checkpoint_grads` / :func:`ead_objective`: per-checkpoint gradients through
-  ``torch.func.functional_call`` (no shared model is mutated) and the Eq. 7 loss,
-- :func:`distill_ead`: Algorithm 1,
-- :func:`logistic_estimator_check`: exact retraining vs. the estimate on a convex problem.
+- :func:`loss_grads` / :func:`ead_objective`: per-checkpoint gradients through
+  ``torch.func.functional_call`` (no shared model is mutated) and the objective: Eq. 7 (``"paper"``) or
+  the ddkit extensions ``"squared"`` (Eq. 7's signed value squared) and ``"vector"`` (a squared effect per
+  probe sample and checkpoint, via :func:`probe_effects`),
+- :func:`distill_ead`: Algorithm 1 (with an lr schedule and a fixed :class:`Monitor` set),
+- diagnostics: :func:`effect_values`, :func:`effect_over_draws`, :func:`random_walk_displacement`,
+  :func:`label_entropy`, :func:`evidence_summary`,
+- :func:`logistic_estimator_check`: exact retraining vs. the estimate on a convex problem, for small swaps
+  and for EAD's ``G = D, A = S`` (``replace_all=True``).
 """
 from __future__ import annotations
 
