@@ -77,7 +77,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "checkpoint_meta", "check_checkpoint",
     "evaluate_generator", "GeneratorEval", "dim_steps_per_epoch", "dim_batch_source", "evaluation_entries",
     "comparison_entries", "dim_objective", "forward_logits_mid", "term_scales", "paired_over_seeds",
-    "claim_verdict",
+    "claim_verdict", "evidence_markdown",
     "validate_gan_config", "stage1_key", "default_cache_dir", "gan_spec", "check_notebook_params",
     "stage1_from_params", "stage2_from_params", "random_real_eval", "protocol_list", "compare_methods", "timed_redeploy",
     "show_class_grids",
@@ -1497,6 +1497,42 @@ def paired_over_seeds(results_root, params: dict, method: str, baseline: str, *,
                          f"({protocol}, {selection})")
     out = paired_difference([by_seed[s]["m"] for s in seeds], [by_seed[s]["b"] for s in seeds])
     return {**out, "seeds": seeds}
+
+
+def evidence_markdown(results_root, run_prefix: str, baseline: str = "DiM") -> str:
+    """A Markdown table of the runs ``<results_root>/<run_prefix>*/result.json`` (the seeds of one
+    evidence sweep): per (method, variant, protocol, selection, IPC) the mean ± std over every
+    evaluated network of every seed, and the paired difference against ``baseline`` (per-seed
+    means, 95% t interval, :func:`claim_verdict`)."""
+    from .results import read_result
+    from .stats import format_paired, paired_difference
+
+    cells: dict = {}
+    for path in sorted(Path(results_root).glob(f"{run_prefix}*/result.json")):
+        rec = read_result(path)
+        seed = rec["params"]["seed"]
+        for e in rec.get("evaluations", []):
+            pr = e.get("protocol") or {}
+            key = (e["method"], e.get("variant") or "", pr.get("name"), pr.get("selection", "last"), e["ipc"])
+            cells.setdefault(key, {})[seed] = e["accs"]
+    lines = ["| method | protocol · selection | IPC | mean ± std (all networks) | seeds | "
+             f"paired vs {baseline} (95% CI) | verdict |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(cells, key=lambda k: (k[2], k[3], k[4], k[0] != baseline, k[0], k[1])):
+        method, variant, proto, sel, ipc = key
+        by_seed = cells[key]
+        accs = torch.tensor([a for s in sorted(by_seed) for a in by_seed[s]], dtype=torch.float64)
+        base = cells.get((baseline, "", proto, sel, ipc), {})
+        pair, verdict = "", ""
+        common = sorted(set(by_seed) & set(base))
+        if (method, variant) != (baseline, "") and common:
+            d = paired_difference([sum(by_seed[s]) / len(by_seed[s]) for s in common],
+                                  [sum(base[s]) / len(base[s]) for s in common])
+            pair, verdict = format_paired(d), claim_verdict(d).split(" (")[0]
+        label = f"{method} ({variant})" if variant else method
+        sel_label = "best test eval (test-set selection)" if sel == "best_test" else sel
+        lines.append(f"| {label} | {proto} · {sel_label} | {ipc} | {float(accs.mean()):.2f} ± "
+                     f"{float(accs.std(unbiased=False)):.2f} | {len(by_seed)} | {pair} | {verdict} |")
+    return "\n".join(lines)
 
 
 def claim_verdict(diff: dict) -> str:

@@ -729,3 +729,42 @@ def test_term_balance_by_hand():
         gen.TermBalance({"global": 0.01}, "auto")
     with pytest.raises(ValueError, match="missing"):
         fixed({"global": torch.tensor(1.0)})
+
+
+# --------------------------------------------------------------------------- claims over seeds
+
+def _write_seed(root, seed, ours, dim, extra_param=0):
+    from ddkit.results import evaluation_entry, write_result
+
+    rd = root / f"ev_s{seed}"
+    rd.mkdir(parents=True)
+    params = {"dataset": "x", "ipc": 1, "seed": seed, "run_name": f"ev_s{seed}", "lr": 0.1 + extra_param}
+    ev = [evaluation_entry("GAN + SKD", ours, ipc=1, protocol={"name": "dim", "selection": "best_test"}),
+          evaluation_entry("DiM", dim, ipc=1, protocol={"name": "dim", "selection": "best_test"})]
+    write_result(rd, method="GAN + SKD", dataset="x", ipc=1, model="ConvNet", params=params, accs=ours,
+                 seconds=1.0, evaluations=ev)
+    return params
+
+
+def test_paired_over_seeds_and_verdict_by_hand(tmp_path):
+    params = _write_seed(tmp_path, 0, [80.0, 82.0], [79.0, 79.0])     # seed means 81 vs 79: +2
+    _write_seed(tmp_path, 1, [70.5], [69.0])                          # +1.5
+    _write_seed(tmp_path, 2, [74.5], [72.0])                          # +2.5
+    _write_seed(tmp_path / "other", 3, [0.0], [99.0], extra_param=1)   # another configuration: ignored
+    d = gen.paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=1, protocol="dim", selection="best_test")
+    assert d["seeds"] == [0, 1, 2] and d["diffs"] == pytest.approx([2.0, 1.5, 2.5]) and d["mean"] == pytest.approx(2.0)
+    half = 4.302652729911275 * 0.5 / math.sqrt(3)                      # t_{0.975, 2} * sd / sqrt(n), sd = 0.5
+    assert d["lo"] == pytest.approx(2.0 - half) and gen.claim_verdict(d).startswith("held (+2.00 points")
+    assert gen.claim_verdict({**d, "lo": -1.0, "hi": 3.0}).startswith("not shown")
+    assert gen.claim_verdict({**d, "lo": -3.0, "hi": -1.0}).startswith("reversed")
+    with pytest.raises(ValueError, match="no run under"):
+        gen.paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=10, protocol="dim")
+    table = gen.evidence_markdown(tmp_path, "ev_s")
+    row = next(line for line in table.splitlines() if line.startswith("| GAN + SKD |"))
+    accs = torch.tensor([80.0, 82.0, 70.5, 74.5])                      # every network of every seed
+    assert f"{accs.mean():.2f} ± {accs.std(unbiased=False):.2f}" in row and "+2.00" in row and "held" in row
+
+
+def test_term_scales_by_hand():
+    hist = [{"a": -1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}]
+    assert gen.term_scales(hist, ["a", "b", "c"], window=2) == {"a": (2.0, 4.0), "b": (3.0, 3.0)}
