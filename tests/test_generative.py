@@ -768,3 +768,56 @@ def test_paired_over_seeds_and_verdict_by_hand(tmp_path):
 def test_term_scales_by_hand():
     hist = [{"a": -1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}]
     assert gen.term_scales(hist, ["a", "b", "c"], window=2) == {"a": (2.0, 4.0), "b": (3.0, 3.0)}
+
+
+# --------------------------------------------------------------------------- the notebooks' objective cells
+
+def _objective_cell(stem, **P):
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / f"{stem}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "objective" in c.get("metadata", {}).get("tags", []))
+    ns = {"P": SimpleNamespace(**P)}
+    exec("".join(cell["source"]), ns)
+    return ns
+
+
+def _batch():
+    from ddkit.models import get_model
+
+    net = get_model("ConvNet", 1, 4, (28, 28), width=8)
+    reinit_(net, make_generator(0))
+    net.requires_grad_(False)
+    g = make_generator(1)
+    xr, xs = torch.randn(6, 1, 28, 28, generator=g), torch.randn(6, 1, 28, 28, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    return gen.MatchBatch(net, xr, y, xs, y, net.mid_layer, 0, 0)
+
+
+def test_notebook_01_objective_cell_by_hand():
+    ns = _objective_cell("01_gan_global_local", match_form="dim", w_global=0.01, w_local=0.001)
+    b = _batch()
+    out = ns["make_global_local_objective"](0.01, 0.001, "dim")(b)
+    glob = ((F.log_softmax(b.net(b.x_real), 1) - F.log_softmax(b.net(b.x_syn), 1)) ** 2).mean()
+    fr, fs = b.net.feature_maps(b.x_real)[b.mid_layer], b.net.feature_maps(b.x_syn)[b.mid_layer]
+    loc = (fr.mean(0) - fs.mean(0)).abs().sum()                      # DiM: L1 of batch-mean feature maps
+    assert torch.allclose(out["loss"], 0.01 * glob + 0.001 * loc, rtol=1e-5)
+    assert torch.allclose(out["w_global"], 0.01 * glob, rtol=1e-5) and torch.allclose(out["w_local"], 0.001 * loc, rtol=1e-5)
+    eq = ns["make_global_local_objective"](0.01, 0.001, "dim", "equal_start")(b)
+    assert torch.allclose(eq["w_global"], eq["w_local"]) and torch.allclose(eq["loss"], out["loss"], rtol=1e-5)
+
+
+def test_notebook_02_objective_cell_by_hand():
+    ns = _objective_cell("02_gan_skd", lambda_skd=0.01, tau=2.0, standardize=True)
+    b = _batch()
+    lr, ls = b.net(b.x_real), b.net(b.x_syn)
+    z = lambda x: (x - x.mean(1, keepdim=True)) / ((x.std(1, keepdim=True) + 1e-7) * 2.0)   # noqa: E731 (Eq. 3)
+    pr, ps = F.softmax(z(lr), 1), F.softmax(z(ls), 1)
+    kl = (pr * (pr.log() - ps.log())).sum(1).mean()                  # Eq. 6, batch mean
+    out = ns["make_skd_objective"](0.01, 2.0, True)(b)
+    assert torch.allclose(out["loss"], 0.01 * 4.0 * kl, rtol=1e-4) and torch.allclose(out["w_skd"], out["loss"])
+    raw = ns["make_skd_objective"](0.01, 2.0, False)(b)             # No Stand.: softmax(x / tau)
+    qr, qs = F.softmax(lr / 2.0, 1), F.softmax(ls / 2.0, 1)
+    assert torch.allclose(raw["skd"], (qr * (qr.log() - qs.log())).sum(1).mean(), rtol=1e-4)
