@@ -425,6 +425,11 @@ def _grid(long: pd.DataFrame, rows: list, cols: list, text: str = "text") -> tup
     return cells, values
 
 
+def _sorted_columns(cols) -> list:
+    """(dataset, IPC label) columns by dataset, then IPC (the whole-dataset column last)."""
+    return sorted(set(cols), key=lambda c: (c[0], math.inf if c[1] == "whole" else float(c[1])))
+
+
 def _block(protocol_name: str, selection: str) -> tuple:
     """Sort key of a (protocol, selection) block: the standard protocol first, whole-dataset rows last."""
     return (protocol_name == "whole", protocol_name != "standard", protocol_name, selection)
@@ -448,10 +453,9 @@ def table1(df: pd.DataFrame, published: pd.DataFrame | None = None, eval_model: 
     long["block"] = [_block(p, s) for p, s in zip(long["protocol_name"], long["selection_name"])]
     order = long.sort_values(["block", "source", "label"], key=lambda c: c if c.name != "label" else c.str.lower())
     rows = list(dict.fromkeys(order["label"]))
-    cols = sorted(set(long["col"]), key=lambda c: (c[0], float(c[1]) if c[1] != "whole" else math.inf))
-    cells, values = _grid(long, rows, cols)
+    cells, values = _grid(long, rows, _sorted_columns(long["col"]))
     best = pd.DataFrame(False, index=rows, columns=cells.columns)
-    for _, g in ours.groupby([ours["protocol_name"], ours["selection_name"], ours["dataset"], ours["ipc"]]):
+    for _, g in ours.groupby([ours["protocol_name"], ours["selection_name"], ours["dataset"], ours["ipc"]], dropna=False):
         col = (g["dataset"].iloc[0], _ipc_label(g["ipc"].iloc[0]))
         best.loc[g.loc[np.isclose(g["mean"], g["mean"].max()), "label"].tolist(), col] = True
     cells.index.name = "method · protocol"
@@ -522,8 +526,7 @@ def ablation_table(df: pd.DataFrame, eval_model: str | None = None, digits: int 
     long["col"] = [(ds, _ipc_label(i)) for ds, i in zip(long["dataset"], long["ipc"])]
     long["text"] = [_fmt(m, s, digits, (ns, nn)) for m, s, ns, nn in
                     zip(long["mean"], long["std"], long["n_seeds"], long["n_nets"])]
-    cols = sorted(set(long["col"]), key=lambda c: (c[0], float(c[1])))
-    cells, values = _grid(long, list(dict.fromkeys(long.sort_values("label")["label"])), cols)
+    cells, values = _grid(long, list(dict.fromkeys(long.sort_values("label")["label"])), _sorted_columns(long["col"]))
     best = pd.DataFrame(False, index=cells.index, columns=cells.columns)
     for (_, col), g in long.groupby([long["notebook"] + long["method"] + long["protocol_label"], "col"]):
         best.loc[g.loc[np.isclose(g["mean"], g["mean"].max()), "label"].tolist(), col] = True
@@ -544,7 +547,7 @@ def selection_table(df: pd.DataFrame, digits: int = 1) -> Table:
         return _empty("Model selection", "no entry recorded a selection (evaluate_synset with eval_every_epochs "
                       "or val_per_class)")
     rows = []
-    for key, g in d.groupby(CELL_KEYS, sort=False):
+    for key, g in d.groupby(CELL_KEYS, sort=False, dropna=False):
         first = g.iloc[0]
         label = f"{first['row']} · {first['dataset']} · IPC {_ipc_label(first['ipc'])} · {first['eval_model']} · " \
                 f"{first['protocol_label']}"
@@ -585,7 +588,7 @@ def compare_table(df: pd.DataFrame, eval_model: str | None = None, confidence: f
     em = eval_model or main_eval_model(df)
     d = df[df["eval_model"] == em] if len(df) else df
     lines = []
-    for (ds, ipc, _), g in d.groupby(["dataset", "ipc", "protocol_key"], sort=True):
+    for (ds, ipc, _), g in d.groupby(["dataset", "ipc", "protocol_key"], sort=True, dropna=False):
         by_row = {row: per_seed_means(h) for row, h in g.groupby("row")}
         label = g["protocol_label"].iloc[0]
         for a, b in itertools.combinations(sorted(by_row), 2):
@@ -644,26 +647,38 @@ def _with(protocol_key_: str, **changes) -> str:
     return protocol_key({**json.loads(protocol_key_), **changes})
 
 
+def _random_reference(p: pd.DataFrame) -> dict:
+    """``{(protocol_key, dataset, ipc): accuracy}`` of random real images: the plain ``Random`` row, or
+    the only Random row of that cell (a variant such as "teacher soft labels"); none when ambiguous."""
+    out = {}
+    for key, g in p[p["method"] == "Random"].groupby(["protocol_key", "dataset", "ipc"], dropna=False):
+        plain = g[g["row"] == "Random"]
+        if len(plain) or len(g) == 1:
+            out[key] = (plain if len(plain) else g)["mean"].iloc[0]
+    return out
+
+
 def robust_table(df: pd.DataFrame, eval_model: str | None = None, digits: int = 1) -> Table:
-    """:func:`robust_scores` per row of Table 1 (main evaluation model). Random is the ``Random``
-    row (no variant) of the same dataset, IPC and protocol; real-hard the ``Whole dataset`` entries
-    of the dataset (any IPC) under the same protocol; syn-hard the same row under the protocol with
-    ``labels="hard"``; the no-augmentation pair the same rows under ``dsa="none"``."""
+    """:func:`robust_scores` per row of Table 1 (main evaluation model). Random is the random-real row
+    of the same dataset, IPC and protocol (:func:`_random_reference`); real-hard the ``Whole
+    dataset`` entries of the dataset (any IPC) under the same protocol with ``labels="hard"``;
+    syn-hard the same row under that protocol; the no-augmentation pair the same rows under
+    ``dsa="none"``."""
     em = eval_model or main_eval_model(df)
     p = pooled(df[df["eval_model"] == em]) if len(df) else pooled(df)
     if p.empty:
         return _empty("Robust scores (DD-Ranking)", "no runs found")
     acc = {(r.row, r.protocol_key, r.dataset, r.ipc): r.mean for r in p.itertuples()}
+    rdm = _random_reference(p)
     whole = {(r.protocol_key, r.dataset): r.mean for r in p[p["method"] == "Whole dataset"].itertuples()}
     rows = []
     for r in p[~p["method"].isin(["Random", "Whole dataset"])].itertuples():
-        def at(row, key, r=r):
-            return acc.get((row, key, r.dataset, r.ipc))
-
-        hard = _with(r.protocol_key, labels="hard")
-        naug = _with(r.protocol_key, dsa="none")
-        s = robust_scores(r.mean, at("Random", r.protocol_key), acc_real_hard=whole.get((hard, r.dataset)),
-                          acc_syn_hard=at(r.row, hard), acc_syn_naug=at(r.row, naug), acc_rdm_naug=at("Random", naug))
+        hard, naug = _with(r.protocol_key, labels="hard"), _with(r.protocol_key, dsa="none")
+        s = robust_scores(r.mean, rdm.get((r.protocol_key, r.dataset, r.ipc)),
+                          acc_real_hard=whole.get((hard, r.dataset)),
+                          acc_syn_hard=acc.get((r.row, hard, r.dataset, r.ipc)),
+                          acc_syn_naug=acc.get((r.row, naug, r.dataset, r.ipc)),
+                          acc_rdm_naug=rdm.get((naug, r.dataset, r.ipc)))
         if s["IOR"] == s["IOR"]:
             label = f"{r.row} · {r.dataset} · IPC {_ipc_label(r.ipc)} · {r.protocol_label}"
             rows += [{"label": label, "col": k, "mean": v, "text": _fmt(v, None, digits)} for k, v in s.items()]
@@ -693,7 +708,7 @@ def ledger_table(df: pd.DataFrame, eval_model: str | None = None) -> Table:
     cols = {"stored_bytes": "stored (KiB)", "image_bytes": "images (KiB)", "label_bytes": "soft labels (KiB)",
             "generator_bytes": "generator (KiB)", "images_per_class_per_epoch": "images / class / epoch"}
     rows = []
-    for (row, ds, ipc, pl), g in d.groupby(["row", "dataset", "ipc", "protocol_label"], sort=True):
+    for (row, ds, ipc, pl), g in d.groupby(["row", "dataset", "ipc", "protocol_label"], sort=True, dropna=False):
         ledgers = [json.dumps(x, sort_keys=True) for x in g["ledger"] if isinstance(x, dict)]
         label = f"{row} · {ds} · IPC {_ipc_label(ipc)} · {pl}"
         if not ledgers:

@@ -297,15 +297,26 @@ def test_quickstart_notebook_writes_entries_the_report_reads(tmp_path):
     nb = Path(__file__).resolve().parent.parent / "notebooks" / "00_quickstart.ipynb"
     pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
                         cwd=str(nb.parent), parameters=dict(ipc=1, iterations=2, batch_real=8, eval_epochs=2,
-                                                            num_eval=1, val_per_class=2, results_dir=str(root),
-                                                            run_name="tiny", device="cpu"))
+                                                            num_eval=1, val_per_class=2, eval_whole=True,
+                                                            results_dir=str(root), run_name="tiny", device="cpu"))
     rec = json.loads((root / "quickstart" / "tiny" / "result.json").read_text())
-    assert rec["run_kind"] == "test" and [e["method"] for e in rec["evaluations"]] == ["Random", "Herding", "DM"]
+    assert rec["run_kind"] == "test"
+    assert [e["method"] for e in rec["evaluations"]] == ["Random", "Herding", "DM", "Whole dataset"]
     assert rp.collect(root).empty
     df = rp.collect(root, include_test=True)
     t = rp.table1(df).cells
-    assert {"DM · standard", "Random · standard", "Herding [random ConvNet] · standard"} == set(t.index)
-    assert t.loc["DM · standard", ("mnist5k", "1")].endswith("(1/1)")
-    assert rp.selection_table(df).cells.shape == (3, 3)  # last / best validation / best test per set
+    assert {"DM · standard", "Random · standard", "Herding [random ConvNet] · standard",
+            "Whole dataset · standard"} == set(t.index)
+    assert t.loc["DM · standard", ("mnist5k", "1")].endswith("(1/1)") and t.loc["DM · standard", ("mnist5k", "whole")] == ""
+    assert t.loc["Whole dataset · standard", ("mnist5k", "whole")].endswith("(1/1)")
+    assert rp.selection_table(df).cells.shape == (4, 3)  # last / best validation / best test per set
+    dm = df[df["method"] == "DM"].iloc[0]
+    rnd, whole = (df[df["method"] == m].iloc[0]["mean"] for m in ("Random", "Whole dataset"))
+    robust = rp.robust_table(df).values
+    (row,) = [i for i in robust.index if i.startswith("DM ·")]
+    assert robust.loc[row, "IOR"] == pytest.approx(dm["mean"] - rnd)
+    assert robust.loc[row, "HLR"] == pytest.approx(whole - dm["mean"])
     ledger = rp.ledger_table(df).cells
-    assert (ledger["images / class / epoch"] == "1").all() and (ledger["stored (KiB)"] == f"{10 * 784 * 4 / 1024:.1f}").all()
+    at_ipc1 = ledger[ledger.index.str.contains("IPC 1 ")]
+    assert len(at_ipc1) == 3 and (at_ipc1["images / class / epoch"] == "1").all()
+    assert (at_ipc1["stored (KiB)"] == f"{10 * 784 * 4 / 1024:.1f}").all()
