@@ -500,3 +500,32 @@ def test_accuracy_curve_records_every_n_and_round_trips():
 def test_loop_parameters_are_checked_before_compute(name, overrides, match):
     with pytest.raises(ValueError, match=match):
         run_check(name, **overrides)
+
+
+def _runs_of(notebook):
+    from ddkit import sweep
+
+    root = NB.parent / "params"
+    for path in sorted(root.rglob("*.yaml")):
+        try:
+            runs = sweep.validate_params_file(path, notebooks_dir=NB)
+        except ValueError:
+            continue  # files of other shapes are checked by tests/test_sweep.py
+        for run in runs:
+            if Path(run.notebook).name == notebook:
+                yield f"{path.relative_to(root)}:{run.label}", run
+
+
+@pytest.mark.parametrize("notebook", ["03_iid.ipynb", "04_dsdm.ipynb"])
+def test_every_params_run_of_03_and_04_passes_the_notebooks_own_check(notebook, tmp_path):
+    """Every run of params/paper, params/cpu and params/evidence for the notebook passes the notebook's
+    check cell (types, choices, ranges, impossible combinations), not only the sweep's key check."""
+    checked = 0
+    for label, run in _runs_of(notebook):
+        params = {k: v for k, v in run.params.items() if k != "results_dir"}
+        try:
+            run_check(notebook, results_dir=str(tmp_path), **params)
+        except ValueError as e:
+            raise AssertionError(f"{label}: {e}") from None
+        checked += 1
+    assert checked >= 10
