@@ -1210,7 +1210,7 @@ def evaluation_entries(method: str, per_ipc: dict, eval_model: str | None = None
 
     out = []
     for ipc, r in per_ipc.items():
-        for name in (["last"] + [s for s in ("best_test", "best_val") if s in r.selection]):
+        for name in (s for s in SELECTIONS if s == "last" or s in r.selection):
             e = r.select(name)
             out.append(evaluation_entry(method, e.accs, ipc=int(ipc), eval_model=eval_model or r.model,
                                         variant=variant, protocol=e.protocol_record()))
@@ -1326,10 +1326,6 @@ def gan_spec() -> dict:
 
 
 # --------------------------------------------------------------------------- notebook helpers
-
-def _p(P, key, default=None):
-    return getattr(P, key, default)
-
 
 def check_notebook_params(P, dataset=None) -> None:
     """Impossible-setting checks shared by the generative notebooks (ValueError before compute):
