@@ -1512,7 +1512,7 @@ def evidence_markdown(results_root, run_prefix: str, baseline: str = "DiM") -> s
             key = (e["method"], e.get("variant") or "", pr.get("name"), pr.get("selection", "last"), e["ipc"])
             cells.setdefault(key, {})[seed] = e["accs"]
     lines = ["| method | protocol · selection | IPC | mean ± std (all networks) | seeds | "
-             f"paired vs {baseline} (95% CI) | verdict |", "|---|---|---|---|---|---|---|"]
+             f"paired vs {baseline} (95% CI) | method > {baseline}? |", "|---|---|---|---|---|---|---|"]
     for key in sorted(cells, key=lambda k: (k[2], k[3], k[4], k[0] != baseline, k[0], k[1])):
         method, variant, proto, sel, ipc = key
         by_seed = cells[key]
