@@ -21,22 +21,32 @@ from .train import embed_all  # noqa: F401  (re-exported: the notebooks import i
 POOL_KINDS = ("random", "idm", "pretrained")
 
 
-def make_pool(kind: str, dataset, model: str = "ConvNet", *, device=None, generator=None, seed: int = 0, **kw):
+def make_pool(kind: str, dataset, model: str = "ConvNet", *, device=None, generator=None, seed: int = 0,
+              model_kw: dict | None = None, **kw):
     """Build a model pool by kind: ``"random"`` (DM: a fresh init per iteration),
     ``"idm"`` (IDM's queue of partly trained nets, :class:`ddkit.pools.IDMQueue`; ``kw`` are
     its settings) or ``"pretrained"`` (:class:`ddkit.pools.PretrainedPool`; ``kw``:
     ``num_models``, ``epochs``, ``train_per_class``, ``augment``, ``cache_dir``, ...).
+    ``model_kw``: architecture arguments of the pool's networks (e.g. ``{"width": 64}``, see :func:`conv_kw`).
     An unknown kind raises ``ValueError`` listing :data:`POOL_KINDS`, before any work."""
     if kind not in POOL_KINDS:
         raise ValueError(f"unknown pool kind {kind!r}; expected one of {list(POOL_KINDS)}")
     if kind == "random":
         if kw:
             raise ValueError(f"the random pool takes no settings, got {sorted(kw)}")
-        return RandomPool.for_dataset(model, dataset, device=device)
+        return RandomPool.for_dataset(model, dataset, device=device, **(model_kw or {}))
     if kind == "idm":
         return IDMQueue(model, dataset.channels, dataset.num_classes, dataset.im_size, device=device,
-                        generator=generator, **kw)
-    return PretrainedPool(model, dataset, seed=seed, device=device, **kw)
+                        generator=generator, **kw, **(model_kw or {}))
+    return PretrainedPool(model, dataset, seed=seed, device=device, **kw, **(model_kw or {}))
+
+
+def conv_kw(architecture: str, width: int) -> dict:
+    """``{"width": width}`` for the ConvNet family when ``width`` > 0, else ``{}`` (the architecture's
+    default: 128, the reference ConvNet). Lets a CPU run narrow the matching and evaluation ConvNets."""
+    if not isinstance(width, int) or isinstance(width, bool) or width < 0:
+        raise ValueError(f"width={width!r} must be an int >= 0 (0 = the architecture's default)")
+    return {"width": width} if width and architecture.startswith("ConvNet") else {}
 
 
 def check_weights(**weights) -> None:
