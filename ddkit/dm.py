@@ -256,10 +256,25 @@ def chain_steps(*hooks):
     return after_step
 
 
-def evaluate_models(x, y, dataset, models, **kw) -> dict:
-    """``{architecture: EvalResult}`` of one synthetic set on each of ``models`` (same protocol ``kw``)."""
-    from .evaluate import evaluate_synset
-    return {m: evaluate_synset(x, y, dataset, model=m, **kw) for m in models}
+def protocol_evaluator(dataset, protocol: str, *, num_models: int, epochs: int, seed: int, device=None,
+                       compile: str = "off", width: int = 0):
+    """``evaluate(x, y, model) -> EvalResult``: a synthetic set trained on ``num_models`` fresh ``model``
+    networks for ``epochs`` under the named protocol of ``ddkit.evaluate.PROTOCOLS`` (its schedule, batch
+    and CutMix; the run's epochs), the same for every set a notebook evaluates (the accuracy curve, the
+    cross-architecture table). ``compile``: the notebook's 'auto' / 'on' / 'off'; ``width``: ConvNet width
+    (:func:`conv_kw`)."""
+    from .evaluate import PROTOCOLS, evaluate_synset
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; expected one of {list(PROTOCOLS)}")
+    settings = {k: v for k, v in PROTOCOLS[protocol].items() if k != "epochs"}
+
+    def evaluate(x, y, model: str = "ConvNet"):
+        return evaluate_synset(x, y, dataset, model=model, num_models=num_models, epochs=epochs, seed=seed,
+                               device=device, compile=compile_flag(compile), model_kw=conv_kw(model, width),
+                               **settings)
+
+    return evaluate
 
 
 def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float, budget: str) -> str:
