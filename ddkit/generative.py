@@ -65,7 +65,8 @@ from .models import MODEL_NAMES, get_model, reinit_
 from .evaluate import EvalResult, evaluate_synset
 from .losses import logit_matching_loss
 from .train import sgd
-from .utils import REPO_ROOT, atomic_torch_save, make_generator, safe_torch_load
+from .results import resolve_results_dir
+from .utils import atomic_torch_save, make_generator, safe_torch_load
 
 __all__ = [
     "GAN_LOSSES", "DEFAULT_POOL", "EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "FIXED_SETS", "MATCH_FORMS",
@@ -789,7 +790,7 @@ def stage1_key(dataset, cfg: dict) -> str:
 
 
 def default_cache_dir(results_dir: str | Path | None = None) -> Path:
-    base = Path(results_dir) if results_dir else REPO_ROOT / "results"
+    base = resolve_results_dir(results_dir)
     return base / "gan_cache"
 
 

@@ -51,7 +51,8 @@ from pathlib import Path  # noqa: E402
 
 from .augment import DSA  # noqa: E402
 from .train import accuracy, sgd, train_classifier, train_steps  # noqa: E402
-from .utils import REPO_ROOT, atomic_torch_save, make_generator, resolve_device, safe_torch_load  # noqa: E402
+from .results import resolve_results_dir
+from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load  # noqa: E402
 
 
 # --------------------------------------------------------------------------- IDM queue
@@ -305,7 +306,7 @@ class PretrainedPool:
             "momentum": float(momentum), "weight_decay": float(weight_decay), "batch_size": int(batch_size),
         }
         if path is None:
-            cache_dir = Path(cache_dir) if cache_dir else REPO_ROOT / "results" / "pools"
+            cache_dir = Path(cache_dir) if cache_dir else resolve_results_dir() / "pools"
             extra = {k: self.meta[k] for k in ("lr", "momentum", "weight_decay", "batch_size")}
             extra["model_kw"] = self.meta["model_kw"]
             default = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .models import get_model
-from .utils import REPO_ROOT, atomic_torch_save, make_generator, resolve_device, safe_torch_load
+from .results import resolve_results_dir
+from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 FORMAT = "ddkit.trajectory/1"
 SCHEDULES = ("constant", "step", "cosine")
@@ -274,7 +275,7 @@ def get_trajectory(dataset, model: str = "ConvNet", *, epochs: int = 2, batch_si
     key = trajectory_key(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
                          model_kw=model_kw)
-    root = Path(results_dir) if results_dir else REPO_ROOT / "results"  # as ddkit.results.resolve_results_dir
+    root = resolve_results_dir(results_dir)
     path = trajectory_path(root / "trajectories", key)
     if cache and path.exists():
         return load_trajectory(path, expect=key)
