@@ -267,7 +267,7 @@ class PretrainedPool:
     in ``.accs``, NaN when skipped) is shown on the progress bar.
 
     Cache: ``<cache_dir>/<dataset>_<model>_M<M>_E<E>_seed<seed>[_n<k>][_dsa][_<hash>].pt`` (default
-    ``cache_dir`` = ``<repo>/results/pools``; the hash only when lr, momentum, weight decay, batch size
+    ``cache_dir`` = ``ddkit.results.resolve_results_dir() / "pools"``; the hash only when lr, momentum, weight decay, batch size
     or model arguments differ from the defaults), holding a ``meta`` dict (dataset name and
     fingerprint, shapes, model, M, E, seed, training settings) and the state dicts. A file
     whose key matches is reused (a partial file, from an interrupted build, is completed);

@@ -112,6 +112,9 @@ from typing import Any, Sequence
 
 import yaml
 
+from .results import notebook_key, resolve_results_dir
+from .utils import REPO_ROOT, atomic_write_bytes
+
 __all__ = [
     "Run",
     "SweepSummary",
@@ -124,7 +127,6 @@ __all__ = [
     "sweep",
     "validate_params_file",
     "default_notebooks_dir",
-    "default_results_dir",
 ]
 
 GRID_KEYS = ("notebook", "description", "name", "params", "grid", "resources")
@@ -137,29 +139,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 # --------------------------------------------------------------------------- paths
-def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "notebooks").is_dir() or (root / "pyproject.toml").is_file() else None
-
-
 def default_notebooks_dir() -> Path:
     """``<repo>/notebooks`` when ddkit runs from a checkout, else ``./notebooks``."""
-    root = _repo_root()
-    return (root / "notebooks") if root is not None else Path.cwd() / "notebooks"
-
-
-def default_results_dir() -> Path:
-    """``<repo>/results`` when ddkit runs from a checkout, else ``./results``."""
-    root = _repo_root()
-    return (root / "results") if root is not None else Path.cwd() / "results"
-
-
-def _notebook_key(stem: str) -> str:
-    try:  # the lead's canonical mapping
-        from ddkit.results import notebook_key
-    except Exception:  # pragma: no cover - foundation not importable
-        return re.sub(r"^\d+[_-]", "", stem)
-    return notebook_key(stem)
+    root = REPO_ROOT
+    return root / "notebooks" if (root / "notebooks").is_dir() else Path.cwd() / "notebooks"
 
 
 # --------------------------------------------------------------------------- notebook parameters
@@ -456,7 +439,7 @@ def _expand_document(
         runs.append(
             Run(
                 notebook=str(nb),
-                key=_notebook_key(nb.stem),
+                key=notebook_key(nb.stem),
                 run_name=_sanitize(name),
                 params=values,
                 results_dir=str(results_dir),
@@ -524,7 +507,7 @@ def expand(
         paths = [paths]
     if not paths:
         raise ValueError("no grid file given")
-    results_dir = Path(results_dir or default_results_dir()).expanduser().resolve()
+    results_dir = resolve_results_dir(results_dir).expanduser().resolve()
     nbdir = Path(notebooks_dir).expanduser().resolve() if notebooks_dir else None
     runs: list[Run] = []
     for p in paths:
@@ -601,9 +584,8 @@ def _now() -> str:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """``sweep.json`` / ``error.json``: any value rendered with ``str`` (tracebacks, paths)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def _failing_cell(nb_path: Path, cell_index: int | None) -> str:
