@@ -4,9 +4,9 @@ Examples::
 
     ddkit sweep params/demo.yaml --dry-run          # list the runs and their status
     ddkit sweep params/demo.yaml --workers 2        # run what is missing, 2 at a time
-    ddkit sweep params/paper/03_iid/cifar10.yaml --scheduler tcp://10.0.0.5:8786
-    ddkit sweep grid.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
-    ddkit sweep params/paper/03_iid/cifar10.yaml --workers 2 --gpus 0,1   # one run per GPU
+    ddkit sweep params/paper/03_iid/dm_table1.yaml --scheduler tcp://10.0.0.5:8786
+    ddkit sweep params/paper/03_iid/dm_table1.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
+    ddkit sweep params/paper/03_iid/dm_table1.yaml --workers 2 --gpus 0,1   # one run per GPU
     ddkit report                                    # results/ -> results/report/
     ddkit report --results-dir results --out /tmp/report --formats md,csv --no-paper
 

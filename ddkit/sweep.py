@@ -54,7 +54,7 @@ of that file; a document's own values win key by key (a key a document puts in i
     params: {t_m: 2}
 
 A flat parameter file (a mapping of notebook keys only, no ``notebook:`` key), such as
-``params/cpu/03_iid.yaml`` or ``params/paper/03_iid/cifar10.yaml``, is one run; its
+``params/cpu/03_iid.yaml`` or ``params/paper/05_ead/cifar10.yaml``, is one run; its
 notebook is taken from the path (``params/cpu/<stem>.yaml``,
 ``params/paper/<stem>/*.yaml``).
 
