@@ -1,4 +1,4 @@
-"""Speed flags (issue 7) against the plain path: equal losses / outputs / accuracies within
+"""Speed flags against the plain path: equal losses / outputs / accuracies within
 float tolerance. No timing assertions (timings live in bench/)."""
 import copy
 
