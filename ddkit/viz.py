@@ -64,7 +64,7 @@ def image_grid(x: torch.Tensor, y: torch.Tensor, dataset, per_class: int | None 
     fig, axes = plt.subplots(k, 1, figsize=(cols * scale, k * scale), squeeze=False)
     for c, idx in enumerate(rows):
         ax = axes[c][0]
-        row = imgs[idx[:cols]] if len(idx) else np.ones_like(imgs[:1])
+        row = imgs[idx[:cols].numpy()] if len(idx) else np.ones_like(imgs[:1])
         ax.imshow(tile(row, cols=cols, rows=1), cmap="gray" if row.ndim == 3 else None, vmin=0, vmax=1)
         ax.set_xticks([]), ax.set_yticks([])
         for s in ax.spines.values():

@@ -59,3 +59,9 @@ def test_class_grid_rows_are_classes_and_columns_transpose():
     assert rows[29 * 2, 29] == pix[6] and rows[0, 0] == pix[0]   # class 2, 2nd image = image 6
     cols = class_grid(x, y, ds, classes_as="columns")
     assert cols.shape == (2 * 29 - 1, 4 * 29 - 1) and cols[29, 29 * 2] == pix[6]
+
+
+def test_image_grid_draws_one_image_per_class_at_ipc_1():
+    ds = _ds()
+    fig = image_grid(ds.x_train[:4], ds.y_train[:4], ds)
+    assert [a.images[0].get_array().shape for a in fig.axes] == [(28, 28)] * 4
