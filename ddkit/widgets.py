@@ -218,7 +218,7 @@ class GeneratorViewer(_Viewer):
     """Redraw a conditional generator's samples while sliding class, IPC and seed.
 
     ``generator``: an object with ``generate(labels, z=None)`` (e.g.
-    ``ddkit.generative.ConditionalGenerator``) or a callable ``f(labels, z)`` /
+    ``ddkit.gan_nets.ConditionalGenerator``) or a callable ``f(labels, z)`` /
     ``f(labels)``, returning (n, C, H, W) images in the normalised space. Latents: when
     ``latent_dim`` is known (argument, or the generator's ``z_dim``/``latent_dim``/``nz``)
     ``z = randn(ipc, latent_dim)`` from a CPU ``torch.Generator`` seeded with the seed
