@@ -1,8 +1,8 @@
 """One IID and one DSDM iteration (IPC 10, batch_real 256, DSA, ConvNet-3, 28x28).
 
-The objectives are the notebooks' (notebooks/03_iid.ipynb, 04_dsdm.ipynb: ``ddkit.losses`` terms on
-``ddkit.dm.embed_and_map`` / ``per_class_forward``), rebuilt here so the benchmark does not
-execute a notebook. Pools are stand-ins with the same compute: IID's L_CC pool (pretrained
+The objectives are the notebooks' own: the ``objective`` cells of notebooks/03_iid.ipynb and
+04_dsdm.ipynb, loaded and run as they are (``ddkit.notebook_cells.run_tagged``; the rest of the
+notebook is not executed). Pools are stand-ins with the same compute: IID's L_CC pool (pretrained
 ResNet18s) is a ``RandomPool("ResNet18")``, DSDM's pretrained ConvNet pool a
 ``RandomPool("ConvNet")`` (a draw costs a re-initialisation instead of a state-dict load; the
 iteration's arithmetic is the same). DSDM uses factor 2 (4 decoded images per stored image),
@@ -15,33 +15,26 @@ import time
 
 import torch
 
-from bench import alternate_per_iteration, bench_dataset, ratio_summary, summary
+from bench import REPO, alternate_per_iteration, bench_dataset, ratio_summary, summary
 from bench.reference import dm_family_reference, new_network
-from ddkit.distill import distill, init_synthetic, per_class_forward
-from ddkit.dm import embed_and_map, pixel_bounds, update_bank
-from ddkit.losses import (PrototypeBank, class_centralization_loss, class_prototypes, historical_prototype_loss,
-                          local_covariance_loss, mean_embedding_loss, semantic_diversity_loss)
+from ddkit.distill import distill, init_synthetic
+from ddkit.dm import pixel_bounds, update_bank
+from ddkit.losses import PrototypeBank, class_centralization_loss, local_covariance_loss, semantic_diversity_loss
+from ddkit.notebook_cells import run_tagged
 from ddkit.pools import RandomPool
 from ddkit.utils import make_generator
 
 FLAGS = {"compile": True, "channels_last": False}
 LAMBDA_CC, LAMBDA_CM, LAMBDA_SD, LAMBDA_H = 0.05, 0.01, 50.0, 0.2
+NOTEBOOKS = REPO / "notebooks"
 
 
 # ----------------------------------------------------------------------------------- IID
 def iid_objective(cc_pool, generator):
-    def objective(batch):
-        net, C, y_real, y_syn = batch.net, batch.num_classes, batch.y_real, batch.y_syn
-        with torch.no_grad():
-            f_real, m_real = embed_and_map(net, batch.x_real, y_real, C)
-        f_syn, m_syn = embed_and_map(net, batch.x_syn, y_syn, C)
-        terms = {"dm": mean_embedding_loss(f_real, y_real, f_syn, y_syn, C),
-                 "cm": LAMBDA_CM * local_covariance_loss(m_real, y_real, m_syn, y_syn, C)}
-        cc_net = cc_pool.draw(generator)
-        g = per_class_forward(cc_net.embed, cc_net, batch.x_syn, y_syn, C)
-        terms["cc"] = LAMBDA_CC * class_centralization_loss(g, y_syn, C, 0.02, 0.0, form="squared")
-        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
-    return objective
+    """Notebook 03's objective (IID Eq. 8, DM base) at the benchmark's weights."""
+    make = run_tagged(NOTEBOOKS / "03_iid.ipynb", "objective")["make_iid_objective"]
+    return make(cc_pool=cc_pool, lambda_cc=LAMBDA_CC, lambda_cm=LAMBDA_CM, cc_form="squared", alpha=0.02, beta=0.0,
+                generator=generator)
 
 
 def iid_class_terms(_net, extra, f_real, m_real, f_syn, m_syn, x_syn, _it):
@@ -57,18 +50,9 @@ def iid_class_terms(_net, extra, f_real, m_real, f_syn, m_syn, x_syn, _it):
 
 # ---------------------------------------------------------------------------------- DSDM
 def dsdm_objective(bank):
-    def objective(batch):
-        net, C, y_real, y_syn = batch.net, batch.num_classes, batch.y_real, batch.y_syn
-        with torch.no_grad():
-            f_real = per_class_forward(net.embed, net, batch.x_real, y_real, C)
-        f_syn = per_class_forward(net.embed, net, batch.x_syn, y_syn, C)
-        terms = {"proto": mean_embedding_loss(f_real, y_real, f_syn, y_syn, C),
-                 "sd": LAMBDA_SD * semantic_diversity_loss(f_real, y_real, f_syn, y_syn, C, unbiased=True)}
-        if bank.initialized:
-            mu_syn, present = class_prototypes(f_syn, y_syn, C)
-            terms["h"] = LAMBDA_H * historical_prototype_loss(mu_syn, bank, scale=1.0 / f_syn.shape[1], mask=present)
-        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
-    return objective
+    """Notebook 04's objective (DSDM Eq. 9) at the benchmark's weights."""
+    make = run_tagged(NOTEBOOKS / "04_dsdm.ipynb", "objective")["make_dsdm_objective"]
+    return make(bank, lambda_sd=LAMBDA_SD, sd_unbiased=True, lambda_h=LAMBDA_H, h_scale="1/d")
 
 
 def dsdm_class_terms(bank, c):

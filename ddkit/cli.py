@@ -4,9 +4,9 @@ Examples::
 
     ddkit sweep params/demo.yaml --dry-run          # list the runs and their status
     ddkit sweep params/demo.yaml --workers 2        # run what is missing, 2 at a time
-    ddkit sweep params/paper/03_iid/cifar10.yaml --scheduler tcp://10.0.0.5:8786
-    ddkit sweep grid.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
-    ddkit sweep params/paper/03_iid/cifar10.yaml --workers 2 --gpus 0,1   # one run per GPU
+    ddkit sweep params/paper/03_iid/dm_table1.yaml --scheduler tcp://10.0.0.5:8786
+    ddkit sweep params/paper/03_iid/dm_table1.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
+    ddkit sweep params/paper/03_iid/dm_table1.yaml --workers 2 --gpus 0,1   # one run per GPU
     ddkit report                                    # results/ -> results/report/
     ddkit report --results-dir results --out /tmp/report --formats md,csv --no-paper
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("grid", nargs="+", help="grid or params YAML file(s)")
     s.add_argument("-w", "--workers", type=int, default=1, help="local parallel runs (default 1)")
     s.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
-    s.add_argument("--results-dir", default=None, help="default: <repo>/results")
+    s.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else ./results")
     s.add_argument("--notebooks-dir", default=None, help="default: <repo>/notebooks")
     s.add_argument("--set", dest="overrides", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="override a parameter in every run (YAML value), repeatable")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect every result.json under --results-dir; write Table-1 style, "
         "cross-architecture and ablation tables (Markdown/LaTeX/CSV) and seaborn plots.",
     )
-    r.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else <repo>/results")
+    r.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else ./results")
     r.add_argument("--out", default=None, help="output folder (default: <results-dir>/report)")
     r.add_argument("--formats", default="md,tex,csv", help="comma list of md, tex, csv")
     r.add_argument("--no-paper", action="store_true", help="leave out the published numbers")

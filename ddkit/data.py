@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .utils import REPO_ROOT
+from .utils import REPO_ROOT, atomic_write_bytes
 
 # name -> (channels, (H, W), mean, std)
 _STATS = {
@@ -177,10 +176,7 @@ def _prepare_debian_fashion_mnist(root: Path) -> None:
         src = DEBIAN_FASHION_MNIST / f"{n}.gz"
         if not src.is_file():
             return
-        tmp = raw / f".{n}.tmp"
-        with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-            shutil.copyfileobj(fi, fo)
-        os.replace(tmp, raw / n)
+        atomic_write_bytes(raw / n, gzip.decompress(src.read_bytes()))
 
 
 def _missing(name, root, err):

@@ -1,5 +1,5 @@
-"""Shared pieces of the distribution-matching notebooks built on the DM loop (issue 4:
-IID, notebook 03; DSDM, notebook 04).
+"""Shared pieces of the distribution-matching notebooks built on the DM loop
+(IID, notebook 03; DSDM, notebook 04).
 
 The objectives themselves live in the notebooks (one visible cell each); what both notebooks
 would otherwise copy lives here: the pool factory with its checks, the (embedding, last
@@ -86,7 +86,7 @@ def pixel_lr_to_normalized(lr_pixel: float, dataset) -> float:
 
 def dsdm_lr(ipc: int, dataset=None, base: float = 0.1) -> float:
     """DSDM's image learning rate ``base * ipc / 10`` (0.01 at IPC 1, 0.1 at IPC 10, 0.5 at IPC 50;
-    REFERENCE_NOTES seed 4). The reference optimises [0, 1] pixels; with a ``dataset`` the rate is
+    REFERENCE_NOTES on papers/04). The reference optimises [0, 1] pixels; with a ``dataset`` the rate is
     converted to ddkit's normalised space (:func:`pixel_lr_to_normalized`)."""
     if ipc < 1:
         raise ValueError(f"ipc={ipc} must be >= 1")

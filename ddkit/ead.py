@@ -1,4 +1,4 @@
-"""EAD: effect alignment for dataset distillation (papers/05_ead.md, seed 5).
+"""EAD: effect alignment for dataset distillation (papers/05_ead.md).
 
 The replacement effect of swapping a group ``G`` of the training set ``D`` for a group ``A`` is
 ``R(G, A) = L(P, theta*_D) - L(P, theta*_{D-G+A})`` (Eq. 3). Unrolling SGD on ``D`` and

@@ -169,7 +169,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     reports, in ``selection["best_val"]``, the test accuracy at the best validation checkpoint.
     ``accs`` stays the last-epoch accuracy; checkpoints do not change training (same numbers).
 
-    Speed flags (issue 7): ``compile`` True / False / "auto" trains and tests through one
+    Speed flags: ``compile`` True / False / "auto" trains and tests through one
     ``torch.compile``d module per architecture and device, kept for the whole process: each
     network's fresh weights (same seed rule, so the same initial weights as the plain path) are
     loaded into it in place, so the graph is compiled once, not once per network; "auto"

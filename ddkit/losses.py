@@ -13,9 +13,6 @@ Per-class work is batched (``index_add`` over labels, one matmul per term); no f
 synchronises with the device in its default path (shape checks only). Labels outside
 ``[0, num_classes)`` are not checked on the device (that would need a sync): on CPU
 ``index_add`` raises, on CUDA it triggers a device-side assert.
-
-Paper references: seed 1 = GAN global/local (papers/01), seed 2 = GAN + SKD (papers/02),
-IID = seed 3 (papers/03), DSDM = seed 4 (papers/04), EAD = seed 5 (papers/05).
 """
 
 from __future__ import annotations
@@ -205,7 +202,7 @@ def class_centralization_loss(f_syn, y_syn, num_classes, alpha, beta, form="exp"
 
     ``form="squared"``: the official IID code's simplified form
     ``L = sum_c sum_j ||f_j - mean_c||^2`` (alpha and beta are ignored). The IID paper's
-    numbers most likely came from this code form (REFERENCE_NOTES, seed 3).
+    numbers most likely came from this code form (REFERENCE_NOTES on papers/03).
 
     reduction: ``"sum"`` over samples (paper), ``"mean"`` over samples, ``"none"`` the (N,)
     per-sample terms. A class with one sample has distance 0 (term exp(0) - beta).
@@ -268,7 +265,7 @@ def semantic_diversity_loss(f_real, y_real, f_syn, y_syn, num_classes, unbiased=
     ``L = sum_c (1/D) || Cov_real_c - Cov_syn_c ||_F^2``, ``Cov_c`` the D x D covariance of
     the class's feature vectors with divisor N_c (the paper, default) or N_c - 1
     (``unbiased=True``, the official DSDM code; the paper's numbers most likely came from
-    the code, REFERENCE_NOTES seed 4). With ``unbiased=True`` a class present on both sides
+    the code, REFERENCE_NOTES on papers/04). With ``unbiased=True`` a class present on both sides
     with fewer than 2 samples raises ValueError. Classes absent from either side are skipped.
 
     method: ``"gram"`` (default) computes the same quantity without forming D x D matrices,
@@ -470,7 +467,7 @@ class PrototypeBank:
                 f"num_updates={self.num_updates})")
 
 
-# --------------------------------------------------------------------------- seeds 1 and 2
+# --------------------------------------------------------------------------- GAN global/local and SKD (papers/01, 02)
 def _check_paired_logits(logits_syn, logits_real):
     """(B, K) synthetic and real logits of paired samples (same shape)."""
     _check_tensor(logits_syn, "logits_syn", 2)
@@ -481,7 +478,7 @@ def _check_paired_logits(logits_syn, logits_real):
 
 
 def logit_matching_loss(logits_syn, logits_real, reduction="sum", space="logit"):
-    """Global (logit) matching: seed 1 Eq. 6.
+    """Global (logit) matching: papers/01 Eq. 6.
 
     ``L_global = sum_k sum_b (l_syn[b, k] - l_real[b, k])^2`` over paired samples (sample b
     of each batch, same label). reduction: ``"sum"`` (paper), ``"mean"`` over all B*K
@@ -489,8 +486,8 @@ def logit_matching_loss(logits_syn, logits_real, reduction="sum", space="logit")
 
     space: ``"logit"`` (paper) compares raw logits; ``"log_softmax"`` compares
     log-softmax outputs, DiM's code term ``mean((log_softmax(real) - log_softmax(syn))^2)``
-    (use ``reduction="mean"``; the 0.01 weight is w_g, applied by the caller). The seed-1
-    numbers most likely came from DiM's form (REFERENCE_NOTES seed 1).
+    (use ``reduction="mean"``; the 0.01 weight is w_g, applied by the caller). The papers/01
+    numbers most likely came from DiM's form (REFERENCE_NOTES on papers/01).
     """
     _check_paired_logits(logits_syn, logits_real)
     if space not in ("logit", "log_softmax"):
@@ -508,7 +505,7 @@ def logit_matching_loss(logits_syn, logits_real, reduction="sum", space="logit")
 
 
 def feature_matching_loss(f_syn, f_real, reduction="sum", pairing="sample", norm="l2"):
-    """Local (mid-layer feature) matching: seed 1 Eq. 7.
+    """Local (mid-layer feature) matching: papers/01 Eq. 7.
 
     ``L_local = sum_b sum_k (f_syn[b, k] - f_real[b, k])^2`` over paired samples and every
     feature entry (features of any shape (B, ...), e.g. (B, C, h, w) maps).
@@ -517,7 +514,7 @@ def feature_matching_loss(f_syn, f_real, reduction="sum", pairing="sample", norm
     features ``mean_b f_syn[b] - mean_b f_real[b]`` (batch sizes may then differ) and
     ``norm="l1"`` uses absolute instead of squared differences. DiM's term is
     ``pairing="batch_mean", norm="l1", reduction="sum"`` (times w_l = 0.001 in the caller);
-    the seed-1 numbers most likely came from it (REFERENCE_NOTES seed 1).
+    the papers/01 numbers most likely came from it (REFERENCE_NOTES on papers/01).
 
     reduction: ``"sum"`` (paper), ``"mean"`` over all compared entries, ``"none"`` the
     elementwise differences' terms. ``f_syn``/``f_real`` may also be equal-length lists of
@@ -567,7 +564,7 @@ def feature_matching_loss(f_syn, f_real, reduction="sum", pairing="sample", norm
 
 
 def standardize_logits(x, tau, eps=1e-7):
-    """Logit standardisation: seed 2 Eq. 3.
+    """Logit standardisation: papers/02 Eq. 3.
 
     ``Z(x; tau) = (x - mean(x)) / ((std(x) + eps) * tau)`` per row (over the class
     dimension, the last one), std unbiased (N - 1), as in "Logit Standardization in KD".
@@ -584,7 +581,7 @@ def standardize_logits(x, tau, eps=1e-7):
 
 
 def skd_loss(logits_syn, logits_real, tau, standardize=True, reduction="batchmean", eps=1e-7):
-    """Self-knowledge distillation loss: seed 2 Eq. 4-6.
+    """Self-knowledge distillation loss: papers/02 Eq. 4-6.
 
     ``d(x) = softmax(Z(x; tau))`` (Eq. 4-5; ``Z`` = :func:`standardize_logits`, or
     ``x / tau`` with ``standardize=False``, the "No Stand." ablation) and
@@ -611,7 +608,7 @@ def skd_loss(logits_syn, logits_real, tau, standardize=True, reduction="batchmea
     return kl
 
 
-# --------------------------------------------------------------------------- seed 5 (EAD)
+# --------------------------------------------------------------------------- EAD (papers/05)
 def _as_grad_list(entry, name: str):
     if isinstance(entry, torch.Tensor):
         return [entry]
@@ -652,7 +649,7 @@ def effect_alignment_loss(probe_grads, real_grads, syn_grads, real_coef=1.0, wei
     ``weights`` (length T, default ones) can carry e.g. the learning rates eta_t (TracIn).
     ``real_coef`` is the coefficient of the real term: the paper writes (1 - alpha) with
     alpha = :func:`replacement_alpha`; with mean-normalised losses the first-order effect
-    has coefficient 1 (REFERENCE_NOTES seed 5), the default. Differentiable w.r.t. all
+    has coefficient 1 (REFERENCE_NOTES on papers/05), the default. Differentiable w.r.t. all
     inputs (build ``syn_grads`` with ``create_graph=True``). ``absolute=False`` returns the
     signed value inside the bars.
     """

@@ -42,7 +42,7 @@ class RandomPool:
         """Random networks are not trained."""
 
 
-# =========================================================================== issue 4
+# =========================================================================== IDM queue, pretrained pool
 # IDMQueue and PretrainedPool (IDM / IID / DSDM). Imports for this section only.
 import copy  # noqa: E402
 import hashlib  # noqa: E402
@@ -56,7 +56,7 @@ from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch
 
 
 # --------------------------------------------------------------------------- IDM queue
-# (issue 4) Facts from the IDM / IID reference code (REFERENCE_NOTES, "IDM"): 3 nets at the
+# Facts from the IDM / IID reference code (REFERENCE_NOTES, "IDM"): 3 nets at the
 # start, a new randomly initialised net pushed every 30 iterations (the oldest dropped beyond
 # 100), 1-2 nets used per iteration, afterwards 2 random nets of the queue take 10 SGD steps
 # (lr 0.01, momentum 0.9, wd 5e-4, each net keeps its own optimizer) on random real batches of
@@ -230,7 +230,7 @@ class IDMQueue:
 
 
 # --------------------------------------------------------------------------- pretrained pool
-# (issue 4) IID: ResNet18 (instance norm) trained 40 epochs in the reference code (30 in the
+# IID: ResNet18 (instance norm) trained 40 epochs in the reference code (30 in the
 # paper), SGD 0.01 / 0.9 / 5e-4, batch 256, no augmentation, constant lr; a random one per
 # iteration. DSDM: M = 10 ConvNet-3 trained E = 20 epochs, one drawn per iteration.
 
@@ -267,7 +267,7 @@ class PretrainedPool:
     in ``.accs``, NaN when skipped) is shown on the progress bar.
 
     Cache: ``<cache_dir>/<dataset>_<model>_M<M>_E<E>_seed<seed>[_n<k>][_dsa][_<hash>].pt`` (default
-    ``cache_dir`` = ``<repo>/results/pools``; the hash only when lr, momentum, weight decay, batch size
+    ``cache_dir`` = ``ddkit.results.resolve_results_dir() / "pools"``; the hash only when lr, momentum, weight decay, batch size
     or model arguments differ from the defaults), holding a ``meta`` dict (dataset name and
     fingerprint, shapes, model, M, E, seed, training settings) and the state dicts. A file
     whose key matches is reused (a partial file, from an interrupted build, is completed);

@@ -97,14 +97,9 @@ def canonical_method(name: Any) -> str:
     return _ALIASES.get(re.sub(r"[^a-z0-9]", "", s.lower()), s)
 
 
-def default_results_dir() -> Path:
-    """``ddkit.results.resolve_results_dir("")`` (``$DDKIT_RESULTS`` or the repository's ``results/``)."""
-    return resolve_results_dir("")
-
-
 def default_out_dir(results_dir: str | os.PathLike | None = None) -> Path:
     """``<results_dir>/report`` (the Makefile's ``make demo`` location)."""
-    return Path(results_dir or default_results_dir()) / "report"
+    return resolve_results_dir(results_dir) / "report"
 
 
 # --------------------------------------------------------------------------- reading
@@ -258,7 +253,7 @@ def collect(results_dir: str | os.PathLike | None = None, include_test: bool = F
     ``protocol_label`` the protocol's short name. Unreadable files are skipped with a warning
     (``df.attrs["skipped"]``); test/tiny runs are left out unless ``include_test``
     (``df.attrs["excluded"]`` counts them)."""
-    root = Path(results_dir) if results_dir else default_results_dir()
+    root = resolve_results_dir(results_dir)
     rows, skipped, excluded = [], [], 0
     for f in sorted(root.rglob("result.json")) if root.is_dir() else []:
         try:

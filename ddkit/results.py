@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import REPO_ROOT, atomic_torch_save, atomic_write_bytes, atomic_write_json, environment_info, \
+from .utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment_info, \
     safe_torch_load
 
 REQUIRED_KEYS = ("method", "dataset", "ipc", "model", "params", "accs", "mean", "std", "seconds",
@@ -30,15 +30,17 @@ def notebook_key(stem: str) -> str:
 
 
 def resolve_results_dir(results_dir: str | Path | None = "") -> Path:
-    """The results folder: ``results_dir`` when given, else ``$DDKIT_RESULTS``, else ``<repo>/results``
-    when ddkit runs from a checkout (notebooks run with their own folder as the working directory,
-    so the repository's folder keeps Jupyter, sweeps and ``ddkit report`` on one place), else
-    ``./results``. Relative paths are taken from the current directory."""
+    """The results folder, the one rule every ddkit module uses: ``results_dir`` when given, else
+    ``$DDKIT_RESULTS``, else ``./results`` of the current working directory (never a folder found
+    from the package's own location, which after ``pip install`` is site-packages). Relative paths
+    are taken from the current directory. Jupyter starts a notebook's kernel in ``notebooks/``, so an
+    interactive run writes ``notebooks/results`` unless ``$DDKIT_RESULTS`` or ``results_dir`` says
+    otherwise; sweeps pass their (absolute) ``--results-dir``."""
     if results_dir:
         return Path(results_dir)
     if os.environ.get(RESULTS_ENV):
         return Path(os.environ[RESULTS_ENV])
-    return REPO_ROOT / "results" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / "results"
+    return Path.cwd() / "results"
 
 
 def current_run_kind(run_kind: str | None = None) -> str:

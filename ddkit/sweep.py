@@ -54,16 +54,16 @@ of that file; a document's own values win key by key (a key a document puts in i
     params: {t_m: 2}
 
 A flat parameter file (a mapping of notebook keys only, no ``notebook:`` key), such as
-``params/cpu/03_iid.yaml`` or ``params/paper/03_iid/cifar10.yaml``, is one run; its
+``params/cpu/03_iid.yaml`` or ``params/paper/05_ead/cifar10.yaml``, is one run; its
 notebook is taken from the path (``params/cpu/<stem>.yaml``,
 ``params/paper/<stem>/*.yaml``).
 
 Validation happens for every document of every file before any run starts: unknown
 notebook, unknown key (not in the notebook's ``parameters`` cell, read with
-``papermill.inspect_notebook``), wrong type (inferred from the default literal: an
-``int`` key takes ints, a ``float`` key ints or floats, ``str``/``bool``/``list`` keys
-their own type, a ``None`` default anything), empty grid lists, duplicate run names and
-malformed YAML raise ``ValueError`` naming the file and the key.
+``papermill.inspect_notebook``), a value the notebook's own ``SPEC`` rejects (the same
+``ddkit.params.Param`` checks ``check_params`` applies in the notebook: type, range,
+choices; :func:`notebook_spec`), empty grid lists, duplicate run names and malformed YAML
+raise ``ValueError`` naming the file and the key.
 
 Execution
 =========
@@ -112,19 +112,23 @@ from typing import Any, Sequence
 
 import yaml
 
+from .params import Param
+from .results import notebook_key, resolve_results_dir
+from .utils import REPO_ROOT, atomic_write_bytes
+
 __all__ = [
-    "Run",
+    "SweepRun",
     "SweepSummary",
     "expand",
     "load_grid_documents",
     "notebook_parameters",
+    "notebook_spec",
     "resolve_notebook",
     "run_status",
     "execute_run",
     "sweep",
     "validate_params_file",
     "default_notebooks_dir",
-    "default_results_dir",
 ]
 
 GRID_KEYS = ("notebook", "description", "name", "params", "grid", "resources")
@@ -137,29 +141,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 # --------------------------------------------------------------------------- paths
-def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "notebooks").is_dir() or (root / "pyproject.toml").is_file() else None
-
-
 def default_notebooks_dir() -> Path:
     """``<repo>/notebooks`` when ddkit runs from a checkout, else ``./notebooks``."""
-    root = _repo_root()
-    return (root / "notebooks") if root is not None else Path.cwd() / "notebooks"
-
-
-def default_results_dir() -> Path:
-    """``<repo>/results`` when ddkit runs from a checkout, else ``./results``."""
-    root = _repo_root()
-    return (root / "results") if root is not None else Path.cwd() / "results"
-
-
-def _notebook_key(stem: str) -> str:
-    try:  # the lead's canonical mapping
-        from ddkit.results import notebook_key
-    except Exception:  # pragma: no cover - foundation not importable
-        return re.sub(r"^\d+[_-]", "", stem)
-    return notebook_key(stem)
+    root = REPO_ROOT
+    return root / "notebooks" if (root / "notebooks").is_dir() else Path.cwd() / "notebooks"
 
 
 # --------------------------------------------------------------------------- notebook parameters
@@ -207,31 +192,79 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, ParamInfo]:
     return out
 
 
-def _type_ok(value: Any, typ: type | None) -> bool:
-    if typ is None:
-        return True
-    if typ is bool:
-        return isinstance(value, bool)
-    if typ is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if typ is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typ is list:
-        return isinstance(value, (list, tuple))
-    return isinstance(value, typ)
+_SPEC_CACHE: dict[tuple[str, float], dict[str, Param]] = {}
 
 
-def _check_value(key: str, value: Any, info: ParamInfo, where: str) -> Any:
-    if not _type_ok(value, info.type):
-        raise ValueError(
-            f"{where}: key {key!r} expects {info.type.__name__} (notebook default "
-            f"{info.default!r}), got {type(value).__name__} {value!r}"
-        )
-    if info.type is float and isinstance(value, int):
-        return float(value)  # inject 1.0, not 1, into a float key
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+def notebook_spec(path: str | os.PathLike) -> dict[str, Param]:
+    """The :class:`ddkit.params.Param` checks a notebook applies to its parameters, so that a sweep
+    rejects before any run what the notebook's ``check_params(globals(), SPEC)`` would reject.
+
+    The notebook's ``SPEC = ...`` (the first code cell assigning it) is evaluated together with the
+    statements of that cell it needs (its imports and assignments, traced by name), nothing else
+    of the notebook. A notebook without ``SPEC`` (a fixture, the report notebook) gets one check
+    per parameter-cell key from its default: the default's type (ints accepted for a float key),
+    any value for a ``None`` default."""
+    path = Path(path).resolve()
+    cache_key = (str(path), path.stat().st_mtime)
+    if cache_key not in _SPEC_CACHE:
+        params = notebook_parameters(path)
+        source = _spec_source(path)
+        if source is None:
+            _SPEC_CACHE[cache_key] = {k: Param(i.type or object) for k, i in params.items()}
+        else:
+            namespace = {k: i.default for k, i in params.items()}
+            try:
+                exec(compile(source, f"{path.name} (SPEC)", "exec"), namespace)  # noqa: S102 - the notebook's own cell
+            except Exception as exc:
+                raise ValueError(f"notebook {path.name}: cannot evaluate its SPEC ({type(exc).__name__}: {exc})") \
+                    from exc
+            _SPEC_CACHE[cache_key] = dict(namespace["SPEC"])
+    return _SPEC_CACHE[cache_key]
+
+
+def _spec_source(path: Path) -> str | None:
+    """The statements of the notebook's ``SPEC`` cell that ``SPEC = ...`` depends on (or None)."""
+    import nbformat
+
+    for cell in nbformat.read(str(path), as_version=4).cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []) or "SPEC" not in cell.source:
+            continue
+        try:
+            body = ast.parse(cell.source).body
+        except SyntaxError:
+            continue
+        at = next((i for i, st in enumerate(body) if isinstance(st, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "SPEC" for t in st.targets)), None)
+        if at is not None:
+            return ast.unparse(_needed_statements(body[:at + 1]))
+    return None
+
+
+def _needed_statements(body: list) -> list:
+    """The last statement of ``body`` and, walking back, the imports and assignments it needs."""
+    need = {n.id for n in ast.walk(body[-1].value) if isinstance(n, ast.Name)}
+    kept = [body[-1]]
+    for st in reversed(body[:-1]):
+        if isinstance(st, (ast.Import, ast.ImportFrom)):
+            names = [a for a in st.names if (a.asname or a.name.split(".")[0]) in need]
+            if names:
+                kept.append(type(st)(**{**{f: getattr(st, f) for f in st._fields}, "names": names}))
+        elif isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id in need for t in st.targets):
+            need |= {n.id for n in ast.walk(st.value) if isinstance(n, ast.Name)}
+            kept.append(st)
+    return ast.Module(body=kept[::-1], type_ignores=[])
+
+
+def _check_value(key: str, value: Any, check: Param | None, info: ParamInfo, where: str) -> Any:
+    """``value`` as the notebook will see it (``Param.validate``: an int for a float key becomes a float)."""
+    if check is None:
+        raise ValueError(f"{where}: key {key!r} is in the parameters cell but not in the notebook's SPEC, "
+                         f"so the notebook would reject it")
+    try:
+        return check.validate(key, list(value) if isinstance(value, tuple) else value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: key {key!r} expects {getattr(check.type, '__name__', check.type)} "
+                         f"(notebook default {info.default!r}): {exc}") from None
 
 
 def _check_key(key: str, spec: dict[str, ParamInfo], nb: Path, where: str) -> ParamInfo:
@@ -250,7 +283,7 @@ def _check_key(key: str, spec: dict[str, ParamInfo], nb: Path, where: str) -> Pa
 
 # --------------------------------------------------------------------------- runs
 @dataclasses.dataclass
-class Run:
+class SweepRun:
     """One papermill execution."""
 
     notebook: str  # absolute path of the input notebook
@@ -375,7 +408,7 @@ def _expand_document(
     overrides: dict | None,
     resources: dict | None,
     flat: bool,
-) -> list[Run]:
+) -> list[SweepRun]:
     if flat:
         nb = _infer_notebook(path, notebooks_dir)
         fixed, grid, template, res = dict(doc), None, None, {}
@@ -405,6 +438,7 @@ def _expand_document(
         res = dict(resources)
 
     spec = notebook_parameters(nb)
+    checks = notebook_spec(nb)
     missing = [k for k in SWEEP_KEYS if k not in spec]
     if missing:
         raise ValueError(
@@ -419,11 +453,11 @@ def _expand_document(
         if template is None and rn:
             template = str(rn)
     for k, v in list(fixed.items()):
-        fixed[k] = _check_value(k, v, _check_key(k, spec, nb, where), where)
+        fixed[k] = _check_value(k, v, checks.get(k), _check_key(k, spec, nb, where), where)
     for k, v in (overrides or {}).items():
         if k in SWEEP_KEYS:
             raise ValueError(f"--set {k}=...: {k} is set by the sweep itself")
-        fixed[k] = _check_value(k, v, _check_key(k, spec, nb, f"--set {k}"), f"--set {k}")
+        fixed[k] = _check_value(k, v, checks.get(k), _check_key(k, spec, nb, f"--set {k}"), f"--set {k}")
     combos, grid_keys = _grid_products(grid, where)
     for k in grid_keys:
         info = _check_key(k, spec, nb, where)
@@ -433,7 +467,7 @@ def _expand_document(
             raise ValueError(f"{where}: key {k!r} is both in 'params' and in 'grid'")
     for c in combos:
         for k, v in c.items():
-            c[k] = _check_value(k, v, spec[k], f"{where}: grid")
+            c[k] = _check_value(k, v, checks.get(k), spec[k], f"{where}: grid")
     defaults = {k: i.default for k, i in spec.items()}
     if template is None:
         stem = path.stem if path.stem != nb.stem else path.parent.name
@@ -454,9 +488,9 @@ def _expand_document(
         except (ValueError, IndexError, TypeError) as exc:
             raise ValueError(f"{where}: bad run-name template {template!r}: {exc}") from None
         runs.append(
-            Run(
+            SweepRun(
                 notebook=str(nb),
-                key=_notebook_key(nb.stem),
+                key=notebook_key(nb.stem),
                 run_name=_sanitize(name),
                 params=values,
                 results_dir=str(results_dir),
@@ -514,7 +548,7 @@ def expand(
     notebooks_dir: str | os.PathLike | None = None,
     overrides: dict | None = None,
     resources: dict | None = None,
-) -> list[Run]:
+) -> list[SweepRun]:
     """Read and validate grid files; return every run (nothing is executed).
 
     Raises ``ValueError`` naming the file (and key) for malformed files, unknown
@@ -524,9 +558,9 @@ def expand(
         paths = [paths]
     if not paths:
         raise ValueError("no grid file given")
-    results_dir = Path(results_dir or default_results_dir()).expanduser().resolve()
+    results_dir = resolve_results_dir(results_dir).expanduser().resolve()
     nbdir = Path(notebooks_dir).expanduser().resolve() if notebooks_dir else None
-    runs: list[Run] = []
+    runs: list[SweepRun] = []
     for p in paths:
         p = Path(p)
         docs = load_grid_documents(p)
@@ -539,7 +573,7 @@ def expand(
             if shared and not _is_flat(doc):
                 doc = _merge_defaults(shared, doc)
             runs += _expand_document(doc, p, where, results_dir, nbdir, overrides, resources, _is_flat(doc))
-    seen: dict[str, Run] = {}
+    seen: dict[str, SweepRun] = {}
     for r in runs:
         if r.label in seen:
             raise ValueError(
@@ -550,7 +584,7 @@ def expand(
     return runs
 
 
-def validate_params_file(path: str | os.PathLike, notebooks_dir: str | os.PathLike | None = None) -> list[Run]:
+def validate_params_file(path: str | os.PathLike, notebooks_dir: str | os.PathLike | None = None) -> list[SweepRun]:
     """Check that a params/grid file only uses keys (and types) its notebook declares."""
     return expand([path], results_dir=Path("/nonexistent-results"), notebooks_dir=notebooks_dir)
 
@@ -566,7 +600,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def run_status(run: Run) -> tuple[str, str]:
+def run_status(run: SweepRun) -> tuple[str, str]:
     """``("done" | "changed" | "failed" | "missing" | "invalid", detail)``."""
     res = run.out_dir / "result.json"
     if res.is_file():
@@ -601,9 +635,8 @@ def _now() -> str:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """``sweep.json`` / ``error.json``: any value rendered with ``str`` (tracebacks, paths)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def _failing_cell(nb_path: Path, cell_index: int | None) -> str:
@@ -621,7 +654,7 @@ def _failing_cell(nb_path: Path, cell_index: int | None) -> str:
     return ""
 
 
-def write_error(run: Run, exc: BaseException | str, seconds: float = 0.0) -> dict:
+def write_error(run: SweepRun, exc: BaseException | str, seconds: float = 0.0) -> dict:
     """Record a failure as ``<run>/error.json`` and return the record."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(exc, BaseException):
@@ -654,7 +687,7 @@ def write_error(run: Run, exc: BaseException | str, seconds: float = 0.0) -> dic
 
 
 def execute_run(
-    run: Run,
+    run: SweepRun,
     kernel_name: str | None = None,
     timeout: float | None = None,
     threads: int | None = None,
@@ -710,11 +743,11 @@ def execute_run(
 
 @dataclasses.dataclass
 class SweepSummary:
-    runs: list[Run]
-    done: list[tuple[Run, dict]] = dataclasses.field(default_factory=list)
-    skipped: list[Run] = dataclasses.field(default_factory=list)
-    failed: list[tuple[Run, str]] = dataclasses.field(default_factory=list)
-    pending: list[Run] = dataclasses.field(default_factory=list)  # dry run / interrupted
+    runs: list[SweepRun]
+    done: list[tuple[SweepRun, dict]] = dataclasses.field(default_factory=list)
+    skipped: list[SweepRun] = dataclasses.field(default_factory=list)
+    failed: list[tuple[SweepRun, str]] = dataclasses.field(default_factory=list)
+    pending: list[SweepRun] = dataclasses.field(default_factory=list)  # dry run / interrupted
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -750,13 +783,13 @@ def _line(outcome: dict, i: int, n: int) -> str:
     return f"[{i:>{w}}/{n}] FAILED {outcome['label']}: {outcome['error']}  -> {outcome['out_dir']}/error.json"
 
 
-def _describe(run: Run) -> str:
+def _describe(run: SweepRun) -> str:
     vals = " ".join(f"{k}={v!r}" for k, v in run.params.items())
     return f"{run.label}  [{vals}]"
 
 
 def sweep(
-    grid: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Run],
+    grid: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[SweepRun],
     workers: int = 1,
     scheduler: Any = None,
     results_dir: str | os.PathLike | None = None,
@@ -784,12 +817,12 @@ def sweep(
 
     out = out or sys.stdout
     t0 = time.time()
-    if isinstance(grid, (list, tuple)) and grid and all(isinstance(g, Run) for g in grid):
+    if isinstance(grid, (list, tuple)) and grid and all(isinstance(g, SweepRun) for g in grid):
         runs = list(grid)
     else:
         runs = expand(grid, results_dir, notebooks_dir, overrides, resources)
     summary = SweepSummary(runs=runs, dry_run=dry_run)
-    todo: list[Run] = []
+    todo: list[SweepRun] = []
     for r in runs:
         status, detail = run_status(r)
         if status == "done" and not force:
@@ -816,7 +849,7 @@ def sweep(
     bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, file=sys.stderr)
     count = 0
 
-    def finished(run: Run, outcome: dict) -> None:
+    def finished(run: SweepRun, outcome: dict) -> None:
         nonlocal count
         count += 1
         if outcome["status"] == "ok":
@@ -858,7 +891,7 @@ def _init_worker(gpus, counter) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
 
 
-def _run_local(todo: list[Run], workers: int, kw: dict, finished, gpus: Sequence[str] | None = None) -> None:
+def _run_local(todo: list[SweepRun], workers: int, kw: dict, finished, gpus: Sequence[str] | None = None) -> None:
     import concurrent.futures as cf
     import multiprocessing as mp
 
@@ -894,7 +927,7 @@ def _run_local(todo: list[Run], workers: int, kw: dict, finished, gpus: Sequence
     pool.shutdown(wait=True)
 
 
-def _run_dask(todo: list[Run], scheduler: Any, kw: dict, finished) -> None:
+def _run_dask(todo: list[SweepRun], scheduler: Any, kw: dict, finished) -> None:
     from dask.distributed import Client, as_completed
 
     own = False

@@ -68,7 +68,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
       resample-every-step protocol); ``steps_per_epoch`` defaults to ceil(len(x) / batch_size).
     - ``on_epoch_end(epochs_done)`` is called after each epoch (1, 2, ..., ``epochs``), e.g. to
       test the network periodically; it must leave the model's weights alone.
-    - Speed flags (issue 7; same maths as the plain path up to float reassociation):
+    - Speed flags (same maths as the plain path up to float reassociation):
       ``compile`` True / False / "auto" runs the forward (and its backward) through
       ``torch.compile`` once per module (reused when the module is re-initialised in place;
       "auto" compiles only when the expected eager work exceeds

@@ -269,7 +269,7 @@ def get_trajectory(dataset, model: str = "ConvNet", *, epochs: int = 2, batch_si
                    cache: bool = True, device=None, progress: bool = True) -> Trajectory:
     """The cached trajectory for this key, training (and caching) it when absent.
 
-    The file lives in ``<results_dir>/trajectories/`` (``results_dir=''``: ``<repo>/results``). A file
+    The file lives in ``<results_dir>/trajectories/`` (``ddkit.results.resolve_results_dir(results_dir)``). A file
     whose stored key differs from the requested one, or that is corrupt, raises ``ValueError``.
     """
     key = trajectory_key(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,

@@ -218,7 +218,7 @@ class GeneratorViewer(_Viewer):
     """Redraw a conditional generator's samples while sliding class, IPC and seed.
 
     ``generator``: an object with ``generate(labels, z=None)`` (e.g.
-    ``ddkit.generative.ConditionalGenerator``) or a callable ``f(labels, z)`` /
+    ``ddkit.gan_nets.ConditionalGenerator``) or a callable ``f(labels, z)`` /
     ``f(labels)``, returning (n, C, H, W) images in the normalised space. Latents: when
     ``latent_dim`` is known (argument, or the generator's ``z_dim``/``latent_dim``/``nz``)
     ``z = randn(ipc, latent_dim)`` from a CPU ``torch.Generator`` seeded with the seed
@@ -308,7 +308,9 @@ class GeneratorViewer(_Viewer):
         imgs = to_display(self.samples, self.denorm)
         cols = min(self.columns, ipc)
         rows = -(-ipc // cols)
-        grid = _tile(imgs, rows, cols)
+        from .viz import tile
+
+        grid = tile(imgs, cols=cols, rows=rows)
         fig = Figure(figsize=(1.1 * cols + 0.4, 1.1 * rows + 0.5))
         ax = fig.subplots()
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
@@ -318,17 +320,6 @@ class GeneratorViewer(_Viewer):
         self.info.value = f"{ipc} sample(s) of class {c} ({self.class_names[c]}), seed {seed}"
         self._show(fig)
         return fig
-
-
-def _tile(imgs: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
-    """(n, H, W[, 3]) -> one (rows*(H+pad)-pad, cols*(W+pad)-pad[, 3]) image, white padding."""
-    n, h, w = imgs.shape[:3]
-    shape = (rows * (h + pad) - pad, cols * (w + pad) - pad) + imgs.shape[3:]
-    grid = np.ones(shape, dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = imgs[i]
-    return grid
 
 
 def _is_tensor(x) -> bool:

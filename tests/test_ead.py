@@ -1,4 +1,4 @@
-"""Tests for EAD (seed 5): trajectories, the estimator, the objective and Algorithm 1 (CPU, tiny)."""
+"""Tests for EAD (papers/05): trajectories, the estimator, the objective and Algorithm 1 (CPU, tiny)."""
 import math
 
 import numpy as np

@@ -32,11 +32,38 @@ def test_soft_labels_one_hot_equal_hard(tiny_ds):
     assert (hard.settings["labels"], soft.settings["labels"]) == ("hard", "soft")  # a protocol setting
 
 
-def test_dsdm_protocol_runs_with_cutmix(tiny_ds):
+def test_cutmix_pastes_one_box_from_a_partner_and_mixes_the_labels_by_its_area():
+    from ddkit.train import cutmix
+    from ddkit.utils import make_generator
+
+    x = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 16, 16).clone()   # image i is constant i
+    y = torch.arange(6)
+    mixed, t = cutmix(x, y, 6, make_generator(1))
+    assert not torch.equal(mixed, x)
+    torch.testing.assert_close(t.sum(1), torch.ones(6))
+    for i in range(6):
+        own = (mixed[i] == i).float().mean()
+        others = [v for v in mixed[i].unique().tolist() if v != i]
+        assert len(others) <= 1                                    # one partner image
+        assert t[i, i] == pytest.approx(float(own) if others else 1.0, abs=1e-6)
+        if others:
+            assert t[i, int(others[0])] == pytest.approx(1 - float(own), abs=1e-6)
+
+
+def test_dsdm_protocol_runs_with_cutmix(tiny_ds, monkeypatch):
+    import ddkit.train as tr
+
+    calls = []
+    real = tr.cutmix
+    monkeypatch.setattr(tr, "cutmix", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
     kw = {**PROTOCOLS["dsdm"], "epochs": 3}
     r = evaluate_synset(x, y, tiny_ds, num_models=1, progress=False, **kw)
     assert r.settings["schedule"] == "multistep" and r.settings["cutmix_p"] == 0.5
+    assert calls, "the dsdm protocol trained without a single CutMix batch"
+    calls.clear()
+    evaluate_synset(x, y, tiny_ds, num_models=1, progress=False, **{**kw, "cutmix_p": 0.0})
+    assert not calls
 
 
 def test_standard_schedule_resets_optimizer(tiny_ds, monkeypatch):

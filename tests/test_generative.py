@@ -1,4 +1,4 @@
-"""ddkit.generative: networks, GAN losses, checkpoints, cache, pool, stage 2, evaluation."""
+"""ddkit.gan_*: networks, GAN losses, checkpoints, cache, pool, stage 2, evaluation."""
 import math
 import shutil
 
@@ -7,10 +7,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ddkit import generative as gen
 from ddkit.data import ImageDataset, load_dataset
+from ddkit import gan_train
+from ddkit.gan_nets import ConditionalGenerator, Discriminator, GEN_ARCHS
+from ddkit.gan_losses import (dim_objective, discriminator_loss, forward_logits_mid, GAN_LOSSES, generator_loss,
+    gradient_penalty, MatchBatch, TermBalance)
+from ddkit.gan_checkpoint import build_gan, CHECKPOINT_FORMAT, GANState, load_checkpoint, save_checkpoint
+from ddkit.gan_train import (GANModelPool, match_generator, objective_fingerprint, siamese_augment, stage1,
+    stage1_key, stage2, stage2_schedule, train_gan)
+from ddkit.gan_eval import (BEST_TEST_LABEL, claim_verdict, comparison_entries, dim_steps_per_epoch, EVAL_PROTOCOLS,
+    generator_run_fields, protocol_selections,
+    evaluate_generator, evaluate_generators, evaluation_table, evidence_markdown, paired_over_seeds, protocol_list,
+    random_real_eval, term_scales)
+from ddkit.gan_params import check_notebook_params, gan_spec, validate_gan_config
 from ddkit.losses import feature_matching_loss, logit_matching_loss
 from ddkit.models import reinit_
+from ddkit.notebook_cells import run_tagged
 from ddkit.utils import make_generator
 
 torch.set_num_threads(1)
@@ -35,8 +47,8 @@ def mnist():
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])
 def test_shapes(size, channels):
-    G = gen.ConditionalGenerator(10, channels, size, z_dim=16, width=8)
-    D = gen.Discriminator(10, channels, size, width=8)
+    G = ConditionalGenerator(10, channels, size, z_dim=16, width=8)
+    D = Discriminator(10, channels, size, width=8)
     z, y = torch.randn(5, 16), torch.tensor([0, 1, 2, 3, 9])
     t = G(z, y)
     assert t.shape == (5, channels, size, size)
@@ -51,14 +63,14 @@ def test_shapes(size, channels):
 
 
 def test_generate_range_is_normalised_space():
-    G = gen.ConditionalGenerator(3, 1, 28, z_dim=8, width=8, mean=[0.1307], std=[0.3081])
+    G = ConditionalGenerator(3, 1, 28, z_dim=8, width=8, mean=[0.1307], std=[0.3081])
     x = G.generate([0, 1, 2], generator=make_generator(1))
     assert x.min() >= (0 - 0.1307) / 0.3081 - 1e-5 and x.max() <= (1 - 0.1307) / 0.3081 + 1e-5
 
 
-@pytest.mark.parametrize("arch", gen.GEN_ARCHS)
+@pytest.mark.parametrize("arch", GEN_ARCHS)
 def test_conditioning_changes_output_and_is_deterministic(arch):
-    G = gen.ConditionalGenerator(10, 1, 28, z_dim=16, width=8, arch=arch)
+    G = ConditionalGenerator(10, 1, 28, z_dim=16, width=8, arch=arch)
     reinit_(G, make_generator(0))                       # ddkit's init (build_gan), not torch's default
     with torch.no_grad():                               # BN running statistics of a used generator
         for _ in range(30):
@@ -76,7 +88,7 @@ def test_conditioning_changes_output_and_is_deterministic(arch):
 
 
 def test_projection_discriminator_uses_label():
-    D = gen.Discriminator(4, 1, 28, width=8, projection=True)
+    D = Discriminator(4, 1, 28, width=8, projection=True)
     torch.nn.init.normal_(D.embed.weight)
     x = torch.randn(2, 1, 28, 28)
     s0, _ = D(x, torch.tensor([0, 0]))
@@ -92,7 +104,7 @@ def test_gradient_penalty_linear_critic_by_hand():
     w = torch.tensor([[[[3.0, 4.0]]]])                # ||w|| = 5 for every x_hat
     critic = lambda x: (x * w).flatten(1).sum(1)       # noqa: E731
     xr, xf = torch.randn(3, 1, 1, 2), torch.randn(3, 1, 1, 2)
-    gp = gen.gradient_penalty(critic, xr, xf, generator=make_generator(0))
+    gp = gradient_penalty(critic, xr, xf, generator=make_generator(0))
     assert torch.allclose(gp, torch.tensor((5.0 - 1.0) ** 2))
 
 
@@ -101,14 +113,14 @@ def test_gradient_penalty_quadratic_critic_by_hand():
     xr = torch.tensor([[[[1.0, 2.0]]], [[[0.0, 0.0]]]])
     xf = torch.tensor([[[[3.0, 0.0]]], [[[0.0, 2.0]]]])
     eps = torch.tensor([0.5, 0.25])
-    gp = gen.gradient_penalty(critic, xr, xf, eps=eps)
+    gp = gradient_penalty(critic, xr, xf, eps=eps)
     x_hat = [[2.0, 1.0], [0.0, 1.5]]                   # eps * xr + (1 - eps) * xf
     norms = [math.hypot(*v) for v in x_hat]
     want = sum((nv - 1) ** 2 for nv in norms) / 2
     assert abs(gp.item() - want) < 1e-5
     # differentiable (create_graph): the penalty has a gradient w.r.t. the critic's params
     lin = nn.Linear(2, 1)
-    gp2 = gen.gradient_penalty(lambda x: lin(x.flatten(1)).squeeze(1), xr, xf, eps=eps)
+    gp2 = gradient_penalty(lambda x: lin(x.flatten(1)).squeeze(1), xr, xf, eps=eps)
     gp2.backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
 
@@ -130,13 +142,13 @@ def test_wgan_gp_losses_by_hand():
     D = _StubD()
     xr, xf = torch.randn(4, 1, 1, 2), torch.randn(4, 1, 1, 2)
     y = torch.tensor([0, 1, 2, 0])
-    d = gen.discriminator_loss(D, xr, y, xf, y, "wgan_gp", gp_lambda=10.0)
+    d = discriminator_loss(D, xr, y, xf, y, "wgan_gp", gp_lambda=10.0)
     sr, sf = D(xr)[0], D(xf)[0]
     gp_hand = (0.5 * math.sqrt(2) - 1) ** 2           # ||grad|| = |w| * sqrt(2)
     ce = F.cross_entropy(D(xr)[1], y)
     assert torch.allclose(d["gp"], torch.tensor(gp_hand), atol=1e-6)
     assert torch.allclose(d["loss"], sf.mean() - sr.mean() + 10 * gp_hand + ce, atol=1e-5)
-    g = gen.generator_loss(D, xf, y, "wgan_gp")
+    g = generator_loss(D, xf, y, "wgan_gp")
     assert torch.allclose(g["loss"], -sf.mean() + F.cross_entropy(D(xf)[1], y), atol=1e-6)
 
 
@@ -145,21 +157,21 @@ def test_cgan_losses_by_hand():
     xr, xf = torch.randn(4, 1, 1, 2), torch.randn(4, 1, 1, 2)
     y = torch.tensor([0, 1, 2, 0])
     sr, sf = D(xr)[0], D(xf)[0]
-    d = gen.discriminator_loss(D, xr, y, xf, y, "cgan")
+    d = discriminator_loss(D, xr, y, xf, y, "cgan")
     # -[log D(x|y) + log(1 - D(G(z)|y))], D = sigmoid
     want = -(torch.log(torch.sigmoid(sr)).mean() + torch.log(1 - torch.sigmoid(sf)).mean())
     assert torch.allclose(d["loss"], want, atol=1e-5) and "gp" not in d and "aux" not in d
-    g = gen.generator_loss(D, xf, y, "cgan")
+    g = generator_loss(D, xf, y, "cgan")
     assert torch.allclose(g["loss"], -torch.log(torch.sigmoid(sf)).mean(), atol=1e-5)
-    g_sat = gen.generator_loss(D, xf, y, "cgan", saturating=True)
+    g_sat = generator_loss(D, xf, y, "cgan", saturating=True)
     assert torch.allclose(g_sat["loss"], torch.log(1 - torch.sigmoid(sf)).mean(), atol=1e-5)
 
 
-@pytest.mark.parametrize("loss", gen.GAN_LOSSES)
+@pytest.mark.parametrize("loss", GAN_LOSSES)
 def test_real_networks_losses_backprop(loss):
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8, gan_loss=loss)
-    gen.train_gan(st, ds, epochs=1, batch_size=8, iters_per_epoch=2, progress=False)
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8, gan_loss=loss)
+    train_gan(st, ds, epochs=1, batch_size=8, iters_per_epoch=2, progress=False)
     assert len(st.history) == 2 and all(math.isfinite(v) for v in st.history[-1].values()
                                         if isinstance(v, float))
     assert st.epochs_done == 1
@@ -169,11 +181,11 @@ def test_real_networks_losses_backprop(loss):
 
 def test_checkpoint_round_trip(tmp_path):
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
     st.params = {"gan_epochs": 1, "betas": [0.0, 0.9], "lr": 1e-4}
-    gen.train_gan(st, ds, epochs=1, batch_size=8, iters_per_epoch=2, progress=False)
-    path = gen.save_checkpoint(st, tmp_path / "g.pt")
-    back = gen.load_checkpoint(path, ds)
+    train_gan(st, ds, epochs=1, batch_size=8, iters_per_epoch=2, progress=False)
+    path = save_checkpoint(st, tmp_path / "g.pt")
+    back = load_checkpoint(path, ds)
     st.G.eval(), back.G.eval()
     z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
     assert torch.equal(st.G(z, y), back.G(z, y))
@@ -183,7 +195,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(sa[0]["exp_avg"], sb[0]["exp_avg"])
     assert back.params["gan_epochs"] == 1 and back.epochs_done == 1 and len(back.history) == 2
     obj = torch.load(path, weights_only=True)          # plain weights_only load works
-    assert obj["meta"]["format"] == gen.CHECKPOINT_FORMAT
+    assert obj["meta"]["format"] == CHECKPOINT_FORMAT
 
 
 @pytest.mark.parametrize("other,key", [
@@ -194,30 +206,30 @@ def test_checkpoint_round_trip(tmp_path):
 ])
 def test_mismatched_checkpoint_fails_clearly(tmp_path, other, key):
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
-    path = gen.save_checkpoint(st, tmp_path / "g.pt")
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    path = save_checkpoint(st, tmp_path / "g.pt")
     kw = dict(name="tiny", channels=1, size=28, classes=4)
     kw.update(other)
     with pytest.raises(ValueError, match=key):
-        gen.load_checkpoint(path, tiny_dataset(**kw))
+        load_checkpoint(path, tiny_dataset(**kw))
 
 
 def test_foreign_checkpoint_fails(tmp_path):
     torch.save({"meta": {"kind": "synset"}, "x": torch.zeros(1)}, tmp_path / "s.pt")
     with pytest.raises(ValueError, match="format"):
-        gen.load_checkpoint(tmp_path / "s.pt", tiny_dataset())
+        load_checkpoint(tmp_path / "s.pt", tiny_dataset())
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError):
-        gen.load_checkpoint(tmp_path / "junk.pt", tiny_dataset())
+        load_checkpoint(tmp_path / "junk.pt", tiny_dataset())
 
 
 def test_stage1_cache_and_resume(tmp_path):
     ds = tiny_dataset()
     kw = dict(z_dim=8, gen_width=8, disc_width=8, gan_batch_size=8, gan_iters=2, cache_dir=tmp_path,
               progress=False)
-    a = gen.stage1(ds, gan_epochs=1, **kw)
+    a = stage1(ds, gan_epochs=1, **kw)
     assert not a.meta["cache_hit"] and len(list(tmp_path.glob("*.pt"))) == 1
-    b = gen.stage1(ds, gan_epochs=1, **kw)
+    b = stage1(ds, gan_epochs=1, **kw)
     assert b.meta["cache_hit"]
     for p, q in zip(a.G.state_dict().values(), b.G.state_dict().values()):
         assert torch.equal(p, q)
@@ -226,10 +238,10 @@ def test_stage1_cache_and_resume(tmp_path):
                gan_batch_size=8, gan_epochs=2, gan_iters=2, d_steps=1, gp_lambda=10.0, aux_weight=None,
                seed=0, gen_arch="dim", gen_conditioning="concat", fake_aux=False, step_order="d_first",
                d_labels="real")
-    shutil.copy(a.meta["cache"], tmp_path / f"{gen.stage1_key(ds, cfg)}.pt")
-    c = gen.stage1(ds, gan_epochs=2, **kw)
+    shutil.copy(a.meta["cache"], tmp_path / f"{stage1_key(ds, cfg)}.pt")
+    c = stage1(ds, gan_epochs=2, **kw)
     assert not c.meta["cache_hit"] and c.epochs_done == 2 and len(c.history) == 4
-    d = gen.stage1(ds, gan_epochs=2, **{**kw, "cache_dir": tmp_path / "fresh"})
+    d = stage1(ds, gan_epochs=2, **{**kw, "cache_dir": tmp_path / "fresh"})
     for p, q in zip(c.G.state_dict().values(), d.G.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-6)            # resumed == uninterrupted
 
@@ -238,28 +250,28 @@ def test_stage1_cache_and_resume(tmp_path):
 
 def test_pool_draw_and_mid_layer():
     ds = tiny_dataset(size=32, channels=3)
-    pool = gen.GANModelPool(["ConvNet"], 3, 4, (32, 32), width=8)
+    pool = GANModelPool(["ConvNet"], 3, 4, (32, 32), width=8)
     net = pool.draw(make_generator(0))
     assert pool.mid_layer == 1 and all(not p.requires_grad for p in net.parameters())
     before = [p.clone() for p in net.parameters()]
     pool.warm(ds, 2, make_generator(1))
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    logits, mid = gen.forward_logits_mid(net, ds.x_train[:3], pool.mid_layer)
+    logits, mid = forward_logits_mid(net, ds.x_train[:3], pool.mid_layer)
     assert torch.allclose(logits, net(ds.x_train[:3]), atol=1e-5)
     assert mid.shape == net.feature_maps(ds.x_train[:3])[1].shape
-    rpool = gen.GANModelPool(["resnet10"], 3, 4, (32, 32))
+    rpool = GANModelPool(["resnet10"], 3, 4, (32, 32))
     rpool.draw(make_generator(0))
     assert rpool.current_name == "ResNet10" and rpool.mid_layer == 1      # layer2
-    assert gen.GANModelPool(["ConvNet"], 3, 4, 32, mid_layer=2).draw() is not None
+    assert GANModelPool(["ConvNet"], 3, 4, 32, mid_layer=2).draw() is not None
     with pytest.raises(ValueError, match="mid_layer"):
-        gen.GANModelPool(["ConvNet"], 3, 4, 32, width=8, mid_layer=7).draw()
+        GANModelPool(["ConvNet"], 3, 4, 32, width=8, mid_layer=7).draw()
 
 
 def _global_local(w_g, w_l):
     def objective(b):
         with torch.no_grad():
-            l_real, f_real = gen.forward_logits_mid(b.net, b.x_real, b.mid_layer)
-        l_syn, f_syn = gen.forward_logits_mid(b.net, b.x_syn, b.mid_layer)
+            l_real, f_real = forward_logits_mid(b.net, b.x_real, b.mid_layer)
+        l_syn, f_syn = forward_logits_mid(b.net, b.x_syn, b.mid_layer)
         glob = logit_matching_loss(l_syn, l_real)
         loc = feature_matching_loss(f_syn, f_real)
         return {"loss": w_g * glob + w_l * loc, "global": glob, "local": loc}
@@ -267,10 +279,10 @@ def _global_local(w_g, w_l):
 
 
 def test_global_local_training_lowers_heldout_matching_loss(mnist):
-    st = gen.build_gan(mnist, z_dim=16, gen_width=16, disc_width=8, seed=0)
+    st = build_gan(mnist, z_dim=16, gen_width=16, disc_width=8, seed=0)
     objective = _global_local(1e-3, 1e-4)
-    pool = gen.GANModelPool(["ConvNet"], 1, 10, (28, 28), width=16)
-    tuned = gen.match_generator(st, mnist, objective, pool=pool, epochs=1, iterations=25,
+    pool = GANModelPool(["ConvNet"], 1, 10, (28, 28), width=16)
+    tuned = match_generator(st, mnist, objective, pool=pool, epochs=1, iterations=25,
                                 batch_size=32, lr=2e-3, pool_train_steps=0, gan_weight=0.0,
                                 progress=False, seed=0)
     net = pool.current                                   # the same frozen network
@@ -283,7 +295,7 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
             for i in range(3):                           # held-out = test-set batches
                 xr, yr = mnist.x_test[i * 64:(i + 1) * 64], mnist.y_test[i * 64:(i + 1) * 64]
                 xs = G.generate(yr, generator=g)
-                b = gen.MatchBatch(net, xr, yr, xs, yr, pool.mid_layer, 0, 0)
+                b = MatchBatch(net, xr, yr, xs, yr, pool.mid_layer, 0, 0)
                 total += float(objective(b)["loss"])
         return total
 
@@ -295,14 +307,16 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
 
 def test_dim_objective_runs_and_stage2_cache(tmp_path):
     ds = tiny_dataset()
-    st = gen.stage1(ds, z_dim=8, gen_width=8, disc_width=8, gan_batch_size=8, gan_epochs=1, gan_iters=1,
-                    cache_dir=tmp_path, progress=False)
-    kw = dict(objective_key="dim_w0.01", pool_models=["ConvNet"], epochs=1, iterations=2,
-              batch_size=8, pool_train_steps=1, pool_batch_size=8, progress=False)
-    a = gen.stage2(st, ds, gen.dim_objective(0.01), **kw)
+    st = stage1(ds, z_dim=8, gen_width=8, disc_width=8, gan_batch_size=8, gan_epochs=1, gan_iters=1,
+                cache_dir=tmp_path, progress=False)
+    kw = dict(pool_models=["ConvNet"], epochs=1, iterations=2, batch_size=8, pool_train_steps=1, pool_batch_size=8,
+              progress=False)
+    a = stage2(st, ds, dim_objective(0.01), **kw)
     assert not a.meta["cache_hit"] and "match_global" in a.history[0]
-    b = gen.stage2(st, ds, gen.dim_objective(0.01), **kw)
-    assert b.meta["cache_hit"]
+    b = stage2(st, ds, dim_objective(0.01), **{**kw, "desc": "another label"})   # display settings: same key
+    assert b.meta["cache_hit"] and b.meta["cache"] == a.meta["cache"]
+    assert not stage2(st, ds, dim_objective(0.02), **kw).meta["cache_hit"]      # a closed-over weight changed
+    assert not stage2(st, ds, dim_objective(0.01), **{**kw, "iterations": 3}).meta["cache_hit"]
     # stage 2 works on a copy: the stage-1 generator (CGAN baseline) and its optimizer are untouched
     assert not torch.equal(st.G.fc.weight, a.G.fc.weight)
     s1, s2 = st.opt_g.state_dict()["state"][0], a.opt_g.state_dict()["state"][0]
@@ -310,13 +324,56 @@ def test_dim_objective_runs_and_stage2_cache(tmp_path):
     assert not torch.equal(s1["exp_avg"], s2["exp_avg"]) and int(s1["step"]) == 1
 
 
+_OBJECTIVE_CELL = """
+import torch
+from ddkit.losses import logit_matching_loss
+
+def make_objective(w=0.01):
+    def objective(batch):
+        l_syn = batch.net(batch.x_syn)
+        with torch.no_grad():
+            l_real = batch.net(batch.x_real)
+        glob = logit_matching_loss(l_syn, l_real, reduction="mean")
+        return {"loss": w * glob, "global": glob}
+    return objective
+"""
+
+
+def test_stage2_cache_is_keyed_by_the_objective_code(tmp_path):
+    """An edited objective (a different function, same name, same weights) is a cache miss; the
+    same code with the same parameters, defined again (as a re-run notebook cell does), is a hit."""
+    ds = tiny_dataset()
+    st = stage1(ds, z_dim=8, gen_width=8, disc_width=8, gan_batch_size=8, gan_epochs=1, gan_iters=1,
+                cache_dir=tmp_path, progress=False)
+    kw = dict(pool_models=["ConvNet"], epochs=1, iterations=1, batch_size=8, pool_train_steps=0, pool_batch_size=8,
+              progress=False)
+
+    def objective_from(cell, w=0.01):
+        ns = {}
+        exec(compile(cell, "<notebook cell>", "exec"), ns)
+        return ns["make_objective"](w)
+
+    first = stage2(st, ds, objective_from(_OBJECTIVE_CELL), **kw)
+    assert not first.meta["cache_hit"]
+    again = stage2(st, ds, objective_from(_OBJECTIVE_CELL), **kw)                 # same code, same weight
+    assert again.meta["cache_hit"] and torch.equal(again.G.fc.weight, first.G.fc.weight)
+    edited = _OBJECTIVE_CELL.replace('reduction="mean"', 'reduction="sum"')
+    miss = stage2(st, ds, objective_from(edited), **kw)
+    assert not miss.meta["cache_hit"] and miss.meta["cache"] != first.meta["cache"]
+    assert not stage2(st, ds, objective_from(_OBJECTIVE_CELL, 0.5), **kw).meta["cache_hit"]
+    assert objective_fingerprint(objective_from(_OBJECTIVE_CELL)) == objective_fingerprint(
+        objective_from(_OBJECTIVE_CELL))
+    with pytest.raises(TypeError, match="objective must be a Python function"):
+        objective_fingerprint(object())
+
+
 # --------------------------------------------------------------------------- evaluation
 
-@pytest.mark.parametrize("protocol", gen.EVAL_PROTOCOLS)
+@pytest.mark.parametrize("protocol", EVAL_PROTOCOLS)
 def test_evaluate_generator_protocols(protocol):
     ds = tiny_dataset()
-    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
-    r = gen.evaluate_generator(G, ds, 2, protocol=protocol, model="ConvNet", num_models=1, epochs=2,
+    G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    r = evaluate_generator(G, ds, 2, protocol=protocol, model="ConvNet", num_models=1, epochs=2,
                                batch_size=4, progress=False)
     assert r.protocol == protocol and len(r.accs) == 1 and 0 <= r.mean <= 100
     assert r.as_dict()["protocol"] == protocol
@@ -326,45 +383,49 @@ def test_fixed_sets_per_model_trains_network_i_on_the_set_of_seed_plus_i():
     from ddkit.evaluate import evaluate_synset
 
     ds = tiny_dataset()
-    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
     kw = dict(model="ConvNet", epochs=2, batch_size=4, progress=False)
-    per = gen.evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="per_model", **kw)
+    per = evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="per_model", **kw)
     want = [evaluate_synset(*G.sample(1, seed=3 + i), ds, num_models=1, seed=3 + i, **kw).accs[0] for i in range(2)]
     assert per.accs == pytest.approx(want) and per.fixed_sets == "per_model"
-    one = gen.evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="one", **kw)
+    one = evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="one", **kw)
     assert one.accs == pytest.approx(evaluate_synset(*G.sample(1, seed=3), ds, num_models=2, seed=3, **kw).accs)
-    rr = gen.random_real_eval(ds, 1, num_models=2, seed=3, fixed_sets="per_model", model="ConvNet", epochs=2,
+    rr = random_real_eval(ds, 1, num_models=2, seed=3, fixed_sets="per_model", model="ConvNet", epochs=2,
                               progress=False)
     assert len(rr.accs) == 2 and rr.as_dict()["fixed_sets"] == "per_model"
     with pytest.raises(ValueError, match="unknown fixed_sets 'many'"):
-        gen.evaluate_generator(G, ds, 1, fixed_sets="many", **kw)
+        evaluate_generator(G, ds, 1, fixed_sets="many", **kw)
 
 
-def test_compare_methods_both_protocols_rows_and_entries():
+def test_evaluate_generators_both_protocols_rows_and_entries():
     ds = tiny_dataset()
-    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
-    table, res = gen.compare_methods({"G": G}, ds, [1], protocol="both", model="ConvNet", num_models=1,
-                                     epochs=2, dim_batch=4, dim_test_every=1, progress=False)
-    best = f"G · dim · {gen.BEST_TEST_LABEL}"
-    assert list(res) == ["Random real · fixed", "G · fixed", "G · dim", best]
+    G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    kw = dict(model="ConvNet", num_models=1, epochs=2, progress=False)
+    res = {("Random real", "fixed"): {1: random_real_eval(ds, 1, **kw)},
+           **evaluate_generators({"G": G}, ds, [1], protocol_list("both"), dim_batch=4, dim_test_every=1, **kw)}
+    assert list(res) == [("Random real", "fixed"), ("G", "fixed"), ("G", "dim")]
+    table = evaluation_table(res, "ConvNet")
+    best = f"G · dim · {BEST_TEST_LABEL}"
+    assert list(table.index) == ["Random real · fixed", "G · fixed", "G · dim", best]
     assert list(table["protocol"]) == ["fixed", "fixed", "dim", "dim"]
     assert list(table["selection"]) == ["last", "last", "last", "best_test"]
     # the best-test row is the max over the test evaluations (epochs 1 and 2), per network
-    curve = res["G · dim"][1].curve
+    curve = res["G", "dim"][1].curve
     assert [p["epoch"] for p in curve] == [1, 2]
-    assert res[best][1].accs == [max(p["test"][0] for p in curve)]
-    assert res["G · dim"][1].accs == curve[-1]["test"]
+    assert res["G", "dim"][1].select("best_test").accs == [max(p["test"][0] for p in curve)]
+    assert table.loc[best, "IPC 1"] == f"{max(p['test'][0] for p in curve):.2f} ± 0.00"
+    assert res["G", "dim"][1].accs == curve[-1]["test"]
     # one evaluation entry per (method, protocol, selection): ours under both protocols
-    entries = gen.comparison_entries(res, "ConvNet")
+    entries = comparison_entries(res, "ConvNet")
     keys = [(e["method"], e["protocol"]["name"], e["protocol"]["selection"]) for e in entries]
     assert keys == [("Random real", "fixed", "last"), ("G", "fixed", "last"), ("G", "dim", "last"),
                     ("G", "dim", "best_test")]
     dim_entry = entries[2]["protocol"]
     assert dim_entry["steps_per_epoch"] == 4 * 1 // 4 + 1 and dim_entry["schedule"] == "constant"
     assert dim_entry["dsa"] == "color_crop" and dim_entry["labels"] == "random"
-    assert gen.protocol_list("both") == ["fixed", "dim"] and gen.protocol_list("dim") == ["dim"]
+    assert protocol_list("both") == ["fixed", "dim"] and protocol_list("dim") == ["dim"]
     with pytest.raises(ValueError, match="eval protocol"):
-        gen.protocol_list("resample")
+        protocol_list("resample")
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -372,20 +433,20 @@ def test_compare_methods_both_protocols_rows_and_entries():
 def test_bad_inputs_raise_value_error():
     ds = tiny_dataset()
     with pytest.raises(ValueError, match="gan_loss"):
-        gen.build_gan(ds, gan_loss="lsgan")
+        build_gan(ds, gan_loss="lsgan")
     with pytest.raises(ValueError, match="gan_loss"):
-        gen.generator_loss(_StubD(), torch.zeros(1, 1, 1, 2), torch.tensor([0]), "hinge")
+        generator_loss(_StubD(), torch.zeros(1, 1, 1, 2), torch.tensor([0]), "hinge")
     with pytest.raises(ValueError, match="pool model"):
-        gen.GANModelPool(["ConvNet", "Transformer"], 1, 4, 28)
+        GANModelPool(["ConvNet", "Transformer"], 1, 4, 28)
     with pytest.raises(ValueError, match="pool model"):
-        gen.validate_gan_config(pool_models=["resnet99"])
+        validate_gan_config(pool_models=["resnet99"])
     with pytest.raises(ValueError, match="w_local"):
-        gen.validate_gan_config(weights={"w_local": -0.1})
+        validate_gan_config(weights={"w_local": -0.1})
     with pytest.raises(ValueError, match="eval_protocol"):
-        gen.validate_gan_config(eval_protocol="best")
+        validate_gan_config(eval_protocol="best")
     with pytest.raises(ValueError, match="image sizes"):
-        gen.ConditionalGenerator(10, 3, 64)
-    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8)
+        ConditionalGenerator(10, 3, 64)
+    G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8)
     with pytest.raises(ValueError, match="labels"):
         G.generate([0, 4])
     with pytest.raises(ValueError, match="labels"):
@@ -395,29 +456,29 @@ def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match="ipc"):
         G.sample(0)
     with pytest.raises(ValueError, match="protocol"):
-        gen.evaluate_generator(G, ds, 1, protocol="best")
+        evaluate_generator(G, ds, 1, protocol="best")
     with pytest.raises(ValueError, match="form"):
-        gen.dim_objective(0.01, "l2")
+        dim_objective(0.01, "l2")
     with pytest.raises(ValueError, match="w_global"):
-        gen.dim_objective(-0.01)
+        dim_objective(-0.01)
 
 
 def test_dim_objective_forms_by_hand():
     net = nn.Linear(2, 3)
     net.requires_grad_(False)
     xr, xs, y = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
-    b = gen.MatchBatch(net, xr, y, xs, y, 0, 0, 0)
-    d = gen.dim_objective(0.01, "dim")(b)
+    b = MatchBatch(net, xr, y, xs, y, 0, 0, 0)
+    d = dim_objective(0.01, "dim")(b)
     want = ((F.log_softmax(net(xr), 1) - F.log_softmax(net(xs), 1)) ** 2).mean()
     assert torch.allclose(d["global"], want) and torch.allclose(d["loss"], 0.01 * want)
-    p = gen.dim_objective(0.5, "paper")(b)
+    p = dim_objective(0.5, "paper")(b)
     assert torch.allclose(p["loss"], 0.5 * ((net(xr) - net(xs)) ** 2).sum())
 
 
 def test_gan_spec_checks_params():
     from ddkit.params import check_params
 
-    spec = gen.gan_spec()
+    spec = gan_spec()
     good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_seed=-1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, gan_betas=[0.0, 0.9],
                 d_steps=1, gp_lambda=10.0, aux_weight=1.0, z_dim=8, gen_width=8, disc_width=8, match_epochs=1,
                 batch_size=8, match_lr=5e-6, gan_weight=1.0, pool_models=["ConvNet", "ResNet18"],
@@ -445,21 +506,21 @@ def test_check_notebook_params_refuses_foreign_checkpoint(tmp_path):
     from types import SimpleNamespace
 
     other = tiny_dataset(name="other", channels=3, size=32)
-    path = gen.save_checkpoint(gen.build_gan(other, z_dim=8, gen_width=8, disc_width=8), tmp_path / "g.pt")
+    path = save_checkpoint(build_gan(other, z_dim=8, gen_width=8, disc_width=8), tmp_path / "g.pt")
     P = SimpleNamespace(gan_loss="wgan_gp", pool_models=[], model="ConvNet", eval_protocol="fixed",
                         deploy_ipcs=[], ipc=1, baselines=["random"], gan_checkpoint=str(path), gan_betas=[0.0, 0.9])
-    gen.check_notebook_params(P)                       # no dataset yet: names only
+    check_notebook_params(P)                       # no dataset yet: names only
     P.gan_betas = [0.9]
     with pytest.raises(ValueError, match=r"gan_betas=\[0.9\]: Adam takes two betas"):
-        gen.check_notebook_params(P)
+        check_notebook_params(P)
     P.gan_betas = [0.0, 0.9]
     with pytest.raises(ValueError, match="Adam takes two betas"):   # the library entry point refuses it too
-        gen.stage1(tiny_dataset(), gan_betas=(0.0, 1.5), gan_epochs=1, use_cache=False)
+        stage1(tiny_dataset(), gan_betas=(0.0, 1.5), gan_epochs=1, use_cache=False)
     with pytest.raises(ValueError, match="trained for dataset='other'"):
-        gen.check_notebook_params(P, tiny_dataset())
+        check_notebook_params(P, tiny_dataset())
     P.gan_checkpoint, P.ipc = "", 50                   # more random-real images than a class has
     with pytest.raises(ValueError, match="images per class"):
-        gen.check_notebook_params(P, tiny_dataset())
+        check_notebook_params(P, tiny_dataset())
 
 
 # --------------------------------------------------------------------------- DiM's pipeline
@@ -470,7 +531,7 @@ def _convs(module):
 
 @pytest.mark.parametrize("size,first_kernel", [(28, 3), (32, 4)])
 def test_dim_generator_architecture(size, first_kernel):
-    G = gen.ConditionalGenerator(10, 1, size, z_dim=100, width=12, arch="dim")
+    G = ConditionalGenerator(10, 1, size, z_dim=100, width=12, arch="dim")
     convs = _convs(G.net)
     assert len(convs) == 8                                       # DiM: 8 conv layers
     kinds = ["T" if isinstance(m, nn.ConvTranspose2d) else "C" for m in convs]
@@ -485,13 +546,13 @@ def test_dim_generator_architecture(size, first_kernel):
         if isinstance(m, nn.ConvTranspose2d):
             shapes.append(h.shape[-1])
     assert shapes == ([7, 14, 28] if size == 28 else [8, 16, 32])
-    assert len(_convs(gen.ConditionalGenerator(10, 1, size, width=12, arch="compact").net)) == 4
+    assert len(_convs(ConditionalGenerator(10, 1, size, width=12, arch="compact").net)) == 4
     with pytest.raises(ValueError, match="gen_arch='big'"):
-        gen.ConditionalGenerator(10, 1, size, arch="big")
+        ConditionalGenerator(10, 1, size, arch="big")
 
 
 def test_overwrite_conditioning_replaces_the_first_entries_of_z():
-    G = gen.ConditionalGenerator(4, 1, 28, z_dim=10, width=8, conditioning="overwrite").eval()
+    G = ConditionalGenerator(4, 1, 28, z_dim=10, width=8, conditioning="overwrite").eval()
     assert G.fc.in_features == 10
     z, y = torch.randn(3, 10), torch.tensor([0, 1, 3])
     z2 = z.clone()
@@ -501,15 +562,15 @@ def test_overwrite_conditioning_replaces_the_first_entries_of_z():
     z3[:, 6] += 1.0                                              # a kept entry
     assert not torch.allclose(G(z, y), G(z3, y))
     assert not torch.allclose(G(z, y), G(z, torch.tensor([1, 1, 3])))
-    assert gen.ConditionalGenerator(4, 1, 28, z_dim=10, width=8).fc.in_features == 14   # concat
+    assert ConditionalGenerator(4, 1, 28, z_dim=10, width=8).fc.in_features == 14   # concat
     with pytest.raises(ValueError, match="z_dim must be >= 4"):
-        gen.ConditionalGenerator(4, 1, 28, z_dim=3, conditioning="overwrite")
+        ConditionalGenerator(4, 1, 28, z_dim=3, conditioning="overwrite")
 
 
 def test_checkpoint_keeps_architecture(tmp_path):
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8, gen_arch="compact", gen_conditioning="overwrite")
-    back = gen.load_checkpoint(gen.save_checkpoint(st, tmp_path / "g.pt"), ds)
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8, gen_arch="compact", gen_conditioning="overwrite")
+    back = load_checkpoint(save_checkpoint(st, tmp_path / "g.pt"), ds)
     assert back.G.arch == "compact" and back.G.conditioning == "overwrite"
     st.G.eval(), back.G.eval()
     z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
@@ -523,14 +584,14 @@ def test_fake_class_cross_entropy_on_the_discriminator_by_hand():
     sr, sf = D(xr)[0], D(xf)[0]
     gp_hand = (0.5 * math.sqrt(2) - 1) ** 2
     ce_real, ce_fake = F.cross_entropy(D(xr)[1], y), F.cross_entropy(D(xf)[1], yf)
-    d = gen.discriminator_loss(D, xr, y, xf, yf, "wgan_gp", gp_lambda=10.0, fake_aux=True)
+    d = discriminator_loss(D, xr, y, xf, yf, "wgan_gp", gp_lambda=10.0, fake_aux=True)
     # DiM: s_fake - s_real + CE(c(x_fake), y_fake) + CE(c(x_real), y_real) + lambda * GP
     assert torch.allclose(d["loss"], sf.mean() - sr.mean() + ce_fake + ce_real + 10 * gp_hand, atol=1e-5)
     assert torch.allclose(d["aux_fake"], ce_fake)
-    half = gen.discriminator_loss(D, xr, y, xf, yf, "wgan_gp", aux_weight=0.5, fake_aux=True)
+    half = discriminator_loss(D, xr, y, xf, yf, "wgan_gp", aux_weight=0.5, fake_aux=True)
     assert torch.allclose(half["loss"], sf.mean() - sr.mean() + 0.5 * (ce_fake + ce_real) + 10 * gp_hand,
                           atol=1e-5)
-    off = gen.discriminator_loss(D, xr, y, xf, yf, "wgan_gp", fake_aux=False)
+    off = discriminator_loss(D, xr, y, xf, yf, "wgan_gp", fake_aux=False)
     assert "aux_fake" not in off and torch.allclose(off["loss"], d["loss"] - ce_fake, atol=1e-5)
 
 
@@ -540,36 +601,36 @@ def _record_gan_calls(monkeypatch, state):
     for name, opt in (("g", state.opt_g), ("d", state.opt_d)):
         step = opt.step
         monkeypatch.setattr(opt, "step", lambda *a, _s=step, _n=name, **k: (order.append(_n), _s(*a, **k))[1])
-    real_loss = gen.discriminator_loss
+    real_loss = discriminator_loss
 
     def spy(D, xr, yr, xf, yf, *a, **k):
         labels.append((yr.clone(), yf.clone()))
         return real_loss(D, xr, yr, xf, yf, *a, **k)
 
-    monkeypatch.setattr(gen, "discriminator_loss", spy)
+    monkeypatch.setattr(gan_train, "discriminator_loss", spy)   # what the GAN steps call
     return order, labels
 
 
 @pytest.mark.parametrize("step_order,d_labels", [("d_first", "real"), ("g_first", "random")])
 def test_stage1_step_order_and_d_labels(monkeypatch, step_order, d_labels):
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
     order, labels = _record_gan_calls(monkeypatch, st)
-    gen.train_gan(st, ds, epochs=1, batch_size=16, iters_per_epoch=3, progress=False, step_order=step_order,
+    train_gan(st, ds, epochs=1, batch_size=16, iters_per_epoch=3, progress=False, step_order=step_order,
                   d_labels=d_labels, fake_aux=True)
     assert order == (["d", "g"] * 3 if step_order == "d_first" else ["g", "d"] * 3)
     same = [torch.equal(yr, yf) for yr, yf in labels]
     assert all(same) if d_labels == "real" else not any(same)
     assert "d_aux_fake" in st.history[-1]
     with pytest.raises(ValueError, match="step_order='both'"):
-        gen.train_gan(st, ds, epochs=2, step_order="both", progress=False)
+        train_gan(st, ds, epochs=2, step_order="both", progress=False)
 
 
 def test_stage2_dim_order_betas_and_iterations(monkeypatch):
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
-    pool = gen.GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=8)
-    tuned = gen.match_generator(st, ds, gen.dim_objective(0.01), pool=pool, epochs=2, iterations=5, batch_size=8,
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    pool = GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=8)
+    tuned = match_generator(st, ds, dim_objective(0.01), pool=pool, epochs=2, iterations=5, batch_size=8,
                                 lr=3e-4, betas=(0.5, 0.99), pool_train_steps=0, progress=False)
     for opt in (tuned.opt_g, tuned.opt_d):                       # stage-2 optimiser from the arguments
         assert opt.param_groups[0]["betas"] == (0.5, 0.99) and opt.param_groups[0]["lr"] == 3e-4
@@ -577,35 +638,32 @@ def test_stage2_dim_order_betas_and_iterations(monkeypatch):
     assert all(h["w_gan"] == h["g_loss"] for h in tuned.history)          # gan_weight 1
     order, labels = _record_gan_calls(monkeypatch, st)
     st2 = st.copy()
-    monkeypatch.setattr(gen.GANState, "copy", lambda self, lr=None, betas=None: st)   # record on st's optimisers
-    gen.match_generator(st2, ds, gen.dim_objective(0.01), pool=pool, epochs=1, iterations=2, batch_size=8,
+    monkeypatch.setattr(GANState, "copy", lambda self, lr=None, betas=None: st)   # record on st's optimisers
+    match_generator(st2, ds, dim_objective(0.01), pool=pool, epochs=1, iterations=2, batch_size=8,
                         pool_train_steps=0, progress=False, step_order="g_first", d_labels="random")
     assert order == ["g", "d", "g", "d"] and not any(torch.equal(a, b) for a, b in labels)
     with pytest.raises(ValueError, match="match_betas"):
-        gen.match_generator(st, ds, gen.dim_objective(0.01), pool=pool, epochs=1, betas=(0.5,), progress=False)
+        match_generator(st, ds, dim_objective(0.01), pool=pool, epochs=1, betas=(0.5,), progress=False)
 
 
 def test_stage2_schedule_by_hand():
-    assert gen.stage2_schedule(3, 10, 1000, 64) == [4, 3, 3]       # exactly `iterations` updates
-    assert gen.stage2_schedule(2, 0, 100, 32) == [3, 3]            # DiM: full passes, last batch dropped
-    assert gen.stage2_schedule(1, 7, 10, 64) == [7]
+    assert stage2_schedule(3, 10, 1000, 64) == [4, 3, 3]       # exactly `iterations` updates
+    assert stage2_schedule(2, 0, 100, 32) == [3, 3]            # DiM: full passes, last batch dropped
+    assert stage2_schedule(1, 7, 10, 64) == [7]
     with pytest.raises(ValueError, match="iterations=2 < match_epochs=3"):
-        gen.stage2_schedule(3, 2, 100, 8)
+        stage2_schedule(3, 2, 100, 8)
     with pytest.raises(ValueError, match="iterations=-1"):
-        gen.stage2_schedule(3, -1, 100, 8)
+        stage2_schedule(3, -1, 100, 8)
 
 
-def test_stage2_from_params_passes_every_optimiser_setting(tmp_path):
-    from types import SimpleNamespace
-
+def test_stage2_passes_every_optimiser_setting():
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
-    P = SimpleNamespace(use_cache=False, pool_models=["ConvNet"], model="ConvNet", mid_layer=-1, pool_batch_size=8,
-                        pool_lr=0.05, pool_dsa="color_crop", match_epochs=1, iterations=3, batch_size=8,
-                        match_lr=2e-4, match_betas=[0.5, 0.999], pool_train_steps=1, gan_weight=1.0, gp_lambda=10.0,
-                        aux_weight=1.0, step_order="g_first", d_labels="random", fake_aux=True,
-                        match_aug="color_crop_cutout", seed=0)
-    out = gen.stage2_from_params(P, st, ds, gen.dim_objective(0.01), progress=False)
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    out = stage2(st, ds, dim_objective(0.01), use_cache=False, pool_models=["ConvNet"], mid_layer=None,
+                 pool_batch_size=8, pool_lr=0.05, pool_dsa="color_crop", epochs=1, iterations=3, batch_size=8,
+                 lr=2e-4, betas=(0.5, 0.999), pool_train_steps=1, gan_weight=1.0, gp_lambda=10.0, aux_weight=1.0,
+                 step_order="g_first", d_labels="random", fake_aux=True, match_aug="color_crop_cutout", seed=0,
+                 progress=False)
     assert out.opt_g.param_groups[0]["betas"] == (0.5, 0.999) and out.opt_d.param_groups[0]["lr"] == 2e-4
     s2 = out.params["stage2"]
     assert s2["pool_lr"] == 0.05 and s2["pool_dsa"] == "color_crop" and s2["match_aug"] == "color_crop_cutout"
@@ -616,7 +674,7 @@ def test_stage2_from_params_passes_every_optimiser_setting(tmp_path):
 
 def test_pool_warm_up_uses_dsa_on_every_batch():
     ds = tiny_dataset()
-    pool = gen.GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=6, dsa="color_crop")
+    pool = GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=6, dsa="color_crop")
     assert pool.dsa.strategy == "color_crop"
     seen = []
     real_dsa = pool.dsa
@@ -631,9 +689,9 @@ def test_pool_warm_up_uses_dsa_on_every_batch():
     pool.warm(ds, 3, make_generator(1))
     assert len(seen) == 3 and all(x.shape == (6, 1, 28, 28) for x, _ in seen)
     assert all(not torch.equal(x, out) for x, out in seen)           # the model saw augmented batches
-    assert gen.GANModelPool(["ConvNet"], 1, 4, 28, dsa="").dsa is None
+    assert GANModelPool(["ConvNet"], 1, 4, 28, dsa="").dsa is None
     with pytest.raises(ValueError, match="unknown DSA op"):
-        gen.GANModelPool(["ConvNet"], 1, 4, 28, dsa="color_blur")
+        GANModelPool(["ConvNet"], 1, 4, 28, dsa="color_blur")
 
 
 def test_siamese_augment_one_draw_for_the_whole_batch():
@@ -643,7 +701,7 @@ def test_siamese_augment_one_draw_for_the_whole_batch():
     g = make_generator(0)
     xr = torch.randn(5, 1, 28, 28)
     xs = xr.flip(0).clone().requires_grad_(True)                   # the same images, reversed
-    ar, as_ = gen.siamese_augment(aug, xr, xs, g)
+    ar, as_ = siamese_augment(aug, xr, xs, g)
     assert torch.allclose(as_, ar.flip(0), atol=1e-6)               # same draw for every image, both sides
     assert not torch.allclose(ar, xr)
     as_.sum().backward()
@@ -652,17 +710,17 @@ def test_siamese_augment_one_draw_for_the_whole_batch():
 
 def test_match_aug_feeds_augmented_pairs_to_the_objective():
     ds = tiny_dataset()
-    st = gen.build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
+    st = build_gan(ds, z_dim=8, gen_width=8, disc_width=8)
     seen = []
 
     def objective(b):
         seen.append(b.x_real.detach().clone())
-        return gen.dim_objective(0.01)(b)
+        return dim_objective(0.01)(b)
 
-    pool = gen.GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=8)
+    pool = GANModelPool(["ConvNet"], 1, 4, (28, 28), width=8, batch_size=8)
     for aug in ("", "color"):
         seen.clear()
-        gen.match_generator(st, ds, objective, pool=pool, epochs=1, iterations=2, batch_size=8, pool_train_steps=0,
+        match_generator(st, ds, objective, pool=pool, epochs=1, iterations=2, batch_size=8, pool_train_steps=0,
                             gan_weight=0.0, progress=False, match_aug=aug)
         dist = [(x.flatten(1)[:, None] - ds.x_train.flatten(1)[None]).abs().amax(2).min(1).values.max() for x in seen]
         if aug:
@@ -674,19 +732,19 @@ def test_match_aug_feeds_augmented_pairs_to_the_objective():
 # --------------------------------------------------------------------------- the dim protocol
 
 def test_dim_steps_per_epoch_formula():
-    assert gen.dim_steps_per_epoch(10, 1, 64) == 10 * 1 // 64 + 1 == 1
-    assert gen.dim_steps_per_epoch(10, 10, 64) == 2
-    assert gen.dim_steps_per_epoch(10, 50, 128) == 4
+    assert dim_steps_per_epoch(10, 1, 64) == 10 * 1 // 64 + 1 == 1
+    assert dim_steps_per_epoch(10, 10, 64) == 2
+    assert dim_steps_per_epoch(10, 50, 128) == 4
     with pytest.raises(ValueError, match="dim_batch"):
-        gen.dim_steps_per_epoch(10, 1, 0)
+        dim_steps_per_epoch(10, 1, 0)
 
 
 def test_dim_protocol_draws_new_images_every_step():
     ds = tiny_dataset()
-    G = gen.ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
     calls = []
     G.register_forward_hook(lambda m, inp, out: calls.append((inp[0].clone(), inp[1].clone(), m.training)))
-    r = gen.evaluate_generator(G, ds, 3, protocol="dim", model="ConvNet", num_models=1, epochs=2, dim_batch=5,
+    r = evaluate_generator(G, ds, 3, protocol="dim", model="ConvNet", num_models=1, epochs=2, dim_batch=5,
                                dim_test_every=1, progress=False)
     steps = 4 * 3 // 5 + 1
     assert r.settings["steps_per_epoch"] == steps == 3
@@ -707,17 +765,17 @@ def test_dim_protocol_draws_new_images_every_step():
 
 def test_term_balance_by_hand():
     t = lambda a, b: {"global": torch.tensor(a), "local": torch.tensor(b)}   # noqa: E731
-    fixed = gen.TermBalance({"global": 0.01, "local": 0.001})
+    fixed = TermBalance({"global": 0.01, "local": 0.001})
     out = fixed(t(2.0, 3000.0))
     assert out["w_global"].item() == pytest.approx(0.02) and out["loss"].item() == pytest.approx(3.02)
-    eq = gen.TermBalance({"global": 0.01, "local": 0.001}, "equal_start")
+    eq = TermBalance({"global": 0.01, "local": 0.001}, "equal_start")
     s0 = 0.01 * 2.0 + 0.001 * 3000.0
     first = eq(t(2.0, 3000.0))
     assert first["w_global"].item() == pytest.approx(s0 / 2) == pytest.approx(first["w_local"].item())
     second = eq(t(4.0, 1000.0))                                    # weights kept from the first batch
     assert second["w_global"].item() == pytest.approx(s0 / 2 / 2.0 * 4.0)
     assert second["w_local"].item() == pytest.approx(s0 / 2 / 3000.0 * 1000.0)
-    rm = gen.TermBalance({"global": 0.01, "local": 0.001}, "running_mean")
+    rm = TermBalance({"global": 0.01, "local": 0.001}, "running_mean")
     rm(t(2.0, 3000.0))
     second = rm(t(4.0, 1000.0))                                    # divided by the running means 3 and 2000
     assert second["w_global"].item() == pytest.approx(s0 / 2 * 4.0 / 3.0)
@@ -726,7 +784,7 @@ def test_term_balance_by_hand():
     rm({"global": x, "local": torch.tensor(1.0)})["loss"].backward()
     assert x.grad is not None and x.grad > 0
     with pytest.raises(ValueError, match="balance='auto'"):
-        gen.TermBalance({"global": 0.01}, "auto")
+        TermBalance({"global": 0.01}, "auto")
     with pytest.raises(ValueError, match="missing"):
         fixed({"global": torch.tensor(1.0)})
 
@@ -751,15 +809,15 @@ def test_paired_over_seeds_and_verdict_by_hand(tmp_path):
     _write_seed(tmp_path, 1, [70.5], [69.0])                          # +1.5
     _write_seed(tmp_path, 2, [74.5], [72.0])                          # +2.5
     _write_seed(tmp_path / "other", 3, [0.0], [99.0], extra_param=1)   # another configuration: ignored
-    d = gen.paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=1, protocol="dim", selection="best_test")
+    d = paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=1, protocol="dim", selection="best_test")
     assert d["seeds"] == [0, 1, 2] and d["diffs"] == pytest.approx([2.0, 1.5, 2.5]) and d["mean"] == pytest.approx(2.0)
     half = 4.302652729911275 * 0.5 / math.sqrt(3)                      # t_{0.975, 2} * sd / sqrt(n), sd = 0.5
-    assert d["lo"] == pytest.approx(2.0 - half) and gen.claim_verdict(d).startswith("held (+2.00 points")
-    assert gen.claim_verdict({**d, "lo": -1.0, "hi": 3.0}).startswith("not shown")
-    assert gen.claim_verdict({**d, "lo": -3.0, "hi": -1.0}).startswith("reversed")
+    assert d["lo"] == pytest.approx(2.0 - half) and claim_verdict(d).startswith("held (+2.00 points")
+    assert claim_verdict({**d, "lo": -1.0, "hi": 3.0}).startswith("not shown")
+    assert claim_verdict({**d, "lo": -3.0, "hi": -1.0}).startswith("reversed")
     with pytest.raises(ValueError, match="no run under"):
-        gen.paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=10, protocol="dim")
-    table = gen.evidence_markdown(tmp_path, "ev_s")
+        paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=10, protocol="dim")
+    table = evidence_markdown(tmp_path, "ev_s")
     row = next(line for line in table.splitlines() if line.startswith("| GAN + SKD |"))
     accs = torch.tensor([80.0, 82.0, 70.5, 74.5])                      # every network of every seed
     assert f"{accs.mean():.2f} ± {accs.std(unbiased=False):.2f}" in row and "+2.00" in row and "held" in row
@@ -767,21 +825,15 @@ def test_paired_over_seeds_and_verdict_by_hand(tmp_path):
 
 def test_term_scales_by_hand():
     hist = [{"a": -1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}]
-    assert gen.term_scales(hist, ["a", "b", "c"], window=2) == {"a": (2.0, 4.0), "b": (3.0, 3.0)}
+    assert term_scales(hist, ["a", "b", "c"], window=2) == {"a": (2.0, 4.0), "b": (3.0, 3.0)}
 
 
 # --------------------------------------------------------------------------- the notebooks' objective cells
 
-def _objective_cell(stem, **P):
-    import json
+def _objective_cell(stem):
     from pathlib import Path
-    from types import SimpleNamespace
 
-    nb = json.loads((Path(__file__).parents[1] / "notebooks" / f"{stem}.ipynb").read_text())
-    cell = next(c for c in nb["cells"] if "objective" in c.get("metadata", {}).get("tags", []))
-    ns = {"P": SimpleNamespace(**P)}
-    exec("".join(cell["source"]), ns)
-    return ns
+    return run_tagged(Path(__file__).parents[1] / "notebooks" / f"{stem}.ipynb", "objective")
 
 
 def _batch():
@@ -793,11 +845,11 @@ def _batch():
     g = make_generator(1)
     xr, xs = torch.randn(6, 1, 28, 28, generator=g), torch.randn(6, 1, 28, 28, generator=g)
     y = torch.tensor([0, 1, 2, 3, 0, 1])
-    return gen.MatchBatch(net, xr, y, xs, y, net.mid_layer, 0, 0)
+    return MatchBatch(net, xr, y, xs, y, net.mid_layer, 0, 0)
 
 
 def test_notebook_01_objective_cell_by_hand():
-    ns = _objective_cell("01_gan_global_local", match_form="dim", w_global=0.01, w_local=0.001)
+    ns = _objective_cell("01_gan_global_local")
     b = _batch()
     out = ns["make_global_local_objective"](0.01, 0.001, "dim")(b)
     glob = ((F.log_softmax(b.net(b.x_real), 1) - F.log_softmax(b.net(b.x_syn), 1)) ** 2).mean()
@@ -810,7 +862,7 @@ def test_notebook_01_objective_cell_by_hand():
 
 
 def test_notebook_02_objective_cell_by_hand():
-    ns = _objective_cell("02_gan_skd", lambda_skd=0.01, tau=2.0, standardize=True)
+    ns = _objective_cell("02_gan_skd")
     b = _batch()
     lr, ls = b.net(b.x_real), b.net(b.x_syn)
     z = lambda x: (x - x.mean(1, keepdim=True)) / ((x.std(1, keepdim=True) + 1e-7) * 2.0)   # noqa: E731 (Eq. 3)
@@ -821,3 +873,58 @@ def test_notebook_02_objective_cell_by_hand():
     raw = ns["make_skd_objective"](0.01, 2.0, False)(b)             # No Stand.: softmax(x / tau)
     qr, qs = F.softmax(lr / 2.0, 1), F.softmax(ls / 2.0, 1)
     assert torch.allclose(raw["skd"], (qr * (qr.log() - qs.log())).sum(1).mean(), rtol=1e-4)
+
+
+def test_protocol_selections_and_run_fields_by_hand():
+    assert protocol_selections(["fixed", "dim"]) == [
+        ("fixed", "last", "fixed, last epoch"), ("dim", "last", "dim, last epoch"),
+        ("dim", "best_test", "dim (best test eval: test-set selection)")]
+    s1 = GANState(None, None, None, None, {"cache": "c.pt"}, seconds=2.0)
+    s2 = GANState(None, None, None, None, {}, history=[{"a": 1.0}, {"a": 3.0}], seconds=5.0)
+    out = generator_run_fields(s1, s2, {10: 0.5}, {"m": s2.history}, ["a"])
+    assert out["distill_seconds"] == 7.0 and out["stage1_seconds"] == 2.0 and out["stage2_seconds"] == 5.0
+    assert out["redeploy_seconds"] == {"10": 0.5} and out["term_scales"] == {"m": {"a": (2.0, 2.0)}}
+    assert out["stage1_cache"] == "c.pt" and out["final_terms"] == {"a": 3.0}
+
+
+def test_tagged_cell_loader_refuses_a_missing_tag():
+    from pathlib import Path
+
+    from ddkit.notebook_cells import tagged_source
+
+    nb = Path(__file__).parents[1] / "notebooks" / "02_gan_skd.ipynb"
+    assert "def make_skd_objective" in tagged_source(nb, "objective")
+    with pytest.raises(ValueError, match="expected exactly one cell tagged 'no-such-tag', found 0"):
+        tagged_source(nb, "no-such-tag")
+
+
+@pytest.mark.parametrize("notebook", ["01_gan_global_local.ipynb", "02_gan_skd.ipynb"])
+def test_every_params_run_of_01_and_02_passes_the_notebooks_own_check(notebook, tmp_path):
+    """Every run of params/paper, params/cpu and params/evidence for the notebook passes the notebook's
+    check cell (its SPEC and ``check_notebook_params``), with the notebook's own parameter names."""
+    import json
+    from pathlib import Path
+
+    from ddkit import sweep
+
+    root = Path(__file__).parents[1]
+    cells = json.loads((root / "notebooks" / notebook).read_text())["cells"]
+    at = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    check = "".join(next(c for c in cells[at + 1:] if c["cell_type"] == "code")["source"])
+    checked = 0
+    for path in sorted((root / "params").rglob("*.yaml")):
+        if path.relative_to(root / "params").parts[0] not in ("paper", "cpu", "evidence"):
+            continue
+        try:
+            runs = sweep.validate_params_file(path, notebooks_dir=root / "notebooks")
+        except ValueError:
+            continue                                   # files of other shapes: tests/test_sweep.py
+        for run in (r for r in runs if Path(r.notebook).name == notebook):
+            ns = run_tagged(root / "notebooks" / notebook, "parameters")
+            ns.update({k: v for k, v in run.params.items() if k != "results_dir"}, results_dir=str(tmp_path))
+            try:
+                exec(check, ns)
+            except ValueError as e:
+                raise AssertionError(f"{path.relative_to(root)}:{run.label}: {e}") from None
+            checked += 1
+    assert checked >= 10

@@ -1,4 +1,4 @@
-"""Model pools of issue 4: IDM's queue and the cached pretrained pool (CPU, tiny data)."""
+"""Model pools: IDM's queue and the cached pretrained pool (CPU, tiny data)."""
 import math
 
 import pytest

@@ -113,6 +113,7 @@ def test_write_result_records_an_evaluations_list(tmp_path):
 
 
 def test_results_dir_precedence(tmp_path, monkeypatch):
+    """explicit argument > $DDKIT_RESULTS > ./results of the working directory, never the package's folder."""
     from ddkit.results import resolve_results_dir
     from ddkit.utils import REPO_ROOT
 
@@ -120,7 +121,27 @@ def test_results_dir_precedence(tmp_path, monkeypatch):
     assert resolve_results_dir(tmp_path / "explicit") == tmp_path / "explicit"
     assert resolve_results_dir("") == resolve_results_dir(None) == tmp_path / "env"
     monkeypatch.delenv("DDKIT_RESULTS")
-    assert resolve_results_dir("") == REPO_ROOT / "results"  # a checkout: the repository's folder
+    monkeypatch.chdir(tmp_path)
+    assert resolve_results_dir("") == tmp_path / "results" != REPO_ROOT / "results"
+
+
+def test_every_module_takes_its_default_results_folder_from_the_one_helper(tmp_path, monkeypatch, tiny_ds):
+    """sweep, report, pools and trajectories all land in resolve_results_dir's folder (./results here)."""
+    from ddkit import report, sweep
+    from ddkit.pools import PretrainedPool
+    from ddkit.trajectory import get_trajectory
+
+    monkeypatch.delenv("DDKIT_RESULTS")
+    monkeypatch.chdir(tmp_path)
+    here = tmp_path / "results"
+    assert report.default_out_dir() == here / "report"
+    assert report.collect().attrs["results_dir"] == str(here)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("notebook: 00_quickstart.ipynb\n")
+    assert sweep.expand([grid])[0].results_dir == str(here)
+    assert PretrainedPool("ConvNet", tiny_ds, 1, 0, build=False, progress=False).path.parent == here / "pools"
+    get_trajectory(tiny_ds, epochs=1, progress=False)
+    assert len(list((here / "trajectories").glob("*.pt"))) == 1
 
 
 def test_the_test_session_never_writes_into_the_repository_results():

@@ -296,3 +296,37 @@ def test_repo_params_files_match_their_notebooks(path):
     """Every params/**.yaml only uses keys (with the right types) its notebook declares."""
     runs = sw.validate_params_file(path, notebooks_dir=REPO / "notebooks")
     assert runs
+
+
+# ----------------------------------------------------------------------------- one validator
+SPEC_SRC = '''import json
+from ddkit.params import COMMON, Param, check_params
+LR = Param(float, min=0, min_exclusive=True)
+SPEC = {**COMMON, "lr_img": LR, "fail": Param(bool)}
+P = check_params(globals(), SPEC)
+'''
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ("{ipc: [1, 0]}", "ipc=0 is too small"),
+    ("{lr_img: [0.0]}", "lr_img=0.0 is too small"),
+    ("{dataset: [mnist5k, nope]}", "unknown dataset"),
+    ("{device: [gpu]}", "expected 'auto', 'cpu'"),
+])
+def test_sweep_rejects_what_the_notebooks_spec_rejects(env, grid, needle):
+    """The sweep validates with the notebook's own SPEC (ranges, choices, checks), not types guessed from
+    defaults: a value check_params would refuse inside the notebook fails the expansion."""
+    from ddkit.params import check_params
+
+    nb = make_notebook(env["nbdir"], "91_spec.ipynb")
+    book = nbformat.read(str(nb), as_version=4)
+    book.cells.insert(2, nbformat.v4.new_code_cell(SPEC_SRC))
+    nbformat.write(book, str(nb))
+    assert sw.notebook_spec(nb)["lr_img"].min_exclusive
+    bad = write(env["tmp"] / "spec.yaml", f"notebook: 91_spec.ipynb\nname: '{{index}}'\ngrid: {grid}\n")
+    with pytest.raises(ValueError, match=needle):
+        sw.expand([bad], results_dir=env["results"], notebooks_dir=env["nbdir"])
+    key, values = next(iter(__import__("yaml").safe_load(grid).items()))
+    defaults = {k: i.default for k, i in sw.notebook_parameters(nb).items()}
+    with pytest.raises(ValueError, match=needle):  # the notebook's own check says the same
+        check_params({}, sw.notebook_spec(nb), extra={**defaults, key: values[-1]})

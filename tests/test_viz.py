@@ -34,3 +34,34 @@ def test_loss_curves_smooths_and_logs():
     fig = loss_curves({"DM": [{"loss": float(v)} for v in range(1, 11)]}, smooth=5)
     (line,) = fig.axes[0].lines
     assert len(line.get_xdata()) == 6 and fig.axes[0].get_yscale() == "log"
+
+
+def test_tile_places_images_row_by_row_with_white_padding():
+    import numpy as np
+    from ddkit.viz import tile
+
+    imgs = np.stack([np.full((2, 3), v, dtype=np.float32) for v in (0.1, 0.2, 0.3)])
+    g = tile(imgs, cols=2, pad=1)
+    assert g.shape == (5, 7)
+    assert (g[:2, :3] == 0.1).all() and (g[:2, 4:] == 0.2).all() and (g[3:, :3] == 0.3).all()
+    assert (g[2] == 1).all() and (g[:, 3] == 1).all() and (g[3:, 4:] == 1).all()   # padding, empty cell
+
+
+def test_class_grid_rows_are_classes_and_columns_transpose():
+    from ddkit.viz import class_grid, display_images
+
+    ds = _ds()
+    x = torch.stack([torch.full((1, 28, 28), float(v)) for v in range(8)]) * 0.1 - 0.5   # image i: value i/10
+    y = torch.arange(4).repeat(2)                        # class c: images c and c + 4
+    rows = class_grid(x, y, ds)
+    assert rows.shape == (4 * 29 - 1, 2 * 29 - 1)
+    pix = display_images(x, ds)[:, 0, 0]
+    assert rows[29 * 2, 29] == pix[6] and rows[0, 0] == pix[0]   # class 2, 2nd image = image 6
+    cols = class_grid(x, y, ds, classes_as="columns")
+    assert cols.shape == (2 * 29 - 1, 4 * 29 - 1) and cols[29, 29 * 2] == pix[6]
+
+
+def test_image_grid_draws_one_image_per_class_at_ipc_1():
+    ds = _ds()
+    fig = image_grid(ds.x_train[:4], ds.y_train[:4], ds)
+    assert [a.images[0].get_array().shape for a in fig.axes] == [(28, 28)] * 4

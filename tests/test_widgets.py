@@ -116,7 +116,7 @@ def test_generator_viewer_with_a_callable_and_real_generator():
     torch.testing.assert_close(v.samples, a)  # the seed makes it reproducible
     with pytest.raises(ValueError, match="num_classes"):
         GeneratorViewer(f)
-    from ddkit.generative import ConditionalGenerator
+    from ddkit.gan_nets import ConditionalGenerator
 
     g = ConditionalGenerator(num_classes=10, channels=1, im_size=(28, 28), z_dim=8, width=8,
                              mean=[0.1307], std=[0.3081])
