@@ -207,6 +207,14 @@ CASES = [
      r"synset\.pt is not a ddkit trajectory"),
     ("trajectory of another architecture", lambda c: load_trajectory(c["tmp"] / "traj.pt", model="ResNet18"),
      ValueError, r"'ConvNet'.*'ResNet18'"),
+    ("trajectory from another ddkit version", lambda c: (
+        atomic_torch_save({**c["traj"].to_dict(), "meta": {**c["traj"].meta, "format": "ddkit.trajectory/0"}},
+                          c["tmp"] / "old_traj.pt"),
+        load_trajectory(c["tmp"] / "old_traj.pt")), ValueError, r"old_traj\.pt.*format='ddkit\.trajectory/0'"),
+    ("pool file from another ddkit version", lambda c: (
+        atomic_torch_save({"meta": {**c["pool"].meta, "format": 0}, "states": c["pool"].states}, c["tmp"] / "old.pt"),
+        PretrainedPool("ConvNet", c["ds"], num_models=1, epochs=1, path=c["tmp"] / "old.pt", train_per_class=2,
+                       progress=False, test_samples=0, **SMALL)), ValueError, r"old\.pt was made for format=0"),
     ("truncated GAN generator file", lambda c: load_checkpoint(c["tmp"] / "truncated.pt", c["ds"]), ValueError,
      r"truncated\.pt"),
     ("pool file given as a GAN generator", lambda c: load_checkpoint(c["pool"].path, c["ds"]), ValueError,
