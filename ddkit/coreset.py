@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checks import check_ipc
 from .models import get_model
 from .train import embed_all, sgd, train_classifier
 from .utils import make_generator, resolve_device
@@ -92,8 +93,7 @@ def select(method: str, dataset, ipc: int, seed: int = 0, model: str = "ConvNet"
     """Indices of ``ipc`` training images per class chosen by ``method`` (see ``METHODS``)."""
     if method not in METHODS:
         raise ValueError(f"unknown coreset method {method!r}; expected one of {METHODS}")
-    if ipc < 1:
-        raise ValueError(f"ipc={ipc} must be >= 1")
+    check_ipc(ipc, dataset)
     dev = resolve_device(device)
     g = make_generator(seed, "cpu")
     classes = range(dataset.num_classes)

@@ -31,6 +31,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .augment import DSA, decode, mosaic_init
+from .checks import check_int, check_ipc
 from .losses import mean_embedding_loss
 from .models import fast_view, forward_flops, has_batchnorm, resolve_compile
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
@@ -66,8 +67,9 @@ def init_synthetic(dataset, ipc: int, factor: int = 1, init: str = "real", gener
     a mosaic of factor^2 downscaled real images each) or Gaussian noise (``init="noise"``)."""
     if init not in ("real", "noise"):
         raise ValueError(f"init={init!r}; expected 'real' or 'noise'")
-    if ipc < 1:
-        raise ValueError(f"ipc={ipc} must be >= 1")
+    if init == "real":  # noise needs no real images
+        check_ipc(ipc, dataset, factor)
+    check_int("ipc", ipc)
     dev = resolve_device(device)
     k = dataset.num_classes
     labels = torch.arange(k).repeat_interleave(ipc)
@@ -77,9 +79,6 @@ def init_synthetic(dataset, ipc: int, factor: int = 1, init: str = "real", gener
         per_class = []
         for c in range(k):
             real = dataset.sample(c, ipc * factor * factor, generator).cpu()
-            if len(real) < ipc * factor * factor:
-                raise ValueError(f"class {c} has only {len(real)} training images; ipc={ipc} x factor^2="
-                                 f"{factor * factor} needs {ipc * factor * factor}")
             per_class.append(mosaic_init(real, factor) if factor > 1 else real)
         images = torch.cat(per_class)
     return SyntheticSet(images.to(dev).detach().clone().requires_grad_(True), labels.to(dev), k, factor)
@@ -176,6 +175,8 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     """
     if image_step not in IMAGE_STEPS:
         raise ValueError(f"image_step={image_step!r}; expected one of {list(IMAGE_STEPS)}")
+    check_int("iterations", iterations, 0)
+    check_int("batch_real", batch_real)
     dev = resolve_device(device)
     data = dataset.to(dev)
     aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from .losses import (effect_alignment_loss, effect_alignment_squared_loss, effec
                      replacement_alpha)
 from .train import soft_cross_entropy
 from .trajectory import SCHEDULES, lr_at
-from .utils import make_generator, resolve_device
+from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 
 # =============================================================================== coefficient
@@ -365,7 +366,8 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
                 batch_syn: int = 0, batch_real: int = 256, batch_probe: int = 256, real_coef: float = 1.0,
                 eta_weighting: bool = True, objective: str = "paper", optimizer: str = "sgd", momentum: float = 0.5,
                 lr_schedule: str = "constant", streaming: bool = True, dsa=None, model: str | None = None,
-                monitor: Monitor | None = None, seed: int = 0, device=None, progress: bool = True) -> list:
+                monitor: Monitor | None = None, seed: int = 0, device=None, progress: bool = True,
+                checkpoint=None, checkpoint_every: int = 10) -> list:
     """EAD Algorithm 1: ``iterations`` updates of the synthetic images and soft labels (in place in ``syn``).
 
     Each update samples ``S_t`` (``batch_syn`` synthetic images, 0 = all), a probe batch ``P``
@@ -382,6 +384,12 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     (``||x - x_0||_F``), ``entropy`` (mean soft-label entropy), and every ``monitor.every`` updates (and
     after the last) ``monitor``: :func:`effect_values` at the monitor's fixed batches, all checkpoints.
     Inputs are checked before any compute (``ValueError``).
+
+    ``checkpoint``: a path; every ``checkpoint_every`` updates (and after the last) the loop state
+    (images, label logits, optimiser, both generators, the initial images, the history) is saved there
+    atomically, and a call that finds the file resumes from it: the same result as an uninterrupted
+    run. The file is tied to the set's shape, ``objective``, ``seed``, the trajectory and (with a
+    decaying ``lr_schedule``) ``iterations``; another setting is a clear ``ValueError``.
     """
     _check_inputs(syn, dataset, trajectory, t_m, model)
     check_objective(objective)
@@ -406,14 +414,19 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     n_syn = len(syn)
     bs = n_syn if batch_syn in (0, None) or batch_syn >= n_syn else batch_syn
     x0 = syn.images.detach().clone()
+    meta = {"kind": "ead-checkpoint", "shape": list(syn.images.shape), "objective": objective, "seed": int(seed),
+            "trajectory": dict(trajectory.meta), "iterations": int(iterations) if lr_schedule != "constant" else None}
+    history, start = [], 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        history, start = _load_ead_state(checkpoint, meta, iterations, syn, opt, gen, aug_gen, x0)
 
     def monitored():
         return effect_values(net, monitor.checkpoints, monitor.x_probe.to(dev), monitor.y_probe.to(dev),
                              monitor.x_real.to(dev), monitor.y_real.to(dev), syn.images.detach(),
                              syn.soft_labels().detach(), real_coef=real_coef, eta_weighting=eta_weighting)
 
-    history = []
-    bar = tqdm(range(iterations), desc=f"EAD ({objective})", disable=not progress)
+    bar = tqdm(range(start, iterations), desc=f"EAD ({objective})", disable=not progress, initial=start,
+               total=iterations)
     for it in bar:
         t0 = time.time()
         rec = {"iteration": it, "monitor": monitored()} if monitor is not None and it % monitor.every == 0 else \
@@ -447,9 +460,30 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
             raise ValueError(f"EAD loss became {rec['loss']} at iteration {it}; lower lr_img / lr_label")
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.2e}")
+        if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+            atomic_torch_save({"meta": meta, "iteration": it + 1, "images": syn.images.detach().cpu(),
+                               "label_logits": syn.label_logits.detach().cpu(), "opt": opt.state_dict(),
+                               "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "x0": x0.cpu(),
+                               "history": history}, checkpoint)
     if monitor is not None and history:
         history[-1]["monitor_after"] = monitored()
     return history
+
+
+def _load_ead_state(path, meta: dict, iterations: int, syn: EADSynSet, opt, gen, aug_gen, x0) -> tuple:
+    """Restore :func:`distill_ead`'s state from ``path`` in place; returns ``(history, iteration)``."""
+    state = safe_torch_load(path, expect=meta)
+    if state["iteration"] > iterations:
+        raise ValueError(f"checkpoint {path} is at update {state['iteration']} but iterations={iterations}: ask for "
+                         "at least as many, or delete the checkpoint to start over")
+    with torch.no_grad():
+        syn.images.copy_(state["images"].to(syn.images.device))
+        syn.label_logits.copy_(state["label_logits"].to(syn.label_logits.device))
+        x0.copy_(state["x0"].to(x0.device))
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    aug_gen.set_state(state["aug_gen"])  # generator states are CPU byte tensors on every device
+    return state["history"], state["iteration"]
 
 
 def random_walk_displacement(grad_norms, lr_imgs, shape, *, optimizer: str = "adam", momentum: float = 0.5,

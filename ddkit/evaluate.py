@@ -19,8 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import DSA
+from .checks import check_int, check_number, check_synset
 from .models import forward_flops, get_model, resolve_compile
-from .train import accuracy, train_classifier
+from .resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
+from .train import SCHEDULES, accuracy, train_classifier
 from .utils import make_generator, resolve_device
 
 #: Named protocols: keyword sets for :func:`evaluate_synset`.
@@ -83,15 +85,19 @@ def _dsa_for(dsa, dataset):
     return DSA(dsa) if isinstance(dsa, str) else dsa
 
 
-def _check_labels(x_syn, y_syn, dataset):
-    if len(x_syn) != len(y_syn):
-        raise ValueError(f"x_syn has {len(x_syn)} images but y_syn has {len(y_syn)} labels")
-    if tuple(x_syn.shape[1:]) != (dataset.channels, *dataset.im_size):
-        raise ValueError(f"synthetic images have shape {tuple(x_syn.shape[1:])}, dataset {dataset.name} needs "
-                         f"{(dataset.channels, *dataset.im_size)}")
-    if y_syn.dim() == 2 and y_syn.shape[1] != dataset.num_classes:
-        raise ValueError(f"soft labels have {y_syn.shape[1]} classes, dataset {dataset.name} has "
-                         f"{dataset.num_classes}")
+def _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source,
+                         checkpoint) -> None:
+    """:func:`evaluate_synset`'s inputs, before any work (``ddkit.checks`` messages)."""
+    check_int("num_models", num_models)
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_number("lr", lr, 0, exclusive=True)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {list(SCHEDULES)}")
+    if x_syn is not None or batch_source is None:
+        check_synset(x_syn, y_syn, dataset)
+    elif checkpoint is not None:
+        raise ValueError("checkpoint needs x_syn / y_syn (a batch_source has no content key to store results under)")
 
 
 def validation_split(dataset, per_class: int, seed: int = 0):
@@ -154,7 +160,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                     schedule: str = "standard", cutmix_p: float = 0.0, model_kw: dict | None = None,
                     batch_source=None, steps_per_epoch: int | None = None, progress: bool = True,
                     compile=False, channels_last: bool = False, val_per_class: int = 0,
-                    eval_every_epochs: int = 0) -> EvalResult:
+                    eval_every_epochs: int = 0, checkpoint=None) -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
     ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy). ``dsa``: True (the dataset's
@@ -176,10 +182,15 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     compiles only when the expected eager work is large (``ddkit.models.COMPILE_AUTO_SECONDS``).
     ``channels_last`` feeds channels-last batches. Accuracies match the plain path within
     training noise (float reassociation changes the SGD trajectory, not the distribution).
+
+    ``checkpoint``: a JSON file (:class:`ddkit.resume.UnitStore`); each finished network's results are
+    stored there atomically under a key of everything that determines them (the synthetic set, the
+    dataset, the model and every setting), and a re-run with the same key skips them (network
+    granularity: a kill loses at most the network in training). One file can serve many evaluations.
     """
+    _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source, checkpoint)
     dev = resolve_device(device)
     if x_syn is not None:
-        _check_labels(x_syn, y_syn, dataset)
         x_syn, y_syn = x_syn.detach().to(dev), y_syn.detach().to(dev)
     data = dataset.to(dev)
     aug = _dsa_for(dsa, dataset)
@@ -197,7 +208,16 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
     val = validation_split(data, val_per_class, seed) if val_per_class else None
     accs, per_net = [], []
+    store = None if checkpoint is None else UnitStore(checkpoint, settings_key(
+        synset=tensor_digest(x_syn, y_syn), dataset=[dataset.name, dataset_fingerprint(dataset)], model=model,
+        model_kw=model_kw, epochs=epochs, lr=lr, batch_size=batch_size, dsa=repr(aug), seed=seed, schedule=schedule,
+        cutmix_p=cutmix_p, steps_per_epoch=steps_per_epoch, checkpoints=checkpoints, val_per_class=val_per_class,
+        device=dev.type))
     for i in tqdm(range(num_models), desc=f"eval {model}", disable=not progress, leave=False):
+        if store is not None and (done := store.get(i)) is not None:
+            accs.append(done["acc"])
+            per_net.append(done["points"])
+            continue
         run_seed = seed * 1000 + i
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(run_seed)
@@ -217,6 +237,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         accs.append(points[-1]["test"] if points else
                     accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last))
         per_net.append(points)
+        if store is not None:
+            store.put(i, {"acc": accs[-1], "points": points})
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
     if y_syn is not None:

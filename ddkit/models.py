@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checks import check_im_size, check_int
+
 __all__ = [
     "MODEL_NAMES",
     "get_model",
@@ -502,6 +504,9 @@ def get_model(name: str, channels: int, num_classes: int, im_size=(32, 32),
     if key is None:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODEL_NAMES)}")
     cls, defaults = _REGISTRY[key]
+    check_int("channels", channels)
+    check_int("num_classes", num_classes)
+    check_im_size("im_size", im_size)
     model = cls(int(channels), int(num_classes), _as_hw(im_size), **{**defaults, **kw})
     model.model_name = key
     if generator is not None:

@@ -50,6 +50,7 @@ import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .augment import DSA  # noqa: E402
+from .resume import dataset_fingerprint  # noqa: E402
 from .train import accuracy, sgd, train_classifier, train_steps  # noqa: E402
 from .results import resolve_results_dir
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load  # noqa: E402
@@ -237,17 +238,6 @@ class IDMQueue:
 POOL_FORMAT = 1
 POOL_KIND = "ddkit.PretrainedPool"
 POOL_AUGMENT = ("none", "dsa")
-
-
-def dataset_fingerprint(dataset) -> str:
-    """A short hash of a dataset's training labels, sizes and a strided sample of its images
-    (cheap; tells two datasets with the same name apart)."""
-    h = hashlib.sha1()
-    h.update(repr((tuple(dataset.x_train.shape), tuple(dataset.x_test.shape))).encode())
-    h.update(dataset.y_train.detach().cpu().numpy().tobytes())
-    step = max(1, len(dataset.x_train) // 64)
-    h.update(dataset.x_train[::step].detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _slug(text: str) -> str:

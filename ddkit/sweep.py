@@ -686,6 +686,12 @@ def write_error(run: SweepRun, exc: BaseException | str, seconds: float = 0.0) -
     return record
 
 
+def _error_line(record: dict) -> str:
+    """``"<ename>: <last non-empty line of the message>"`` (what the traceback ends with): the summary line."""
+    lines = [line for line in str(record["evalue"]).splitlines() if line.strip()]
+    return f"{record['ename']}: {lines[-1] if lines else ''}"
+
+
 def execute_run(
     run: SweepRun,
     kernel_name: str | None = None,
@@ -701,7 +707,7 @@ def execute_run(
     t0 = time.time()
     out = run.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("error.json",):
+    for stale in ("error.json", *(p.name for p in out.glob(".*.tmp"))):  # + temp files of a killed write
         (out / stale).unlink(missing_ok=True)
     res = out / "result.json"
     if res.exists():  # params changed or unreadable: keep the old one aside
@@ -730,7 +736,7 @@ def execute_run(
             write_error(run, "interrupted (KeyboardInterrupt)", time.time() - t0)
             raise
         rec = write_error(run, exc, time.time() - t0)
-        return {**outcome, "status": "failed", "seconds": time.time() - t0, "error": rec["error"]}
+        return {**outcome, "status": "failed", "seconds": time.time() - t0, "error": _error_line(rec)}
     return {
         **outcome,
         "status": "ok",

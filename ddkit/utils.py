@@ -43,9 +43,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """'auto' (or None/'') picks CUDA when present, else CPU; other strings are checked."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}: CUDA is not available here; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"use 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}' or 'auto'")
     return dev
 
 
