@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import DSA
+from .distributed import gather_in_order, my_items
 from .models import forward_flops, get_model, resolve_compile
 from .train import accuracy, train_classifier
 from .utils import make_generator, resolve_device
@@ -176,6 +177,9 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     compiles only when the expected eager work is large (``ddkit.models.COMPILE_AUTO_SECONDS``).
     ``channels_last`` feeds channels-last batches. Accuracies match the plain path within
     training noise (float reassociation changes the SGD trajectory, not the distribution).
+
+    Under ``torchrun`` network ``i`` trains on rank ``i % world_size`` (same seed rule) and every rank
+    returns all accuracies, gathered in network order (:mod:`ddkit.distributed`).
     """
     dev = resolve_device(device)
     if x_syn is not None:
@@ -196,8 +200,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         use_compile = resolve_compile(compile)
     checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
     val = validation_split(data, val_per_class, seed) if val_per_class else None
-    accs, per_net = [], []
-    for i in tqdm(range(num_models), desc=f"eval {model}", disable=not progress, leave=False):
+    mine = {}  # network -> (accuracy, checkpoints) for this rank's networks
+    for i in tqdm(my_items(num_models), desc=f"eval {model}", disable=not progress, leave=False):
         run_seed = seed * 1000 + i
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(run_seed)
@@ -214,9 +218,9 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                          schedule=schedule, cutmix_p=cutmix_p, num_classes=dataset.num_classes, generator=gen,
                          batch_source=batch_source, steps_per_epoch=steps_per_epoch, compile=use_compile,
                          channels_last=channels_last, on_epoch_end=on_epoch_end)
-        accs.append(points[-1]["test"] if points else
-                    accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last))
-        per_net.append(points)
+        mine[i] = (points[-1]["test"] if points else
+                   accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last), points)
+    accs, per_net = (list(v) for v in zip(*gather_in_order(num_models, mine)))
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
     if y_syn is not None:
