@@ -8,7 +8,8 @@ ddkit.launch <target> ...``; each of the N processes then runs :func:`main`, whi
   ``evaluate_synset`` inside split their work over the ranks (:mod:`ddkit.distributed`); rank 0
   writes into the results folder, the other ranks into a temporary folder removed afterwards
   (``$DDKIT_RESULTS`` and the run's ``results_dir`` point there), so a run's results are written once;
-- a Python script (``runpy``, ``sys.argv`` = the script and its arguments).
+- a Python script (``runpy``, ``sys.argv`` = the script and its arguments; on ranks > 0
+  ``$DDKIT_RESULTS`` points to the temporary folder too).
 
 Failure: :func:`main` is wrapped in torchrun's ``record``, so a rank that raises writes its error
 and torchrun stops the other ranks and exits non-zero, reporting that rank's traceback as the root
@@ -54,24 +55,17 @@ def run(target: str, nproc: int, args=(), **kw) -> int:
     return subprocess.call(torchrun_command(target, nproc, args, **kw))
 
 
-def _run_params(path: str, overrides: dict, results_dir, force: bool, rank: int) -> None:
+def _run_params(path: str, overrides: dict, results_dir, force: bool, scratch: str | None, rank: int) -> None:
     from ddkit import sweep as sw
 
     runs = sw.expand(path, results_dir, None, overrides or None)
     todo = [r for r in runs if force or sw.run_status(r)[0] != "done"]  # every rank decides alike
-    scratch = None if rank == 0 else tempfile.mkdtemp(prefix=f"ddkit-rank{rank}-")
-    try:
-        if scratch:
-            os.environ["DDKIT_RESULTS"] = scratch
-        for r in todo:
-            mine = r if scratch is None else dataclasses.replace(r, results_dir=scratch)
-            outcome = sw.execute_run(mine)
-            print(f"[rank {rank}] {r.label}: {outcome['status']} ({outcome['seconds']:.1f}s)", flush=True)
-            if outcome["status"] != "ok":
-                raise RuntimeError(f"rank {rank}: {r.label} failed: {outcome['error']}")
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+    for r in todo:
+        mine = r if scratch is None else dataclasses.replace(r, results_dir=scratch)
+        outcome = sw.execute_run(mine)
+        print(f"[rank {rank}] {r.label}: {outcome['status']} ({outcome['seconds']:.1f}s)", flush=True)
+        if outcome["status"] != "ok":
+            raise RuntimeError(f"rank {rank}: {r.label} failed: {outcome['error']}")
 
 
 @record
@@ -92,11 +86,18 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    if a.target.endswith(".py"):
-        sys.argv = [a.target, *extra]
-        runpy.run_path(a.target, run_name="__main__")
-    else:
-        _run_params(a.target, dict(a.overrides), a.results_dir, a.force, rank)
+    scratch = None if rank == 0 else tempfile.mkdtemp(prefix=f"ddkit-rank{rank}-")
+    try:
+        if scratch:  # the other ranks' result writes land here
+            os.environ["DDKIT_RESULTS"] = scratch
+        if a.target.endswith(".py"):
+            sys.argv = [a.target, *extra]
+            runpy.run_path(a.target, run_name="__main__")
+        else:
+            _run_params(a.target, dict(a.overrides), a.results_dir, a.force, scratch, rank)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
