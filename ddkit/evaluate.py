@@ -220,7 +220,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                          channels_last=channels_last, on_epoch_end=on_epoch_end)
         mine[i] = (points[-1]["test"] if points else
                    accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last), points)
-    accs, per_net = (list(v) for v in zip(*gather_in_order(num_models, mine)))
+    gathered = gather_in_order(num_models, mine)
+    accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
     if y_syn is not None:
