@@ -50,11 +50,19 @@ def current() -> Group:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Group()
+    backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("cpu:gloo,cuda:nccl")
+        backend = "cpu:gloo,cuda:nccl"
+    prefix = os.environ.get("DDKIT_DIST_PREFIX")
+    if prefix and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # one process group per notebook run (ddkit.launch): each run's kernel joins torchrun's store
+        # under its own prefix, so a later run does not meet the keys an earlier kernel left there
+        store = dist.PrefixStore(prefix, dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                                       world, False))
+        dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend)
     return Group(dist.get_rank(), dist.get_world_size())
 
 

@@ -60,7 +60,8 @@ def _run_params(path: str, overrides: dict, results_dir, force: bool, scratch: s
 
     runs = sw.expand(path, results_dir, None, overrides or None)
     todo = [r for r in runs if force or sw.run_status(r)[0] != "done"]  # every rank decides alike
-    for r in todo:
+    for i, r in enumerate(todo):
+        os.environ["DDKIT_DIST_PREFIX"] = f"ddkit-run-{i}"  # the run's kernel: a fresh process group
         mine = r if scratch is None else dataclasses.replace(r, results_dir=scratch)
         outcome = sw.execute_run(mine)
         print(f"[rank {rank}] {r.label}: {outcome['status']} ({outcome['seconds']:.1f}s)", flush=True)

@@ -61,3 +61,22 @@ def test_failing_rank_fails_the_run_with_its_error(tmp_path):
     root = text[text.index("Root Cause"):]  # torchrun's report: the first failure
     assert "rank 1 failed on purpose" in root and "rank      : 1" in root
     assert list(out.parent.iterdir()) == []  # nothing half-written
+
+
+KERNELS_SCRIPT = '''
+import os, subprocess, sys
+child = ("import os, torch, torch.distributed as dist; from ddkit.distributed import current; g = current(); "
+         "t = torch.tensor([float(g.rank + 1)]); dist.all_reduce(t); print('sum', int(t.item()), flush=True)")
+for i in range(2):  # as ddkit.launch runs a params file: one kernel (process group) per run, own prefix
+    subprocess.run([sys.executable, "-c", child], env=dict(os.environ, DDKIT_DIST_PREFIX=f"ddkit-run-{i}"),
+                   check=True, timeout=300)
+'''
+
+
+def test_one_process_group_per_run_under_torchrun(tmp_path):
+    script = tmp_path / "kernels.py"
+    script.write_text(KERNELS_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "ddkit.cli", "run", "--nproc", "2", str(script)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("sum 3") == 4  # 2 runs x 2 ranks, each all_reduce over both ranks: 1 + 2
