@@ -2,15 +2,14 @@
 ``storage="float32"``, ``"uint8"`` and ``"memmap"``, and the time per DM iteration of each
 (ratios float32 / compact in one run; ``--quick``: IPC 1, batch_real 64, one iteration).
 
-Peak resident memory only grows within a process (``ru_maxrss``), so each storage is measured in a
-fresh Python process (``python -m bench.storage <storage> <dataset>``): the peak after the imports,
-after ``load_dataset`` and after the DM iterations (IPC 10, batch_real 256, DSA, ConvNet-3; on
+Peak resident memory only grows within a process (``VmHWM``), so each storage is measured in a
+fresh Python process (``python -m bench.storage <storage> <dataset>``): resident (``VmRSS``) and
+peak memory after the imports, after ``load_dataset`` and after the DM iterations (IPC 10, batch_real 256, DSA, ConvNet-3; on
 CUDA also ``torch.cuda.max_memory_allocated``). The memmap cache is written beforehand (its one-off
 cost is not part of the load). Data: FashionMNIST when present, else mnist5k (bench_dataset)."""
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,10 @@ def _dataset_name() -> str:
     return "fashion_mnist" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "mnist5k"
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+def _memory_mb() -> dict:
+    """``{"rss": resident now, "peak": peak resident}`` in MB (Linux ``/proc/self/status``)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {"rss": int(fields["VmRSS"].split()[0]) / 1024.0, "peak": int(fields["VmHWM"].split()[0]) / 1024.0}
 
 
 def measure(storage: str, name: str, cache_dir: str, iters: int, ipc: int = 10, batch_real: int = 256) -> dict:
@@ -38,11 +39,11 @@ def measure(storage: str, name: str, cache_dir: str, iters: int, ipc: int = 10, 
     from ddkit.utils import make_generator, resolve_device
 
     dev = resolve_device("auto")
-    out = {"storage": storage, "dataset": name, "device": str(dev), "peak_mb_after_imports": _peak_mb()}
+    out = {"storage": storage, "dataset": name, "device": str(dev), "mb_after_imports": _memory_mb()}
     t0 = time.perf_counter()
     ds = load_dataset(name, storage=storage, cache_dir=cache_dir)
     out["load_seconds"] = time.perf_counter() - t0
-    out["peak_mb_after_load"] = _peak_mb()
+    out["mb_after_load"] = _memory_mb()
     syn = init_synthetic(ds, ipc, generator=make_generator(0), device=dev)
     pool = RandomPool.for_dataset("ConvNet", ds, device=dev)
     distill(syn, ds, dm_objective, pool, 1, batch_real=batch_real, progress=False, device=dev)  # warm-up
@@ -55,8 +56,8 @@ def measure(storage: str, name: str, cache_dir: str, iters: int, ipc: int = 10, 
         torch.cuda.synchronize()
         out["cuda_peak_mb_dm"] = torch.cuda.max_memory_allocated() / 2 ** 20
     out["seconds_per_iteration"] = (time.perf_counter() - t0) / iters
-    out["peak_mb_after_dm"] = _peak_mb()
-    out["load_delta_mb"] = out["peak_mb_after_load"] - out["peak_mb_after_imports"]
+    out["mb_after_dm"] = _memory_mb()
+    out["load_rss_delta_mb"] = out["mb_after_load"]["rss"] - out["mb_after_imports"]["rss"]
     out["train_images_mb"] = (ds.x_train.nbytes if storage != "float32" else
                               ds.x_train.numel() * ds.x_train.element_size()) / 2 ** 20
     return out
@@ -77,8 +78,9 @@ def run(quick: bool = False) -> dict:
             per[s] = json.loads(proc.stdout.strip().splitlines()[-1])
     f = per["float32"]
     return {"dataset": name, "iterations": iters, "ipc": ipc, "batch_real": batch_real, "per_storage": per,
-            "ratios_vs_float32": {s: {"load_delta_mb": f["load_delta_mb"] / max(per[s]["load_delta_mb"], 1e-9),
-                                      "peak_mb_after_dm": f["peak_mb_after_dm"] / per[s]["peak_mb_after_dm"],
+            "ratios_vs_float32": {s: {"load_rss_delta_mb": f["load_rss_delta_mb"] / per[s]["load_rss_delta_mb"]
+                                      if per[s]["load_rss_delta_mb"] > 0 else None,
+                                      "peak_mb_after_dm": f["mb_after_dm"]["peak"] / per[s]["mb_after_dm"]["peak"],
                                       "seconds_per_iteration": f["seconds_per_iteration"]
                                       / per[s]["seconds_per_iteration"]}
                                   for s in STORAGES[1:]}}
@@ -90,8 +92,9 @@ def rows(result: dict):
         r = per[s]
         yield (f"storage {s} s/iter", f["seconds_per_iteration"], r["seconds_per_iteration"],
                result["ratios_vs_float32"][s]["seconds_per_iteration"],
-               f"{result['dataset']}: load +{f['load_delta_mb']:.0f} MB (float32) vs +{r['load_delta_mb']:.0f} MB; "
-               f"peak after a DM iteration {f['peak_mb_after_dm']:.0f} vs {r['peak_mb_after_dm']:.0f} MB")
+               f"{result['dataset']}: load +{f['load_rss_delta_mb']:.0f} MB resident (float32) vs "
+               f"+{r['load_rss_delta_mb']:.0f} MB; peak after DM {f['mb_after_dm']['peak']:.0f} vs "
+               f"{r['mb_after_dm']['peak']:.0f} MB")
 
 
 if __name__ == "__main__":
