@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "results" / "bench"
 
 #: benchmark modules, in run order
-BENCHMARKS = ("flops", "dm_iteration", "evaluate_synset", "iid_dsdm", "gan_step", "ead_update")
+BENCHMARKS = ("flops", "dm_iteration", "evaluate_synset", "iid_dsdm", "gan_step", "ead_update", "storage")
 
 
 def machine_info() -> dict:

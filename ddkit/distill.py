@@ -19,6 +19,17 @@ Two ways to step (``image_step``), because the reference codes differ:
 
 Objectives that couple classes (none of the DM family's do) would differ between the two
 beyond the momentum effect; every objective here is a sum of per-class terms.
+
+Data-parallel under ``torchrun`` (:mod:`ddkit.distributed`): each rank evaluates the objective on
+its block of classes only. Exact for objectives that are sums of per-class terms - DM (Eq. 2),
+IDM, IID's L_CC / covariance terms, DSDM's L_proto, L_SD and L_h (each term of class c involves only
+class c's real and synthetic samples and the prototype bank, which every rank updates identically
+from the synced set) - because class c's rows receive gradient from class c's term alone. The
+reductions these need: the rows, broadcast from their owner after each iteration, and the logged
+terms, summed over ranks. An objective that couples classes sets ``objective.couples_classes =
+True`` and is evaluated whole on every rank. With ``"per_class"`` a rank still takes the K steps
+of the class loop, a zero-gradient step for the classes it does not own, so its rows move by their
+momentum exactly as in the one-process loop.
 """
 from __future__ import annotations
 
@@ -32,6 +43,7 @@ from tqdm.auto import tqdm
 
 from .augment import DSA, decode, mosaic_init
 from .checks import check_int, check_ipc
+from .distributed import ClassShard
 from .losses import mean_embedding_loss
 from .models import fast_view, forward_flops, has_batchnorm, resolve_compile
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
@@ -171,6 +183,9 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
       expected eager work is above ``ddkit.models.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds
       the network channels-last inputs. The objective then sees a :class:`ddkit.models.FastView`
       of the drawn network as ``batch.net``.
+    - Under ``torchrun`` (``ddkit run --nproc N``) the classes are split over the ranks (module
+      docstring); every rank returns the same history and ends with the whole set; only rank 0
+      writes the checkpoint.
     Returns the history: one dict of floats per iteration.
     """
     if image_step not in IMAGE_STEPS:
@@ -205,6 +220,10 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         history, start = state["history"], state["iteration"]
 
     def save(iteration):
+        if "momentum_buffer" in opt.state.get(syn.images, {}):
+            shard.sync(opt.state[syn.images]["momentum_buffer"])
+        if not shard.group.is_main:
+            return
         atomic_torch_save({
             "meta": {"shape": list(syn.images.shape), "kind": "distill-checkpoint"},
             "images": syn.images.detach().cpu(), "opt": opt.state_dict(), "iteration": iteration,
@@ -213,6 +232,8 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             **({"pool": pool.state_dict()} if hasattr(pool, "state_dict") else {})}, checkpoint)
 
     k = data.num_classes
+    shard = ClassShard(k, syn.ipc, replicate=getattr(objective, "couples_classes", False))
+    progress = progress and shard.group.is_main
     use_compile = compile
     if compile == "auto":
         net0 = getattr(pool, "net", None)
@@ -227,21 +248,26 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
     for it in bar:
         net = fast_view(pool.draw(g_pool), use_compile, channels_last)
-        x_real, y_real = data.sample_classes(batch_real, generator=g_data)
+        x_real, y_real = data.sample_classes(batch_real, generator=g_data, keep=shard.keep)
         p = aug.sample(k, generator=g_aug, device=dev) if aug is not None else None
         if aug is not None:
             x_real = aug.apply(x_real, p, y_real)
         if image_step == "joint":
-            batch = _syn_batch(syn, slice(None), net, x_real, y_real, aug, p, it, k)
+            batch = _syn_batch(syn, shard.rows(), net, x_real, y_real, aug, p, it, k)
             terms = _step(objective, batch, opt, syn, clamp)
         else:
             _clamp(syn, clamp)
             per_class_terms = []
             for c in range(k):  # the reference's class loop: decode, augment, loss, step on all rows
-                real_c = slice(c * batch_real, (c + 1) * batch_real)
+                if c not in shard.classes:  # another rank's class: its step moves this rank's rows by momentum
+                    _zero_gradient_step(opt, syn)
+                    continue
+                real_c = slice((c - shard.classes.start) * batch_real, (c - shard.classes.start + 1) * batch_real)
                 batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], aug, p, it, k)
                 per_class_terms.append(_step(objective, batch, opt, syn, None))
             terms = {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}
+        shard.sync(syn.images)
+        terms = shard.reduce_terms(terms)
         if hasattr(pool, "after_iteration"):
             pool.after_iteration(data, g_pool)
         if after_step is not None:
@@ -285,6 +311,12 @@ def _step(objective, batch: MatchBatch, opt, syn: SyntheticSet, clamp) -> dict:
     opt.step()
     _clamp(syn, clamp)
     return terms
+
+
+def _zero_gradient_step(opt, syn: SyntheticSet) -> None:
+    """An optimiser step with a zero gradient (SGD with momentum: every row moves by its buffer)."""
+    syn.images.grad = torch.zeros_like(syn.images)
+    opt.step()
 
 
 def _clamp(syn: SyntheticSet, clamp) -> None:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .augment import DSA
 from .checks import check_int, check_number, check_synset
+from .distributed import current as current_group, gather_in_order, my_items
 from .models import forward_flops, get_model, resolve_compile
 from .resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
 from .train import SCHEDULES, accuracy, train_classifier
@@ -187,6 +190,9 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     stored there atomically under a key of everything that determines them (the synthetic set, the
     dataset, the model and every setting), and a re-run with the same key skips them (network
     granularity: a kill loses at most the network in training). One file can serve many evaluations.
+
+    Under ``torchrun`` network ``i`` trains on rank ``i % world_size`` (same seed rule) and every rank
+    returns all accuracies, gathered in network order (:mod:`ddkit.distributed`).
     """
     _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source, checkpoint)
     dev = resolve_device(device)
@@ -207,16 +213,18 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         use_compile = resolve_compile(compile)
     checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
     val = validation_split(data, val_per_class, seed) if val_per_class else None
-    accs, per_net = [], []
+    group = current_group()
+    if checkpoint is not None and group.world_size > 1:       # one store per rank: no two writers per file
+        checkpoint = Path(checkpoint).with_suffix(f".rank{group.rank}{Path(checkpoint).suffix}")
     store = None if checkpoint is None else UnitStore(checkpoint, settings_key(
         synset=tensor_digest(x_syn, y_syn), dataset=[dataset.name, dataset_fingerprint(dataset)], model=model,
         model_kw=model_kw, epochs=epochs, lr=lr, batch_size=batch_size, dsa=repr(aug), seed=seed, schedule=schedule,
         cutmix_p=cutmix_p, steps_per_epoch=steps_per_epoch, checkpoints=checkpoints, val_per_class=val_per_class,
         device=dev.type))
-    for i in tqdm(range(num_models), desc=f"eval {model}", disable=not progress, leave=False):
+    mine = {}  # network -> (accuracy, checkpoints) for this rank's networks
+    for i in tqdm(my_items(num_models), desc=f"eval {model}", disable=not progress, leave=False):
         if store is not None and (done := store.get(i)) is not None:
-            accs.append(done["acc"])
-            per_net.append(done["points"])
+            mine[i] = (done["acc"], done["points"])
             continue
         run_seed = seed * 1000 + i
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -234,11 +242,12 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                          schedule=schedule, cutmix_p=cutmix_p, num_classes=dataset.num_classes, generator=gen,
                          batch_source=batch_source, steps_per_epoch=steps_per_epoch, compile=use_compile,
                          channels_last=channels_last, on_epoch_end=on_epoch_end)
-        accs.append(points[-1]["test"] if points else
-                    accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last))
-        per_net.append(points)
+        mine[i] = (points[-1]["test"] if points else
+                   accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last), points)
         if store is not None:
-            store.put(i, {"acc": accs[-1], "points": points})
+            store.put(i, {"acc": mine[i][0], "points": points})
+    gathered = gather_in_order(num_models, mine)
+    accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
     if y_syn is not None:
