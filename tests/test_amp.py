@@ -17,19 +17,21 @@ from ddkit.train import accuracy, train_classifier
 from ddkit.utils import make_generator
 
 
-def _dm(ds, iterations=2, **kw):
-    syn = init_synthetic(ds, 2, generator=make_generator(0))
-    pool = RandomPool.for_dataset("ConvNet", ds, width=16)
-    hist = distill(syn, ds, dm_objective, pool, iterations, batch_real=8, seed=3, progress=False, **kw)
+def _dm(ds, iterations=2, device="cpu", **kw):
+    syn = init_synthetic(ds, 2, generator=make_generator(0), device=device)
+    pool = RandomPool.for_dataset("ConvNet", ds, width=16, device=device)
+    hist = distill(syn, ds, dm_objective, pool, iterations, batch_real=8, seed=3, progress=False, device=device,
+                   **kw)
     return [h["loss"] for h in hist], syn.images.detach().clone()
 
 
-def _plain_dm_loop(ds, iterations=2, seed=3):
+def _plain_dm_loop(ds, iterations=2, seed=3, device="cpu"):
     """distill's joint DM iteration written out in float32: plain backward and SGD step."""
-    syn = init_synthetic(ds, 2, generator=make_generator(0))
-    pool = RandomPool.for_dataset("ConvNet", ds, width=16)
+    syn = init_synthetic(ds, 2, generator=make_generator(0), device=device)
+    pool = RandomPool.for_dataset("ConvNet", ds, width=16, device=device)
     aug = DSA(ds.dsa_strategy)
-    g_data, g_aug, g_pool = make_generator(seed), make_generator(seed + 1), make_generator(seed + 2)
+    ds = ds.to(device)
+    g_data, g_aug, g_pool = make_generator(seed), make_generator(seed + 1, device), make_generator(seed + 2)
     opt = torch.optim.SGD([syn.images], lr=1.0, momentum=0.5)
     losses = []
     for it in range(iterations):
@@ -47,9 +49,9 @@ def _plain_dm_loop(ds, iterations=2, seed=3):
     return losses, syn.images.detach().clone()
 
 
-def test_distill_amp_off_is_the_float32_loop_exactly(tiny_ds):
-    losses, images = _dm(tiny_ds, amp="off")
-    ref_losses, ref_images = _plain_dm_loop(tiny_ds)
+def test_distill_amp_off_is_the_float32_loop_exactly(tiny_ds, device):
+    losses, images = _dm(tiny_ds, amp="off", device=device)
+    ref_losses, ref_images = _plain_dm_loop(tiny_ds, device=device)
     assert losses == ref_losses and torch.equal(images, ref_images)
 
 
@@ -72,9 +74,9 @@ def test_train_classifier_amp_off_is_the_float32_loop_exactly(tiny_ds):
         assert torch.equal(p, q)
 
 
-def test_distill_bf16_runs_and_stays_close(tiny_ds):
-    l32, x32 = _dm(tiny_ds)
-    l16, x16 = _dm(tiny_ds, amp="bf16")
+def test_distill_bf16_runs_and_stays_close(tiny_ds, device):
+    l32, x32 = _dm(tiny_ds, device=device)
+    l16, x16 = _dm(tiny_ds, amp="bf16", device=device)
     assert all(abs(a - b) <= 0.05 * abs(a) for a, b in zip(l32, l16)), (l32, l16)
     assert not torch.equal(x16, x32)  # the flag is on: bf16 rounding changes the numbers
     assert (x16 - x32).abs().max() < 0.05 * x32.abs().max()
@@ -93,8 +95,8 @@ def test_train_and_accuracy_bf16_stay_close(tiny_ds):
     assert abs(acc[0] - acc[1]) <= 5.0
 
 
-def test_fp16_runs_with_a_loss_scaler(tiny_ds):
-    losses, images = _dm(tiny_ds, iterations=1, amp="fp16")
+def test_fp16_runs_with_a_loss_scaler(tiny_ds, device):
+    losses, images = _dm(tiny_ds, iterations=1, amp="fp16", device=device)
     assert all(torch.isfinite(torch.tensor(losses))) and torch.isfinite(images).all()
     assert grad_scaler("fp16", "cpu").is_enabled() and not grad_scaler("bf16", "cpu").is_enabled()
     with autocast("bf16", "cpu"):
