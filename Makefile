@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.ddkit-installed
 # Tests and notebooks pin BLAS/OpenMP threads to the machine (2 cores here).
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo demo-all test test-fast bench lab clean-results
+.PHONY: install demo demo-all test test-fast bench gpu-check lab clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## On a CUDA machine: every notebook at its tiny defaults with device=cuda, the device-taking unit tests, bench --quick (< 10 min).
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "results" / "bench"
 
 #: benchmark modules, in run order
-BENCHMARKS = ("flops", "dm_iteration", "evaluate_synset", "iid_dsdm", "gan_step", "ead_update", "storage")
+BENCHMARKS = ("flops", "dm_iteration", "evaluate_synset", "eval_together", "memory", "iid_dsdm", "gan_step",
+              "ead_update", "storage", "public_dm")
 
 
 def machine_info() -> dict:

@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--only NAME ...] [--threads N] [--out DIR]``: run the benchmark
-suite, write ``results/bench/<name>.json`` and print a table (see bench/README.md)."""
+"""``python -m bench [--quick] [--only NAME ...] [--threads N] [--out DIR] [--public-dm PATH]``: run the
+benchmark suite, write ``results/bench/<name>.json`` and print a table (see bench/README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -18,19 +18,24 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, choices=BENCHMARKS, help="run only these benchmarks")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--out", default=str(OUT_DIR), help="output directory for the JSON files")
+    ap.add_argument("--public-dm", default=None, metavar="PATH",
+                    help="a checkout of VICO-UoE/DatasetCondensation: time its DM iteration and evaluate_synset "
+                         "against ddkit's (bench/public_dm.py); without it that comparison is skipped")
     args = ap.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     print(f"ddkit bench: {machine_info()}", flush=True)
+    if not args.public_dm:
+        print("ddkit bench: no --public-dm PATH: the comparison with the public DM code is skipped", flush=True)
     table, t_all = [], time.perf_counter()
     for name in args.only or BENCHMARKS:
         t0 = time.perf_counter()
         print(f"-- {name} ...", flush=True)
         try:
             mod = importlib.import_module(f"bench.{name}")
-            result = mod.run(quick=args.quick)
+            result = mod.run(quick=args.quick, **({"public_dm": args.public_dm} if name == "public_dm" else {}))
         except Exception as e:  # a broken benchmark must not hide the others
             traceback.print_exc()
             result = {"error": f"{type(e).__name__}: {e}"}

@@ -12,7 +12,7 @@ import torch
 from bench import alternate_per_iteration, bench_dataset, flop_floor, ratio_summary, summary
 from bench.reference import dm_reference
 from ddkit.distill import distill, dm_objective, init_synthetic
-from ddkit.models import forward_flops
+from ddkit.speed import forward_flops
 from ddkit.pools import RandomPool
 from ddkit.utils import make_generator
 

@@ -13,7 +13,8 @@ from bench import alternate, bench_dataset, flop_floor, ratio_summary, summary
 from bench.reference import evaluate_reference
 from ddkit.distill import init_synthetic
 from ddkit.evaluate import evaluate_synset
-from ddkit.models import forward_flops, get_model
+from ddkit.models import get_model
+from ddkit.speed import forward_flops
 from ddkit.utils import make_generator
 
 FLAGS = {"compile": True, "channels_last": False}

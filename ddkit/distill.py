@@ -45,7 +45,8 @@ from .augment import DSA, decode, mosaic_init
 from .checks import check_int, check_ipc
 from .distributed import ClassShard
 from .losses import mean_embedding_loss
-from .models import fast_view, forward_flops, has_batchnorm, resolve_compile
+from .models import has_batchnorm
+from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_compile
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 
@@ -161,7 +162,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             device=None, after_step: Callable | None = None, clamp: tuple | None = None,
             checkpoint: str | Path | None = None, checkpoint_every: int = 200, extra_state: dict | None = None,
             progress: bool = True, desc: str = "distill", compile=False, channels_last: bool = False,
-            image_step: str = "joint") -> list:
+            image_step: str = "joint", amp: str = "off") -> list:
     """Optimise ``syn.images`` for ``iterations`` steps of ``objective`` (see module docstring).
 
     - ``objective(batch) -> {"loss": tensor, "<term>": tensor, ...}``; every term is logged.
@@ -180,18 +181,22 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
       tests/test_speed_flags.py): ``compile`` True / False / "auto" runs the objective's
       ``net.embed`` / ``net.feature_maps`` / ``net(x)`` through ``torch.compile`` (once per pool
       module: in-place re-initialisation reuses the graph; "auto" compiles only when the run's
-      expected eager work is above ``ddkit.models.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds
-      the network channels-last inputs. The objective then sees a :class:`ddkit.models.FastView`
+      expected eager work is above ``ddkit.speed.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds
+      the network channels-last inputs. The objective then sees a :class:`ddkit.speed.FastView`
       of the drawn network as ``batch.net``.
     - Under ``torchrun`` (``ddkit run --nproc N``) the classes are split over the ranks (module
       docstring); every rank returns the same history and ends with the whole set; only rank 0
       writes the checkpoint.
+    - ``amp``: "off" (float32, the exact previous path), "bf16" or "fp16": the objective (the no-grad
+      real-side forward and the synthetic forward) runs under ``torch.autocast`` on ``device``
+      (``ddkit.speed.autocast``); the backward and the image step stay float32 ("fp16" scales the loss).
     Returns the history: one dict of floats per iteration.
     """
     if image_step not in IMAGE_STEPS:
         raise ValueError(f"image_step={image_step!r}; expected one of {list(IMAGE_STEPS)}")
     check_int("iterations", iterations, 0)
     check_int("batch_real", batch_real)
+    check_amp(amp)
     dev = resolve_device(device)
     data = dataset.to(dev)
     aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
@@ -242,9 +247,10 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         if net0 is not None:
             n_img = k * batch_real + 3 * len(syn.images) * syn.factor ** 2  # real fwd + syn fwd/bwd
             work = (iterations - start) * n_img * forward_flops(net0, (data.channels, *data.im_size))
-        use_compile = resolve_compile("auto", work)
+        use_compile = resolve_compile("auto", work, label="distill")
     else:
         use_compile = resolve_compile(compile)
+    precision = (lambda: autocast(amp, dev), grad_scaler(amp, dev))
     bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
     for it in bar:
         net = fast_view(pool.draw(g_pool), use_compile, channels_last)
@@ -254,7 +260,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             x_real = aug.apply(x_real, p, y_real)
         if image_step == "joint":
             batch = _syn_batch(syn, shard.rows(), net, x_real, y_real, aug, p, it, k)
-            terms = _step(objective, batch, opt, syn, clamp)
+            terms = _step(objective, batch, opt, syn, clamp, precision)
         else:
             _clamp(syn, clamp)
             per_class_terms = []
@@ -264,7 +270,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
                     continue
                 real_c = slice((c - shard.classes.start) * batch_real, (c - shard.classes.start + 1) * batch_real)
                 batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], aug, p, it, k)
-                per_class_terms.append(_step(objective, batch, opt, syn, None))
+                per_class_terms.append(_step(objective, batch, opt, syn, None, precision))
             terms = {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}
         shard.sync(syn.images)
         terms = shard.reduce_terms(terms)
@@ -303,12 +309,17 @@ def _syn_batch(syn: SyntheticSet, rows: slice, net, x_real, y_real, aug, p, iter
     return MatchBatch(net, x_real, y_real, x_syn, y_syn, iteration, k)
 
 
-def _step(objective, batch: MatchBatch, opt, syn: SyntheticSet, clamp) -> dict:
-    """One objective evaluation, backward and optimiser step (then the clamp); returns the terms."""
-    terms = objective(batch)
+def _step(objective, batch: MatchBatch, opt, syn: SyntheticSet, clamp, precision) -> dict:
+    """One objective evaluation, backward and optimiser step (then the clamp); returns the terms.
+    ``precision``: ``(autocast context, grad scaler)`` of the ``amp`` flag; for "off" a null context
+    and a disabled scaler (``scale`` and ``step`` are then the identity and ``opt.step()``)."""
+    context, scaler = precision
+    with context():
+        terms = objective(batch)
     opt.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    opt.step()
+    scaler.scale(terms["loss"].float()).backward()
+    scaler.step(opt)
+    scaler.update()
     _clamp(syn, clamp)
     return terms
 

@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from .augment import DSA
 from .checks import check_int, check_number, check_synset
 from .distributed import current as current_group, gather_in_order, my_items
-from .models import forward_flops, get_model, resolve_compile
+from .ensemble import can_train_together, train_together
+from .models import get_model
 from .resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
+from .speed import check_amp, forward_flops, resolve_compile
 from .train import SCHEDULES, accuracy, train_classifier
 from .utils import make_generator, resolve_device
 
@@ -163,7 +165,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                     schedule: str = "standard", cutmix_p: float = 0.0, model_kw: dict | None = None,
                     batch_source=None, steps_per_epoch: int | None = None, progress: bool = True,
                     compile=False, channels_last: bool = False, val_per_class: int = 0,
-                    eval_every_epochs: int = 0, checkpoint=None) -> EvalResult:
+                    eval_every_epochs: int = 0, checkpoint=None, batched="auto", amp: str = "off") -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
     ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy). ``dsa``: True (the dataset's
@@ -182,7 +184,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     ``torch.compile``d module per architecture and device, kept for the whole process: each
     network's fresh weights (same seed rule, so the same initial weights as the plain path) are
     loaded into it in place, so the graph is compiled once, not once per network; "auto"
-    compiles only when the expected eager work is large (``ddkit.models.COMPILE_AUTO_SECONDS``).
+    compiles only when the expected eager work is large (``ddkit.speed.COMPILE_AUTO_SECONDS``).
     ``channels_last`` feeds channels-last batches. Accuracies match the plain path within
     training noise (float reassociation changes the SGD trajectory, not the distribution).
 
@@ -193,8 +195,22 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
 
     Under ``torchrun`` network ``i`` trains on rank ``i % world_size`` (same seed rule) and every rank
     returns all accuracies, gathered in network order (:mod:`ddkit.distributed`).
+
+    ``batched``: True / False / "auto" trains the N networks together, one vmapped pass per step
+    (:mod:`ddkit.ensemble`; same initialisations and per-network draws, same accuracies up to float
+    reassociation). "auto" (default) does so on CUDA only: on this project's 2-core CPU the vmapped
+    pass measured 0.67x the one-by-one loop (bench/eval_together.py, 2026-12-02, idle), so the CPU
+    default stays one by one. It also falls back to one by one when the architecture has BatchNorm or
+    buffers (vmap cannot update running statistics per network), ``compile`` is on (the compiled path
+    trains one module per architecture) or the run is distributed; True raises where it cannot.
+    With a ``checkpoint`` the together path stores all N networks once they finish.
+    ``amp``: "off" (float32) / "bf16" / "fp16" autocast of the training and test forwards
+    (``ddkit.speed.autocast``).
     """
     _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source, checkpoint)
+    check_amp(amp)
+    if batched not in (True, False, "auto"):
+        raise ValueError(f"batched={batched!r}; expected True, False or 'auto'")
     dev = resolve_device(device)
     if x_syn is not None:
         x_syn, y_syn = x_syn.detach().to(dev), y_syn.detach().to(dev)
@@ -208,7 +224,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         steps = steps_per_epoch or -(-n // batch_size)
         work = num_models * epochs * steps * min(n, batch_size) * 3 * forward_flops(
             probe, (dataset.channels, *dataset.im_size))
-        use_compile = resolve_compile("auto", work)
+        use_compile = resolve_compile("auto", work, label="evaluate")
     else:
         use_compile = resolve_compile(compile)
     checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
@@ -220,36 +236,55 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         synset=tensor_digest(x_syn, y_syn), dataset=[dataset.name, dataset_fingerprint(dataset)], model=model,
         model_kw=model_kw, epochs=epochs, lr=lr, batch_size=batch_size, dsa=repr(aug), seed=seed, schedule=schedule,
         cutmix_p=cutmix_p, steps_per_epoch=steps_per_epoch, checkpoints=checkpoints, val_per_class=val_per_class,
-        device=dev.type))
+        device=dev.type, amp=amp))
+    train_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug, schedule=schedule, cutmix_p=cutmix_p,
+                    num_classes=dataset.num_classes, batch_source=batch_source, steps_per_epoch=steps_per_epoch,
+                    amp=amp)
+    wanted = batched is True or (batched == "auto" and dev.type == "cuda")
+    together = (wanted and not use_compile and group.world_size == 1
+                and _together_ok(model, dataset, model_kw, num_models))
+    if batched is True and not together:
+        raise ValueError(f"batched=True: {model} cannot be trained together here (needs num_models >= 2, no "
+                         f"BatchNorm or buffers, compile off, one process); use batched='auto' or False")
     mine = {}  # network -> (accuracy, checkpoints) for this rank's networks
-    for i in tqdm(my_items(num_models), desc=f"eval {model}", disable=not progress, leave=False):
+    if together:
+        done = [store.get(i) for i in range(num_models)] if store is not None else [None]
+        if all(d is not None for d in done) and store is not None:
+            mine = {i: (d["acc"], d["points"]) for i, d in enumerate(done)}
+        else:
+            t_accs, t_points = _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val,
+                                                  checkpoints, x_syn, y_syn, train_kw)
+            mine = {i: (a, pts) for i, (a, pts) in enumerate(zip(t_accs, t_points))}
+            for i, (a, pts) in mine.items():
+                if store is not None:
+                    store.put(i, {"acc": a, "points": pts})
+    for i in tqdm([] if together else my_items(num_models), desc=f"eval {model}", disable=not progress,
+                  leave=False):
         if store is not None and (done := store.get(i)) is not None:
             mine[i] = (done["acc"], done["points"])
             continue
         run_seed = seed * 1000 + i
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(run_seed)
-            net = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
-        net = net.to(dev)
+        net = _fresh_net(model, dataset, model_kw, run_seed, dev)
         if use_compile:  # the process-wide module of this architecture, with this network's weights
             shared = _shared_net(model, dataset, model_kw, dev)
             shared.load_state_dict(net.state_dict())
             net = shared
         gen = make_generator(run_seed, dev)
         points, on_epoch_end = _checkpoint_recorder(net, data, val, checkpoints, compile=use_compile,
-                                                    channels_last=channels_last)
-        train_classifier(net, x_syn, y_syn, epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug,
-                         schedule=schedule, cutmix_p=cutmix_p, num_classes=dataset.num_classes, generator=gen,
-                         batch_source=batch_source, steps_per_epoch=steps_per_epoch, compile=use_compile,
-                         channels_last=channels_last, on_epoch_end=on_epoch_end)
+                                                    channels_last=channels_last, amp=amp)
+        train_classifier(net, x_syn, y_syn, generator=gen, compile=use_compile, channels_last=channels_last,
+                         on_epoch_end=on_epoch_end, **train_kw)
         mine[i] = (points[-1]["test"] if points else
-                   accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last), points)
+                   accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last, amp=amp),
+                   points)
         if store is not None:
             store.put(i, {"acc": mine[i][0], "points": points})
     gathered = gather_in_order(num_models, mine)
     accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
+    if amp != "off":
+        settings["amp"] = amp
     if y_syn is not None:
         settings["labels"] = "soft" if y_syn.dim() == 2 else "hard"
     if not checkpoints:
@@ -258,6 +293,42 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     curve = [{"epoch": e, "test": [p[k]["test"] for p in per_net]}
              | ({"val": [p[k]["val"] for p in per_net]} if val else {}) for k, e in enumerate(checkpoints)]
     return EvalResult(accs, model, settings, curve, _select(curve, num_models, val is not None))
+
+
+def _fresh_net(model: str, dataset, model_kw: dict, run_seed: int, dev):
+    """Network ``i``'s initial weights: drawn with torch's RNG seeded ``run_seed`` (the caller's RNG
+    state is restored), then moved to ``dev``."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(run_seed)
+        net = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
+    return net.to(dev)
+
+
+def _together_ok(model: str, dataset, model_kw: dict, num_models: int) -> bool:
+    probe = [get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
+             for _ in range(min(num_models, 2))]
+    return can_train_together(probe)
+
+
+def _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val, checkpoints, x_syn, y_syn,
+                       train_kw):
+    """The N networks of :func:`evaluate_synset` trained in one vmapped pass (:mod:`ddkit.ensemble`):
+    same initial weights and generators as the one-by-one loop. Returns ``(accs, per_net_points)``."""
+    nets = [_fresh_net(model, dataset, model_kw, seed * 1000 + i, dev) for i in range(num_models)]
+    gens = [make_generator(seed * 1000 + i, dev) for i in range(num_models)]
+    amp = train_kw["amp"]
+    recorders = [_checkpoint_recorder(net, data, val, checkpoints, amp=amp) for net in nets]
+
+    def on_epoch_end(epochs_done):
+        for _, callback in recorders:
+            if callback is not None:
+                callback(epochs_done)
+
+    train_together(nets, x_syn, y_syn, generators=gens, on_epoch_end=on_epoch_end, **train_kw)
+    per_net = [points for points, _ in recorders]
+    accs = [points[-1]["test"] if points else accuracy(net, data.x_test, data.y_test, amp=amp)
+            for net, points in zip(nets, per_net)]
+    return accs, per_net
 
 
 _SHARED_NETS: dict = {}

@@ -18,13 +18,13 @@ last Linear layer), ``feature_maps(x) -> list`` of the per-stage outputs, in ord
 an int ``mid_layer`` (index into ``feature_maps``) and an int ``embed_dim``.
 ``forward`` is computed through ``embed`` and ``embed`` through ``feature_maps``, so
 no features are computed twice. Flattening uses ``flatten`` (works on
-channels_last / non-contiguous tensors).
+channels_last / non-contiguous tensors). The speed levers (torch.compile caches, channels-last
+views, FLOP estimates, mixed precision) live in :mod:`ddkit.speed`.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -46,10 +46,6 @@ __all__ = [
     "LeNet",
     "MLP",
     "DenseNet",
-    "compiled",
-    "fast_view",
-    "FastView",
-    "resolve_compile",
 ]
 
 
@@ -565,131 +561,3 @@ def reinit_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Mo
             elif isinstance(m, _BatchNorm):
                 m.reset_running_stats()
     return model
-
-
-# --------------------------------------------------------------------------- speed levers
-# (issue 7) torch.compile once per module and method, reused across in-place re-initialisations
-# (``reinit_`` and ``load_state_dict`` keep parameter identity, so the compiled graph stays valid).
-
-#: Expected eager seconds above which ``compile="auto"`` compiles (compiling costs tens of seconds
-#: per graph on a 2-core CPU; below this the compile would not pay for itself).
-COMPILE_AUTO_SECONDS = 600.0
-#: Rough eager throughput used by :func:`resolve_compile` to estimate a workload's seconds (FLOP/s).
-EAGER_FLOPS_ESTIMATE = 80e9
-
-
-# per-module caches outside the module (state_dict, deepcopy and pickling stay untouched)
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_FLOPS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_VIEWS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def compile_available() -> bool:
-    """True when ``torch.compile`` can generate code here (CUDA, or a C++ compiler for CPU)."""
-    import shutil
-
-    if not hasattr(torch, "compile"):
-        return False
-    return torch.cuda.is_available() or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-def resolve_compile(compile, work_flops: float | None = None) -> bool:
-    """``compile``: True / False / "auto". "auto" compiles only when the expected eager work
-    (``work_flops`` / :data:`EAGER_FLOPS_ESTIMATE` seconds) exceeds :data:`COMPILE_AUTO_SECONDS`
-    and a compiler is available."""
-    if compile in (False, None, "off", "none", "false"):
-        return False
-    if compile == "auto":
-        return (work_flops is not None and work_flops / EAGER_FLOPS_ESTIMATE > COMPILE_AUTO_SECONDS
-                and compile_available())
-    if compile in (True, "on", "true"):
-        return True
-    raise ValueError(f"compile={compile!r}; expected True, False or 'auto'")
-
-
-def forward_flops(model: nn.Module, input_shape) -> float:
-    """FLOPs of one forward pass of ``model`` on one input of ``input_shape`` (C, H, W), counted
-    by ``torch.utils.flop_counter`` (matmuls and convolutions; cached per module and shape)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cache = _FLOPS.setdefault(model, {})
-    key = tuple(int(s) for s in input_shape)
-    if key not in cache:
-        p = next(iter(model.parameters()), None)
-        x = torch.zeros((1,) + key, device=p.device if p is not None else "cpu")
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model(x)
-        cache[key] = float(counter.get_total_flops())
-    return cache[key]
-
-
-def compiled(model: nn.Module, method: str = "forward", dynamic: bool | None = False, **compile_kw) -> Callable:
-    """``torch.compile(model.<method>)``, built once per module and method and cached on the
-    module (not as a submodule: ``state_dict`` and ``modules()`` are unchanged). The compiled
-    callable reads the module's parameters at call time, so re-initialising them in place
-    (:func:`reinit_`, ``load_state_dict``) reuses the graph. ``dynamic=False`` (default):
-    one static graph per input shape (recompiled per new batch shape, grad mode, train/eval)."""
-    cache = _COMPILED.setdefault(model, {})
-    key = (method, dynamic, tuple(sorted(compile_kw.items())))
-    fn = cache.get(key)
-    if fn is None:
-        # the zoo's forward/embed/feature_maps code objects are shared by every instance, shape,
-        # grad mode and train/eval state: allow more than dynamo's default 8 graphs per code object
-        cfg = torch._dynamo.config
-        if getattr(cfg, "recompile_limit", 64) < 64:
-            cfg.recompile_limit = 64
-        target = model if method == "forward" else getattr(model, method)
-        fn = torch.compile(target, dynamic=dynamic, **compile_kw)
-        cache[key] = fn
-    return fn
-
-
-def _to_cl(x):
-    return x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and x.dim() == 4 else x
-
-
-class FastView:
-    """A zoo model with faster ``__call__`` / ``embed`` / ``feature_maps`` (speed flags): compiled
-    once per module (``compile=True``) and/or inputs in channels-last layout (``channels_last``).
-    Every other attribute (``classifier``, ``modules()``, ``mid_layer``, ``train()``...) is the
-    model's own. Outputs equal the plain module's up to floating-point reassociation."""
-
-    def __init__(self, model: nn.Module, compile: bool = False, channels_last: bool = False):
-        self.__dict__["module"] = model
-        self.__dict__["_flags"] = (bool(compile), bool(channels_last))
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["module"], name)
-
-    def _fn(self, method):
-        model = self.__dict__["module"]
-        comp, cl = self.__dict__["_flags"]
-        fn = compiled(model, method) if comp else (model if method == "forward" else getattr(model, method))
-        if not cl:
-            return fn
-        return lambda x, *a, **k: fn(_to_cl(x), *a, **k)
-
-    def __call__(self, x, *a, **k):
-        return self._fn("forward")(x, *a, **k)
-
-    def embed(self, x):
-        return self._fn("embed")(x)
-
-    def feature_maps(self, x):
-        return self._fn("feature_maps")(x)
-
-    def __repr__(self):
-        comp, cl = self.__dict__["_flags"]
-        return f"FastView(compile={comp}, channels_last={cl}, {self.__dict__['module'].__class__.__name__})"
-
-
-def fast_view(model: nn.Module, compile: bool = False, channels_last: bool = False):
-    """``model`` itself when no flag is on, else a (cached) :class:`FastView` of it."""
-    if not compile and not channels_last:
-        return model
-    cache = _VIEWS.setdefault(model, {})
-    key = (bool(compile), bool(channels_last))
-    if key not in cache:
-        cache[key] = FastView(model, compile, channels_last)
-    return cache[key]

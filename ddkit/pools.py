@@ -175,7 +175,7 @@ class IDMQueue:
 
     def accuracy_of(self, net: nn.Module) -> float:
         """Last measured real-batch accuracy (percent) of ``net``; 0 before it was trained.
-        ``net`` may be a ``ddkit.models.FastView`` of a queue net (distill's speed flags)."""
+        ``net`` may be a ``ddkit.speed.FastView`` of a queue net (distill's speed flags)."""
         if not isinstance(net, nn.Module):
             net = net.__dict__.get("module", net)
         for n, a in zip(self.nets, self.accs):

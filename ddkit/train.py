@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import fast_view, forward_flops, resolve_compile
+from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_compile
 
 SCHEDULES = ("standard", "multistep", "none")
 
@@ -22,9 +22,11 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
-    """The field's optimizer for network training (DC/DSA/DM protocol)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def sgd(model, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """The field's optimizer for network training (DC/DSA/DM protocol). ``model``: a module, or an
+    iterable of tensors (the stacked parameters of :mod:`ddkit.ensemble`)."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def cutmix(x: torch.Tensor, target: torch.Tensor, num_classes: int, generator: torch.Generator,
@@ -54,7 +56,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
                      num_classes: int | None = None, generator: torch.Generator | None = None,
                      batch_source: Callable | None = None, steps_per_epoch: int | None = None,
                      progress: bool = False, desc: str = "train", compile=False,
-                     channels_last: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
+                     channels_last: bool = False, on_epoch_end: Callable[[int], None] | None = None,
+                     amp: str = "off") -> nn.Module:
     """Train ``model`` on in-memory tensors (the DC/DSA/DM evaluation trainer).
 
     - ``schedule="standard"``: SGD, lr x0.1 from epoch ``epochs // 2 + 1`` with a freshly created
@@ -72,15 +75,18 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
       ``compile`` True / False / "auto" runs the forward (and its backward) through
       ``torch.compile`` once per module (reused when the module is re-initialised in place;
       "auto" compiles only when the expected eager work exceeds
-      ``ddkit.models.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds channels-last batches.
+      ``ddkit.speed.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds channels-last batches.
+    - ``amp``: "off" (float32, the exact previous path), "bf16" or "fp16": the forward runs under
+      ``torch.autocast`` on the batch's device (``ddkit.speed.autocast``); the loss is taken in
+      float32; "fp16" scales the loss (``ddkit.speed.grad_scaler``).
     """
+    check_amp(amp)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
     if batch_source is None and (x is None or y is None):
         raise ValueError("train_classifier needs x and y, or a batch_source")
     n = len(x) if x is not None else None
     steps = steps_per_epoch or math.ceil(n / batch_size)
-    dev_gen = generator
     if num_classes is None and cutmix_p > 0:
         num_classes = y.shape[1] if y.dim() == 2 else int(y.max()) + 1
     if compile == "auto":
@@ -90,46 +96,73 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
     fwd = fast_view(model, resolve_compile(compile), channels_last)
     model.train()
     opt = sgd(model, lr, momentum, weight_decay)
-    milestones = {int(epochs * 2 / 3), int(epochs * 5 / 6)} if schedule == "multistep" else set()
+    scaler = grad_scaler(amp, next(model.parameters()).device)
     step = 0
     for ep in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        if schedule == "standard" and ep == epochs // 2 + 1:
-            lr *= 0.1
-            opt = sgd(model, lr, momentum, weight_decay)
-        if ep in milestones:
-            for group in opt.param_groups:
-                group["lr"] *= 0.2
-        perm = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu").to(
-            x.device) if batch_source is None else None
+        opt = schedule_epoch(opt, ep, epochs, schedule, lambda new_lr: sgd(model, new_lr, momentum, weight_decay))
+        perm = epoch_order(n, generator, x, batch_source)
         for b in range(steps):
-            if batch_source is None:
-                idx = perm[b * batch_size:(b + 1) * batch_size]
-                xb, yb = x[idx], y[idx]
-            else:
-                xb, yb = batch_source(step, generator)
-            if dsa is not None:
-                xb = dsa(xb, generator=dev_gen)
-            if cutmix_p > 0 and torch.rand((), generator=generator,
-                                           device=generator.device if generator else "cpu") < cutmix_p:
-                xb, yb = cutmix(xb, yb, num_classes, generator)
-            loss = soft_cross_entropy(fwd(xb), yb)
+            xb, yb = training_batch(x, y, perm, b, batch_size, step, generator, batch_source=batch_source, dsa=dsa,
+                                    cutmix_p=cutmix_p, num_classes=num_classes)
+            with autocast(amp, xb.device):
+                logits = fwd(xb)
+            loss = soft_cross_entropy(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             step += 1
         if on_epoch_end is not None:
             on_epoch_end(ep + 1)
     return model
 
 
+def schedule_epoch(opt: torch.optim.Optimizer, ep: int, epochs: int, schedule: str,
+                   new_sgd: Callable[[float], torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """The optimizer for epoch ``ep`` (0-based) of :func:`train_classifier`'s schedules: "standard"
+    returns ``new_sgd(lr / 10)`` (momentum reset) at epoch ``epochs // 2 + 1``; "multistep" scales
+    the learning rate by 0.2 at epochs ``int(2/3 epochs)`` and ``int(5/6 epochs)``."""
+    if schedule == "standard" and ep == epochs // 2 + 1:
+        return new_sgd(opt.param_groups[0]["lr"] * 0.1)
+    if schedule == "multistep" and ep in {int(epochs * 2 / 3), int(epochs * 5 / 6)}:
+        for group in opt.param_groups:
+            group["lr"] *= 0.2
+    return opt
+
+
+def epoch_order(n, generator, x, batch_source):
+    """One epoch's shuffled sample order (drawn from ``generator``), None with a ``batch_source``."""
+    if batch_source is not None:
+        return None
+    return torch.randperm(n, generator=generator, device=generator.device if generator else "cpu").to(x.device)
+
+
+def training_batch(x, y, perm, b: int, batch_size: int, step: int, generator, *, batch_source=None, dsa=None,
+                   cutmix_p: float = 0.0, num_classes: int | None = None):
+    """Batch ``b`` of an epoch of :func:`train_classifier`: slice of ``perm`` (or ``batch_source(step,
+    generator)``), then DSA and CutMix with draws from ``generator``, in that order."""
+    if batch_source is None:
+        idx = perm[b * batch_size:(b + 1) * batch_size]
+        xb, yb = x[idx], y[idx]
+    else:
+        xb, yb = batch_source(step, generator)
+    if dsa is not None:
+        xb = dsa(xb, generator=generator)
+    if cutmix_p > 0 and torch.rand((), generator=generator,
+                                   device=generator.device if generator else "cpu") < cutmix_p:
+        xb, yb = cutmix(xb, yb, num_classes, generator)
+    return xb, yb
+
+
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, *,
-             compile=False, channels_last: bool = False) -> float:
+             compile=False, channels_last: bool = False, amp: str = "off") -> float:
     """Top-1 accuracy in percent (eval mode, large batches, no autograd).
 
     Speed flags as in :func:`train_classifier`; with ``compile`` the last partial batch is
     zero-padded to ``batch_size`` (one static graph; eval-mode outputs are per sample, the
-    padding rows are dropped). Correct counts are summed on the device (one host sync)."""
+    padding rows are dropped). Correct counts are summed on the device (one host sync). ``amp``: the
+    forward under ``ddkit.speed.autocast`` ("off" = float32)."""
     was_training = model.training
     model.eval()
     comp = resolve_compile(compile)
@@ -140,7 +173,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         n = len(xb)
         if comp and n < batch_size and len(x) > batch_size:
             xb = torch.cat([xb, xb.new_zeros((batch_size - n,) + tuple(xb.shape[1:]))])
-        correct += (fwd(xb)[:n].argmax(1) == y[i:i + batch_size]).sum()
+        with autocast(amp, xb.device):
+            logits = fwd(xb)
+        correct += (logits[:n].argmax(1) == y[i:i + batch_size]).sum()
     model.train(was_training)
     return 100.0 * int(correct) / len(x)
 

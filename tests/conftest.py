@@ -21,3 +21,10 @@ def tiny_ds(mnist5k):
     return ImageDataset("mnist5k", mnist5k.x_train[keep], mnist5k.y_train[keep], mnist5k.x_test[keep_t],
                         mnist5k.y_test[keep_t], mnist5k.mean, mnist5k.std, mnist5k.classes[:4],
                         mnist5k.dsa_strategy)
+
+
+@pytest.fixture(params=[d for d in os.environ.get("DDKIT_TEST_DEVICES", "cpu").split(",") if d])
+def device(request):
+    """The compute device of a device-taking test: ``cpu`` by default; ``DDKIT_TEST_DEVICES=cpu,cuda``
+    (``make gpu-check`` sets ``cuda``) runs each such test once per listed device (ids ``[cpu]``, ``[cuda]``)."""
+    return torch.device(request.param)

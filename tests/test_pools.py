@@ -242,7 +242,7 @@ def test_make_pool_unknown_kind_fails_before_work():
 
 
 def test_idm_queue_accuracy_of_sees_through_a_fast_view():
-    from ddkit.models import fast_view
+    from ddkit.speed import fast_view
     ds = tiny_dataset()
     q = small_queue(ds, initial_nets=1, train_nets=5, track_accuracy=True)
     g = make_generator(0)

@@ -7,8 +7,8 @@ import torch
 
 from ddkit.distill import distill, dm_objective, init_synthetic
 from ddkit.evaluate import evaluate_synset
-from ddkit.models import FastView, compile_available, compiled, fast_view, get_model, has_batchnorm, \
-    resolve_compile
+from ddkit.models import get_model, has_batchnorm
+from ddkit.speed import FastView, compile_available, compiled, fast_view, resolve_compile
 from ddkit.pools import RandomPool
 from ddkit.train import accuracy, train_classifier
 from ddkit.utils import make_generator
@@ -69,12 +69,12 @@ def test_distill_channels_last_equals_plain(tiny_ds):
 
 
 def test_distill_compile_auto_small_run_stays_eager(tiny_ds, monkeypatch):
-    import ddkit.models as models
+    import ddkit.speed as speed
 
     def boom(*a, **k):
         raise AssertionError("compile='auto' must not compile a tiny run")
 
-    monkeypatch.setattr(models.torch, "compile", boom)
+    monkeypatch.setattr(speed.torch, "compile", boom)
     l0, _ = _dm_run(tiny_ds)
     l1, _ = _dm_run(tiny_ds, compile="auto")
     assert l0 == l1
