@@ -17,7 +17,6 @@ loop.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -26,8 +25,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .models import has_batchnorm
-from .speed import autocast, check_amp, grad_scaler
-from .train import SCHEDULES, epoch_order, schedule_epoch, sgd, soft_cross_entropy, training_batch
+from .speed import autocast, grad_scaler
+from .train import epoch_order, schedule_epoch, sgd, soft_cross_entropy, training_batch, training_shape
 
 
 def can_train_together(models: Sequence[nn.Module]) -> bool:
@@ -66,20 +65,15 @@ def train_together(models: Sequence[nn.Module], x: torch.Tensor | None, y: torch
     generator=generators[i])`` would (same arguments, see there), all networks in one vmapped pass per
     step. The trained weights are written back into the modules after every epoch (so
     ``on_epoch_end(epochs_done)`` may test them) and at the end. Returns ``models``."""
-    check_amp(amp)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
     if not can_train_together(models):
         raise ValueError("train_together needs >= 2 networks of one architecture without BatchNorm or buffers; "
                          "train them one by one with ddkit.train.train_classifier")
     if len(generators) != len(models):
         raise ValueError(f"train_together got {len(models)} networks but {len(generators)} generators")
-    if batch_source is None and (x is None or y is None):
-        raise ValueError("train_together needs x and y, or a batch_source")
-    n = len(x) if x is not None else None
-    steps = steps_per_epoch or math.ceil(n / batch_size)
-    if num_classes is None and cutmix_p > 0:
-        num_classes = y.shape[1] if y.dim() == 2 else int(y.max()) + 1
+    n, steps, num_classes = training_shape("train_together", x, y, amp=amp, schedule=schedule,
+                                           batch_source=batch_source, batch_size=batch_size,
+                                           steps_per_epoch=steps_per_epoch, num_classes=num_classes,
+                                           cutmix_p=cutmix_p)
     for m in models:
         m.train()
     stacked, _ = stack_module_state(list(models))

@@ -80,15 +80,10 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
       ``torch.autocast`` on the batch's device (``ddkit.speed.autocast``); the loss is taken in
       float32; "fp16" scales the loss (``ddkit.speed.grad_scaler``).
     """
-    check_amp(amp)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
-    if batch_source is None and (x is None or y is None):
-        raise ValueError("train_classifier needs x and y, or a batch_source")
-    n = len(x) if x is not None else None
-    steps = steps_per_epoch or math.ceil(n / batch_size)
-    if num_classes is None and cutmix_p > 0:
-        num_classes = y.shape[1] if y.dim() == 2 else int(y.max()) + 1
+    n, steps, num_classes = training_shape("train_classifier", x, y, amp=amp, schedule=schedule,
+                                           batch_source=batch_source, batch_size=batch_size,
+                                           steps_per_epoch=steps_per_epoch, num_classes=num_classes,
+                                           cutmix_p=cutmix_p)
     if compile == "auto":
         shape = x.shape[1:] if x is not None else None
         work = epochs * steps * batch_size * 3 * forward_flops(model, shape) if shape is not None else None
@@ -115,6 +110,24 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
         if on_epoch_end is not None:
             on_epoch_end(ep + 1)
     return model
+
+
+def training_shape(who: str, x, y, *, amp: str, schedule: str, batch_source, batch_size: int,
+                   steps_per_epoch: int | None, num_classes: int | None, cutmix_p: float) -> tuple:
+    """The checks and sizes every training loop starts with (``train_classifier``,
+    ``ddkit.ensemble.train_together``): ``(n, steps per epoch, num_classes)``, where ``n`` is the
+    number of training images (None with a ``batch_source``) and ``num_classes`` is inferred from
+    ``y`` when CutMix needs it."""
+    check_amp(amp)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
+    if batch_source is None and (x is None or y is None):
+        raise ValueError(f"{who} needs x and y, or a batch_source")
+    n = len(x) if x is not None else None
+    steps = steps_per_epoch or math.ceil(n / batch_size)
+    if num_classes is None and cutmix_p > 0:
+        num_classes = y.shape[1] if y.dim() == 2 else int(y.max()) + 1
+    return n, steps, num_classes
 
 
 def schedule_epoch(opt: torch.optim.Optimizer, ep: int, epochs: int, schedule: str,
