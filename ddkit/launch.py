@@ -41,6 +41,9 @@ def torchrun_command(target: str, nproc: int, args=(), overrides: dict | None = 
         raise ValueError(f"{target!r}: expected a params/grid file (.yaml) or a Python script (.py)")
     if not Path(target).is_file():
         raise FileNotFoundError(f"{target} does not exist")
+    if suffix != ".py" and args:
+        raise ValueError(f"extra arguments {list(args)!r} after the params file {target!r}: a params file takes no "
+                         f"script arguments; put options (--set, --results-dir, --force) before the target")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "ddkit.launch", str(Path(target).resolve())]
     if suffix != ".py":

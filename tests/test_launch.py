@@ -47,6 +47,10 @@ def test_torchrun_command_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="expected a params/grid file"):
         torchrun_command(str(tmp_path / "x.ipynb"), 2)
     assert main(["run", "--nproc", "2", str(tmp_path / "missing.py")]) == 2
+    # an option typed after a params file would be swallowed as script arguments: refused, named
+    with pytest.raises(ValueError, match=r"extra arguments \['--results-dir', 'out'\]"):
+        torchrun_command(str(grid), 2, ["--results-dir", "out"])
+    assert main(["run", "--nproc", "2", str(grid), "--results-dir", "out"]) == 2
 
 
 def test_failing_rank_fails_the_run_with_its_error(tmp_path):
