@@ -24,7 +24,7 @@ from ddkit.distill import dm_objective, distill, init_synthetic
 from ddkit.dm import make_pool, protocol_evaluator
 from ddkit.ead import EADSynSet, check_objective, check_soft_labels
 from ddkit.evaluate import evaluate_synset
-from ddkit.generative import build_gan, load_checkpoint
+from ddkit.gan_checkpoint import build_gan, load_checkpoint
 from ddkit.models import get_model
 from ddkit.params import COMMON, check_params
 from ddkit.pools import PretrainedPool, RandomPool
