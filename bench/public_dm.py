@@ -10,7 +10,8 @@ alternate round by round (public, ddkit, then ddkit, public, ...), with the same
   ``get_network`` (one per iteration). ddkit: ``distill`` + ``dm_objective`` on the path a
   paper-length notebook run takes by default (``compile="auto"`` resolved for 20000 iterations).
 * evaluate_synset: the public ``utils.evaluate_synset`` on N fresh networks (one by one) against
-  ``ddkit.evaluate.evaluate_synset(num_models=N)`` (its default: trained together), same epochs
+  ``ddkit.evaluate.evaluate_synset(num_models=N)`` (its default: one by one on the CPU, trained
+  together on CUDA), same epochs
   (the public loop runs ``epoch_eval_train + 1`` passes, so it gets ``epochs - 1``), test pass
   included; accuracies of both are reported.
 
