@@ -246,23 +246,16 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     if batched is True and not together:
         raise ValueError(f"batched=True: {model} cannot be trained together here (needs num_models >= 2, no "
                          f"BatchNorm or buffers, compile off, one process); use batched='auto' or False")
-    mine = {}  # network -> (accuracy, checkpoints) for this rank's networks
-    if together:
-        done = [store.get(i) for i in range(num_models)] if store is not None else [None]
-        if all(d is not None for d in done) and store is not None:
-            mine = {i: (d["acc"], d["points"]) for i, d in enumerate(done)}
-        else:
-            t_accs, t_points = _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val,
-                                                  checkpoints, x_syn, y_syn, train_kw)
-            mine = {i: (a, pts) for i, (a, pts) in enumerate(zip(t_accs, t_points))}
-            for i, (a, pts) in mine.items():
-                if store is not None:
-                    store.put(i, {"acc": a, "points": pts})
-    for i in tqdm([] if together else my_items(num_models), desc=f"eval {model}", disable=not progress,
-                  leave=False):
-        if store is not None and (done := store.get(i)) is not None:
-            mine[i] = (done["acc"], done["points"])
-            continue
+    mine = _finished_networks(store, my_items(num_models))  # network -> (accuracy, checkpoints) of this rank
+    if together and len(mine) < num_models:
+        t_accs, t_points = _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val,
+                                              checkpoints, x_syn, y_syn, train_kw)
+        mine = dict(enumerate(zip(t_accs, t_points)))
+        for i, (acc, points) in mine.items():
+            if store is not None:
+                store.put(i, {"acc": acc, "points": points})
+    todo = [] if together else [i for i in my_items(num_models) if i not in mine]
+    for i in tqdm(todo, desc=f"eval {model}", disable=not progress, leave=False):
         run_seed = seed * 1000 + i
         net = _fresh_net(model, dataset, model_kw, run_seed, dev)
         if use_compile:  # the process-wide module of this architecture, with this network's weights
@@ -293,6 +286,14 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     curve = [{"epoch": e, "test": [p[k]["test"] for p in per_net]}
              | ({"val": [p[k]["val"] for p in per_net]} if val else {}) for k, e in enumerate(checkpoints)]
     return EvalResult(accs, model, settings, curve, _select(curve, num_models, val is not None))
+
+
+def _finished_networks(store, items) -> dict:
+    """The networks of ``items`` already in the evaluation checkpoint ``store`` (None: none):
+    ``{i: (accuracy, checkpoints)}``."""
+    if store is None:
+        return {}
+    return {i: (d["acc"], d["points"]) for i in items if (d := store.get(i)) is not None}
 
 
 def _fresh_net(model: str, dataset, model_kw: dict, run_seed: int, dev):
