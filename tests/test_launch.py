@@ -70,7 +70,8 @@ def test_failing_rank_fails_the_run_with_its_error(tmp_path):
 KERNELS_SCRIPT = '''
 import os, subprocess, sys
 child = ("import os, torch, torch.distributed as dist; from ddkit.distributed import current; g = current(); "
-         "t = torch.tensor([float(g.rank + 1)]); dist.all_reduce(t); print('sum', int(t.item()), flush=True)")
+         "t = torch.tensor([float(g.rank + 1)]); dist.all_reduce(t); "
+         "os.write(1, (f'sum {int(t.item())}' + chr(10)).encode())")  # one write per line: ranks share stdout
 for i in range(2):  # as ddkit.launch runs a params file: one kernel (process group) per run, own prefix
     subprocess.run([sys.executable, "-c", child], env=dict(os.environ, DDKIT_DIST_PREFIX=f"ddkit-run-{i}"),
                    check=True, timeout=300)
