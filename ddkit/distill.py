@@ -109,6 +109,20 @@ class MatchBatch:
     iteration: int
     num_classes: int
 
+    def features(self, fn: Callable | None = None) -> tuple:
+        """``(real features, synthetic features)``: ``fn(net, x, y, num_classes)`` on both sides (default:
+        the embedding, class by class where the net has BatchNorm: :func:`per_class_forward` of
+        ``net.embed``), the real side under ``torch.no_grad()``: a constant target, as in every DM-family
+        reference code. E.g. ``ddkit.dm.embed_and_map`` gives (embedding, last feature map) pairs."""
+        fn = fn or _embed
+        with torch.no_grad():
+            real = fn(self.net, self.x_real, self.y_real, self.num_classes)
+        return real, fn(self.net, self.x_syn, self.y_syn, self.num_classes)
+
+
+def _embed(net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return per_class_forward(net.embed, net, x, y, num_classes)
+
 
 #: How ``distill`` steps the images (see the module docstring).
 IMAGE_STEPS = ("joint", "per_class")
@@ -150,9 +164,7 @@ def per_class_forward(fn: Callable, net: nn.Module, x: torch.Tensor, y: torch.Te
 def dm_objective(batch: MatchBatch) -> dict:
     """DM (Zhao & Bilen 2023, Eq. 2; REFERENCE_NOTES "DM"): sum over classes of the squared
     distance between mean real and mean synthetic embeddings; real side without grad."""
-    with torch.no_grad():
-        f_real = per_class_forward(batch.net.embed, batch.net, batch.x_real, batch.y_real, batch.num_classes)
-    f_syn = per_class_forward(batch.net.embed, batch.net, batch.x_syn, batch.y_syn, batch.num_classes)
+    f_real, f_syn = batch.features()
     loss = mean_embedding_loss(f_real, batch.y_real, f_syn, batch.y_syn, batch.num_classes)
     return {"loss": loss}
 

@@ -19,10 +19,12 @@ from torchrun's environment on first use (``WORLD_SIZE`` > 1), and ``ddkit.disti
 
 Backends: gloo for CPU tensors; with CUDA, ``"cpu:gloo,cuda:nccl"`` (NCCL for the GPU tensors) and
 each process's current CUDA device is ``LOCAL_RANK``. A rank that raises ends the run: torchrun
-stops the other ranks and exits non-zero with that rank's error.
+stops the other ranks and exits non-zero with that rank's error. The group is destroyed when the
+process exits (``atexit``), so a finished rank exits cleanly.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -63,7 +65,15 @@ def current() -> Group:
         dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     else:
         dist.init_process_group(backend)
+    atexit.register(_close)
     return Group(dist.get_rank(), dist.get_world_size())
+
+
+def _close() -> None:
+    """Destroy the process group at interpreter exit: a process that leaves gloo's threads running dies
+    at exit with ``terminate called without an active exception`` (SIGABRT), failing a finished run."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def class_block(num_classes: int, group: Group) -> range:

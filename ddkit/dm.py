@@ -4,18 +4,23 @@
 The objectives themselves live in the notebooks (one visible cell each); what both notebooks
 would otherwise copy lives here: the pool factory with its checks, the (embedding, last
 feature map) pair from one forward pass, feature extraction for t-SNE, the DSDM
-learning-rate rule, pixel-range clamping and the memory-bank update of DSDM's Algorithm 1.
+learning-rate rule, pixel-range clamping and the memory-bank update of DSDM's Algorithm 1, and
+the run's bookkeeping around the loop: the real-image start and its evaluation, the accuracy
+curve and its plot, the protocol record and the saved set.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .distill import IMAGE_STEPS
+from .augment import decode
+from .distill import IMAGE_STEPS, init_synthetic
 from .losses import PrototypeBank, class_prototypes
 from .params import Param
 from .pools import IDMQueue, PretrainedPool, RandomPool
+from .results import evaluation_entry, save_synset, write_result
 from .train import embed_all  # noqa: F401  (re-exported: the notebooks import it from here)
+from .utils import make_generator
 
 #: Pool kinds a notebook can ask for.
 POOL_KINDS = ("random", "idm", "pretrained")
@@ -155,6 +160,16 @@ def term_shares(cumulative_grads: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the notebooks' run settings
+#: The IDM queue's parameters (IDM's defaults: 100 nets, a new one every 30 iterations, 10 SGD steps of
+#: batch 256 per iteration); read by :func:`idm_queue_settings`.
+IDM_QUEUE = {
+    "idm_max_nets": Param(int, min=1, help="queue length"),
+    "idm_interval": Param(int, min=1, help="iterations between new nets"),
+    "idm_train_steps": Param(int, min=0, help="SGD steps per iteration for each queued net"),
+    "idm_train_batch": Param(int, min=1, help="batch of those steps"),
+}
+
+
 def _model_names_check(v):
     from .models import MODEL_NAMES
     return None if v in MODEL_NAMES else f"unknown model; expected one of {list(MODEL_NAMES)}"
@@ -245,6 +260,30 @@ class AccuracyCurve:
         self.points = list(state["points"])
 
 
+def plot_accuracy_curves(curves: dict, *, every: int, iterations: int, ylabel: str):
+    """IID Fig. 5: mean test accuracy (error bars: std over the evaluated networks) against distillation
+    iterations, one line per ``{label: AccuracyCurve.points}`` (an empty list draws nothing). Checks
+    first that each non-empty curve was evaluated at every ``every``-th iteration up to ``iterations``
+    (a resumed run included), ``ValueError`` naming the label otherwise. Returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    expected = list(range(every, iterations + 1, every))
+    for label, pts in curves.items():
+        got = [p["iteration"] for p in pts]
+        if pts and got != expected:
+            raise ValueError(f"the {label!r} curve was evaluated at iterations {got}, expected {expected}")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, pts in curves.items():
+        ax.errorbar([p["iteration"] for p in pts], [np.mean(p["accs"]) for p in pts],
+                    [np.std(p["accs"]) for p in pts], marker="o", capsize=3, label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def chain_steps(*hooks):
     """One ``after_step`` calling each of ``hooks`` (None entries skipped) in order."""
     hooks = [h for h in hooks if h is not None]
@@ -275,6 +314,87 @@ def protocol_evaluator(dataset, protocol: str, *, num_models: int, epochs: int, 
                                **settings)
 
     return evaluate
+
+
+def real_start(dataset, ipc: int, *, factor: int = 1, seed: int = 0, device=None):
+    """``(syn, x_init)``: the synthetic set initialised from real images of each class
+    (``init_synthetic(init="real")``, drawn with ``make_generator(seed)``, so every method of a notebook
+    starts from the same images) and a copy of its stored images before any step."""
+    syn = init_synthetic(dataset, ipc, factor=factor, init="real", generator=make_generator(seed), device=device)
+    return syn, syn.images.detach().clone()
+
+
+def evaluate_start(evaluate, x_init: torch.Tensor, labels: torch.Tensor, factor: int):
+    """The starting point under the run's protocol: the stored initial images (random real images, or
+    their mosaics with ``factor`` > 1) decoded like the distilled set, then ``evaluate(x, y)``."""
+    return evaluate(*decode(x_init, labels, factor))
+
+
+def hard_label_protocol(name: str) -> dict:
+    """The protocol record of the DM-family notebooks: ``name`` (``ddkit.evaluate.PROTOCOLS``), hard labels,
+    the last epoch's test accuracy (no selection)."""
+    return {"name": name, "labels": "hard", "selection": "last"}
+
+
+def start_fields(res_init) -> dict:
+    """``result.json``'s fields for the evaluated starting point (``init_accs`` / ``init_mean`` /
+    ``init_std``); ``{}`` when it was not evaluated (``res_init`` None)."""
+    if res_init is None:
+        return {}
+    return {"init_accs": res_init.accs, "init_mean": res_init.mean, "init_std": res_init.std}
+
+
+def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: str, ledgers: dict,
+                       curves: dict | None = None, res_init=None) -> list:
+    """``result.json``'s ``evaluations``: one entry per evaluated set and architecture of
+    ``results = {method: {architecture: EvalResult}}`` under :func:`hard_label_protocol`, each with its
+    method's ledger (``ledgers[method]``, ``ddkit.results.budget_ledger``) and, on ``eval_model``, its
+    accuracy curve when one was recorded (``curves[method]`` non-empty); then the starting point
+    ("Random real", variant "init") when ``res_init`` is given."""
+    record = hard_label_protocol(protocol)
+    curves = curves or {}
+    entries = [evaluation_entry(method, r, ipc=ipc, protocol=record, ledger=ledgers[method],
+                                curve=(curves.get(method) or None) if m == eval_model else None)
+               for method, by_model in results.items() for m, r in by_model.items()]
+    if res_init is not None:
+        entries.append(evaluation_entry("Random real", res_init, ipc=ipc, protocol=record, variant="init"))
+    return entries
+
+
+def save_distilled(run_folder, syn, dataset_name: str):
+    """``synset.pt``: the decoded training set (what evaluation trains on) with the stored images (mosaics
+    with factor > 1) in its metadata; returns the path."""
+    x, y = syn.detached()
+    return save_synset(run_folder, x, y, dataset=dataset_name, ipc=syn.ipc, factor=syn.factor,
+                       stored=syn.images.detach().cpu())
+
+
+def idm_queue_settings(params: dict, *, track_accuracy: bool = False) -> dict:
+    """The keyword arguments of ``make_pool("idm", ...)`` (``ddkit.pools.IDMQueue``) from a notebook's
+    ``idm_*`` parameters (:data:`IDM_QUEUE`, validated with the rest of its parameters):
+    ``idm_max_nets``, ``idm_interval``, ``idm_train_steps``, ``idm_train_batch``."""
+    missing = [k for k in IDM_QUEUE if k not in params]
+    if missing:
+        raise ValueError(f"the IDM queue settings need the parameters {missing} (ddkit.dm.IDM_QUEUE)")
+    return dict(max_nets=params["idm_max_nets"], interval=params["idm_interval"],
+                train_steps=params["idm_train_steps"], batch_size=params["idm_train_batch"],
+                track_accuracy=bool(track_accuracy))
+
+
+def save_run(run_folder, syn, results: dict, *, method: str, params: dict, ledgers: dict, seconds: float,
+             device=None, curves: dict | None = None, res_init=None, **extra) -> dict:
+    """A DM-family run's outputs: ``synset.pt`` (:func:`save_distilled`) and ``result.json``
+    (``ddkit.results.write_result``) whose headline is ``results[method][eval_model]`` and whose
+    ``evaluations`` are :func:`evaluation_entries` of every set and architecture of ``results``.
+    Dataset, IPC, matching model, evaluation model and protocol are read from ``params`` (the validated
+    parameters cell), so the record cannot disagree with them. Returns the record."""
+    save_distilled(run_folder, syn, params["dataset"])
+    evaluations = evaluation_entries(results, ipc=params["ipc"], protocol=params["eval_protocol"],
+                                     eval_model=params["eval_model"], ledgers=ledgers, curves=curves,
+                                     res_init=res_init)
+    return write_result(run_folder, method=method, dataset=params["dataset"], ipc=params["ipc"],
+                        model=params["model"], params=params, accs=results[method][params["eval_model"]],
+                        seconds=seconds, device=device, evaluations=evaluations, **extra, **start_fields(res_init))
 
 
 def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float, budget: str) -> str:

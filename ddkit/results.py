@@ -182,6 +182,11 @@ def read_result(path) -> dict:
     return rec
 
 
+def result_line(rd: Path, rec: dict) -> str:
+    """One line for a notebook's last print: where ``result.json`` is, its headline mean ± std and the run's seconds."""
+    return f"{Path(rd) / 'result.json'} {rec['mean']:.2f} ± {rec['std']:.2f} ({rec['seconds']:.0f}s)"
+
+
 def save_synset(rd: Path, x: torch.Tensor, y: torch.Tensor, name: str = "synset.pt", **meta) -> Path:
     """Save a synthetic set (images in the normalised space, labels hard or soft) atomically;
     loadable with ``torch.load(..., weights_only=True)``."""
@@ -204,6 +209,12 @@ def save_figure(fig, path) -> Path:
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def save_figures(rd: Path, figures: dict) -> list:
+    """Save ``{file name: figure}`` under the run folder with :func:`save_figure` (None entries: figures a
+    run did not draw, skipped); returns the paths written."""
+    return [save_figure(fig, Path(rd) / name) for name, fig in figures.items() if fig is not None]
 
 
 class Run:

@@ -14,7 +14,8 @@ it is
 * shorter than :data:`MIN_CHARS` characters without spaces (``print(ds)``, ``res = None``,
   ``with torch.no_grad():``): such lines carry no recipe.
 
-Lines are compared after stripping indentation and trailing comments; each distinct line counts once.
+Lines are judged and compared after stripping indentation and trailing comments (a short line with a
+comment is still short); each distinct line counts once.
 """
 from __future__ import annotations
 
@@ -32,12 +33,6 @@ MIN_CHARS = 20
 _PUNCTUATION = re.compile(r"^[\s()\[\]{},:;.]*$")
 _KEYWORD = re.compile(r"^(else|try|finally|pass|continue|break|return)\s*:?$")
 _TRAILING_COMMENT = re.compile(r"\s+#(?![^\"']*[\"']).*$")
-#: pairs that shared code when this check was written, each with the change that removes it:
-#: an xfail that turns into a failure (strict) the day the pair is clean, so the mark goes too.
-KNOWN = {
-    ("03_iid", "04_dsdm"): "init-evaluation, accuracy-curve, synset-saving and result lines of the shared "
-                           "DM loop are retyped in both (candidates for ddkit.dm)",
-}
 
 
 def _import_lines(source: str) -> set[int]:
@@ -64,8 +59,9 @@ def code_lines(path: Path) -> set[str]:
     for cell in kept:
         imports = _import_lines(cell.source)
         for n, line in enumerate(cell.source.splitlines(), 1):
-            if n not in imports and not is_trivial(line):
-                out.add(_TRAILING_COMMENT.sub("", line.strip()))
+            code = _TRAILING_COMMENT.sub("", line.strip())
+            if n not in imports and not is_trivial(code):
+                out.add(code)
     return out
 
 
@@ -85,9 +81,7 @@ def test_trivial_lines_and_imports_are_not_counted(tmp_path):
 PAIRS = [(a, b) for a, b in itertools.combinations(NOTEBOOKS, 2)]
 
 
-@pytest.mark.parametrize("a, b", [
-    pytest.param(a, b, marks=pytest.mark.xfail(strict=True, reason=KNOWN[(a.stem, b.stem)]))
-    if (a.stem, b.stem) in KNOWN else (a, b) for a, b in PAIRS], ids=[f"{a.stem}-{b.stem}" for a, b in PAIRS])
+@pytest.mark.parametrize("a, b", PAIRS, ids=[f"{a.stem}-{b.stem}" for a, b in PAIRS])
 def test_two_notebooks_share_fewer_than_ten_code_lines(a, b):
     shared = sorted(code_lines(a) & code_lines(b))
     assert len(shared) < LIMIT, (f"{a.name} and {b.name} share {len(shared)} identical code lines "

@@ -1,0 +1,124 @@
+"""The run bookkeeping notebooks 03 and 04 share (ddkit.dm): start, curve plot, records, saved files,
+and ``MatchBatch.features`` (the real side without grad)."""
+import json
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from ddkit.data import ImageDataset  # noqa: E402
+from ddkit.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
+from ddkit.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, idm_queue_settings,  # noqa: E402
+                      plot_accuracy_curves, real_start, save_run, start_fields)
+from ddkit.evaluate import EvalResult  # noqa: E402
+from ddkit.losses import mean_embedding_loss  # noqa: E402
+from ddkit.models import get_model  # noqa: E402
+from ddkit.results import budget_ledger, load_synset, result_line, save_figures  # noqa: E402
+
+
+def tiny(classes=3, n=6, size=8):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(classes).repeat_interleave(n)
+    x = torch.randn(len(y), 1, size, size, generator=g)
+    return ImageDataset("tiny", x, y, x.clone(), y.clone(), (0.5,), (0.25,), [str(c) for c in range(classes)])
+
+
+def test_real_start_is_seeded_and_keeps_a_copy_of_the_start():
+    ds = tiny()
+    syn, x0 = real_start(ds, 2, seed=3)
+    syn2, _ = real_start(ds, 2, seed=3)
+    assert torch.equal(syn.images, syn2.images) and torch.equal(syn.images, x0)
+    with torch.no_grad():
+        syn.images.add_(1.0)
+    assert not torch.equal(syn.images, x0)  # a copy, not a view
+    # each stored row is a real training image of its class
+    for row, c in zip(x0, syn.labels):
+        assert any(torch.equal(row, r) for r in ds.x_train[ds.y_train == c])
+
+
+def test_evaluate_start_decodes_mosaics_like_the_distilled_set():
+    ds = tiny(size=8)
+    syn, x0 = real_start(ds, 1, factor=2, seed=0)
+    seen = {}
+
+    def evaluate(x, y):
+        seen["x"], seen["y"] = x, y
+        return EvalResult([50.0])
+
+    evaluate_start(evaluate, x0, syn.labels, 2)
+    x_dec, y_dec = syn.decoded()  # the set as evaluation sees it: 4 images per stored mosaic
+    assert seen["x"].shape == (3 * 4, 1, 8, 8) and torch.equal(seen["x"], x_dec.detach())
+    assert torch.equal(seen["y"], y_dec) and sorted(seen["y"].tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_features_real_side_has_no_grad_and_default_is_the_embedding():
+    ds = tiny()
+    net = get_model("ConvNet", 1, 3, (8, 8), width=4, depth=1)
+    x_syn = ds.x_train[:6].clone().requires_grad_(True)
+    batch = MatchBatch(net, ds.x_train, ds.y_train, x_syn, ds.y_train[:6] * 0 + torch.tensor([0, 0, 1, 1, 2, 2]), 0, 3)
+    f_real, f_syn = batch.features()
+    assert not f_real.requires_grad and f_syn.requires_grad
+    assert torch.allclose(f_real, per_class_forward(net.embed, net, ds.x_train, ds.y_train, 3))
+    (fr, mr), (fs, ms) = batch.features(embed_and_map)
+    assert torch.allclose(fr, f_real) and mr.dim() == 4 and not mr.requires_grad and ms.requires_grad
+    # dm_objective is DM's Eq. 2 on these features
+    want = mean_embedding_loss(f_real, batch.y_real, f_syn, batch.y_syn, 3)
+    assert torch.allclose(dm_objective(batch)["loss"], want)
+
+
+def curve(*its):
+    return [{"iteration": i, "accs": [10.0 * i, 10.0 * i + 2]} for i in its]
+
+
+def test_plot_accuracy_curves_checks_the_iterations_and_draws_means():
+    fig = plot_accuracy_curves({"A": curve(2, 4), "B": []}, every=2, iterations=4, ylabel="acc")
+    lines = fig.axes[0].lines
+    assert [list(l.get_ydata()) for l in lines][0] == [21.0, 41.0]
+    with pytest.raises(ValueError, match=r"'A' curve was evaluated at iterations \[2\], expected \[2, 4\]"):
+        plot_accuracy_curves({"A": curve(2)}, every=2, iterations=4, ylabel="acc")
+
+
+def test_idm_queue_settings_read_the_idm_parameters():
+    params = {"idm_max_nets": 5, "idm_interval": 3, "idm_train_steps": 2, "idm_train_batch": 16, "seed": 0}
+    assert idm_queue_settings(params, track_accuracy=True) == dict(max_nets=5, interval=3, train_steps=2,
+                                                                  batch_size=16, track_accuracy=True)
+    assert set(IDM_QUEUE) == {k for k in params if k.startswith("idm_")}
+    with pytest.raises(ValueError, match="idm_train_batch"):
+        idm_queue_settings({k: v for k, v in params.items() if k != "idm_train_batch"})
+
+
+def test_entries_and_save_run_record_every_set_architecture_curve_and_start(tmp_path):
+    ds = tiny()
+    syn, _ = real_start(ds, 2, seed=0)
+    res = {"M": {"ConvNet": EvalResult([60.0, 62.0]), "MLP": EvalResult([40.0], model="MLP")},
+           "Base": {"ConvNet": EvalResult([55.0])}}
+    ledger = budget_ledger(3, images=syn.images)
+    init = EvalResult([30.0, 32.0])
+    entries = evaluation_entries(res, ipc=2, protocol="standard", eval_model="ConvNet",
+                                 ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []},
+                                 res_init=init)
+    by = {(e["method"], e["eval_model"]): e for e in entries}
+    assert set(by) == {("M", "ConvNet"), ("M", "MLP"), ("Base", "ConvNet"), ("Random real", "ConvNet")}
+    assert "curve" in by["M", "ConvNet"] and "curve" not in by["M", "MLP"] and "curve" not in by["Base", "ConvNet"]
+    assert by["Random real", "ConvNet"]["variant"] == "init" and by["M", "MLP"]["protocol"]["labels"] == "hard"
+    assert start_fields(None) == {} and start_fields(init)["init_mean"] == 31.0
+
+    params = {"dataset": "tiny", "ipc": 2, "model": "ConvNet", "eval_model": "ConvNet", "eval_protocol": "standard"}
+    rec = save_run(tmp_path, syn, res, method="M", params=params, ledgers={"M": ledger, "Base": ledger},
+                   seconds=1.5, res_init=init, note="x")
+    stored = json.loads((tmp_path / "result.json").read_text())
+    assert stored["accs"] == [60.0, 62.0] and stored["note"] == "x" and stored["init_accs"] == [30.0, 32.0]
+    assert len(stored["evaluations"]) == 4
+    x, y, meta = load_synset(tmp_path / "synset.pt")
+    assert torch.equal(x, syn.images.detach()) and meta["dataset"] == "tiny" and meta["ipc"] == 2
+    assert result_line(tmp_path, rec).endswith("61.00 ± 1.00 (2s)")
+
+
+def test_save_figures_skips_figures_a_run_did_not_draw(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    assert save_figures(tmp_path, {"a.png": fig, "b.png": None}) == [tmp_path / "a.png"]
+    assert (tmp_path / "a.png").stat().st_size > 0 and not (tmp_path / "b.png").exists()
