@@ -118,11 +118,12 @@ def _match(label: str, patterns: list[str]) -> bool:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from ddkit import sweep as sw
+    from ddkit.sweep import sweep
+    from ddkit.sweep_grid import expand
 
     overrides = dict(a.overrides)
     try:
-        runs = sw.expand(a.grid, a.results_dir, a.notebooks_dir, overrides or None, a.resources)
+        runs = expand(a.grid, a.results_dir, a.notebooks_dir, overrides or None, a.resources)
     except ValueError as exc:
         print(f"ddkit sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +133,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             print(f"ddkit sweep: no run matches --only {' '.join(a.only)}", file=sys.stderr)
             return 2
     try:
-        summary = sw.sweep(
+        summary = sweep(
             runs,
             workers=a.workers,
             scheduler=a.scheduler,

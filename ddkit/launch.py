@@ -59,14 +59,15 @@ def run(target: str, nproc: int, args=(), **kw) -> int:
 
 
 def _run_params(path: str, overrides: dict, results_dir, force: bool, scratch: str | None, rank: int) -> None:
-    from ddkit import sweep as sw
+    from ddkit.sweep import execute_run, run_status
+    from ddkit.sweep_grid import expand
 
-    runs = sw.expand(path, results_dir, None, overrides or None)
-    todo = [r for r in runs if force or sw.run_status(r)[0] != "done"]  # every rank decides alike
+    runs = expand(path, results_dir, None, overrides or None)
+    todo = [r for r in runs if force or run_status(r)[0] != "done"]  # every rank decides alike
     for i, r in enumerate(todo):
         os.environ["DDKIT_DIST_PREFIX"] = f"ddkit-run-{i}"  # the run's kernel: a fresh process group
         mine = r if scratch is None else dataclasses.replace(r, results_dir=scratch)
-        outcome = sw.execute_run(mine)
+        outcome = execute_run(mine)
         print(f"[rank {rank}] {r.label}: {outcome['status']} ({outcome['seconds']:.1f}s)", flush=True)
         if outcome["status"] != "ok":
             raise RuntimeError(f"rank {rank}: {r.label} failed: {outcome['error']}")
