@@ -376,19 +376,18 @@ def claim_verdict(diff: dict) -> str:
 
 def show_class_grids(generators: dict, dataset, ipc: int = 1, seed: int = 0, max_ipc: int = 10):
     """One panel per generator: columns = classes, rows = samples (same noise for every
-    generator, so the panels differ only by the training). Returns the figure."""
+    generator, so the panels differ only by the training), each a :func:`ddkit.viz.class_grid`.
+    Returns the figure."""
     import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
+
+    from .viz import class_grid
 
     n = min(ipc, max_ipc)
     fig, axes = plt.subplots(1, len(generators), figsize=(3.6 * len(generators), 0.45 * n + 1.3), squeeze=False)
     for ax, (name, G) in zip(axes[0], generators.items()):
-        x, _ = G.sample(n, seed=seed)
-        k = G.num_classes
-        x = x.reshape(k, n, *x.shape[1:]).transpose(0, 1).reshape(-1, *x.shape[1:])
-        grid = make_grid(dataset.denormalize(x.cpu()), nrow=k, padding=1, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy() if grid.shape[0] == 3 else grid[0].numpy(), cmap="gray",
-                  vmin=0, vmax=1)
+        x, y = G.sample(n, seed=seed)
+        grid = class_grid(x, y, dataset, per_class=n, classes_as="columns")
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
         ax.set_title(name)
         ax.axis("off")
     fig.tight_layout()

@@ -7,7 +7,7 @@ shared by notebooks 01 and 02 (each paper's own objective lives in its notebook'
   ``saturating=True``. ``"wgan_gp"`` - DiM's code: WGAN critic loss + gradient penalty (Gulrajani et
   al. 2017, lambda 10) + auxiliary class cross-entropy (AC-GAN); ``fake_aux=True`` also trains D's
   class head on fakes, as DiM does.
-* :class:`MatchBatch` (what a stage-2 objective receives), :func:`forward_logits_mid`,
+* :class:`GeneratorBatch` (what a stage-2 objective receives), :func:`forward_logits_mid`,
   :func:`dim_objective` (the DiM baseline of both notebooks) and :class:`TermBalance` (fixed or
   normalised weights of the matching terms).
 
@@ -27,7 +27,7 @@ from .gan_nets import Discriminator, check_choice
 from .losses import logit_matching_loss
 
 __all__ = ["GAN_LOSSES", "BALANCES", "MATCH_FORMS", "default_aux_weight", "check_gan_loss", "gradient_penalty",
-           "discriminator_loss", "generator_loss", "MatchBatch", "forward_logits_mid", "dim_objective",
+           "discriminator_loss", "generator_loss", "GeneratorBatch", "forward_logits_mid", "dim_objective",
            "TermBalance"]
 
 #: GAN objectives: the papers' log-likelihood cGAN and DiM's WGAN-GP + auxiliary CE.
@@ -127,7 +127,7 @@ def generator_loss(D: Discriminator, x_fake: torch.Tensor, y_fake: torch.Tensor,
 
 
 @dataclass
-class MatchBatch:
+class GeneratorBatch:
     """What a stage-2 objective receives: the pool ``net`` (frozen, train mode), a real batch
     and the paired synthetic batch (``x_syn[i]`` has label ``y_real[i]``; both normalised
     space, ``x_syn`` carries the generator's graph), the index of the ``mid`` feature map."""
@@ -149,7 +149,7 @@ def forward_logits_mid(net: nn.Module, x: torch.Tensor, mid_layer: int):
     return logits, maps[mid_layer]
 
 
-def dim_objective(w_global: float = 0.01, form: str = "dim") -> Callable[[MatchBatch], dict]:
+def dim_objective(w_global: float = 0.01, form: str = "dim") -> Callable[[GeneratorBatch], dict]:
     """The DiM baseline: logit matching only, real side detached. Shared by notebooks 01 and 02.
 
     ``form="dim"`` (DiM's public code, REFERENCE_NOTES, paper 01):
@@ -161,7 +161,7 @@ def dim_objective(w_global: float = 0.01, form: str = "dim") -> Callable[[MatchB
     if form not in MATCH_FORMS:
         raise ValueError(f"form must be one of {MATCH_FORMS}, got {form!r}")
 
-    def objective(b: MatchBatch) -> dict:
+    def objective(b: GeneratorBatch) -> dict:
         with torch.no_grad():
             l_real = b.net(b.x_real)
         l_syn = b.net(b.x_syn)

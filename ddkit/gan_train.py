@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .augment import DSA
 from .gan_checkpoint import GANState, build_gan, checkpoint_meta, load_checkpoint, plain, save_checkpoint
-from .gan_losses import MatchBatch, check_gan_loss, discriminator_loss, generator_loss
+from .gan_losses import GeneratorBatch, check_gan_loss, discriminator_loss, generator_loss
 from .gan_nets import CONDITIONINGS, GEN_ARCHS, as_hw, check_choice, positive_int
 from .models import MODEL_NAMES, get_model, reinit_
 from .results import resolve_results_dir
@@ -357,7 +357,7 @@ def stage2_schedule(epochs: int, iterations: int, n_train: int, batch_size: int)
     return [base + (1 if e < extra else 0) for e in range(epochs)]
 
 
-def match_generator(state: GANState, dataset, objective: Callable[[MatchBatch], dict], *,
+def match_generator(state: GANState, dataset, objective: Callable[[GeneratorBatch], dict], *,
                     pool: GANModelPool, epochs: int, iterations: int = 0, batch_size: int = 64,
                     lr: float = 5e-6, betas=(0.0, 0.9), pool_train_steps: int = 16,
                     gan_weight: float = 1.0, gan_loss: str | None = None, gp_lambda: float = 10.0,
@@ -374,7 +374,7 @@ def match_generator(state: GANState, dataset, objective: Callable[[MatchBatch], 
     each, in ``step_order`` (``"g_first"``: DiM). The generator's fakes ``G(z, y)`` are paired with
     the real batch; ``match_aug`` (a DSA strategy, DiM ``--match-aug``: ``color_crop_cutout``)
     augments both with one shared draw (:func:`siamese_augment`) before the objective.
-    ``objective(MatchBatch) -> {"loss": tensor, <term>: tensor, ...}``; every term is logged in
+    ``objective(GeneratorBatch) -> {"loss": tensor, <term>: tensor, ...}``; every term is logged in
     ``history`` (``match_<term>``), with ``w_gan = gan_weight * g_loss``, the weighted GAN term.
     ``iterations``: total generator updates (:func:`stage2_schedule`; 0 = full passes)."""
     gan_loss = gan_loss or state.meta["gan_loss"]
@@ -405,7 +405,7 @@ def match_generator(state: GANState, dataset, objective: Callable[[MatchBatch], 
             xf_t = G(G.noise(len(y), g), y)
             xf = G.to_normalized(xf_t)
             xr_m, xf_m = (xr, xf) if aug is None else siamese_augment(aug, xr, xf, g)
-            terms = objective(MatchBatch(net, xr_m, y, xf_m, y, pool.mid_layer, it, ep))
+            terms = objective(GeneratorBatch(net, xr_m, y, xf_m, y, pool.mid_layer, it, ep))
             if not isinstance(terms, dict) or "loss" not in terms:
                 raise ValueError("the matching objective must return a dict with a 'loss' entry")
             total = terms["loss"]

@@ -10,10 +10,10 @@ from ddkit.data import ImageDataset
 import json
 from pathlib import Path
 
-from ddkit.ead import (INIT_LABEL, OBJECTIVES, EADSynSet, check_soft_labels, derived_real_coef, distill_ead,
-                       ead_objective, effect_over_draws, effect_values, estimator_check_from_dataset,
-                       evidence_summary, label_entropy, make_monitor, paper_real_coef, per_sample_grads,
-                       probe_effects, replacement_effect_estimate)
+from ddkit.ead import (OBJECTIVES, EADSynSet, check_soft_labels, derived_real_coef, distill_ead, ead_objective,
+                       effect_values, label_entropy, make_monitor, paper_real_coef, per_sample_grads, probe_effects)
+from ddkit.ead_checks import (INIT_LABEL, effect_over_draws, estimator_check_from_dataset, evidence_summary,
+                              replacement_effect_estimate)
 from ddkit.losses import (effect_alignment_loss, effect_alignment_squared_loss, effect_alignment_vector_loss,
                           replacement_alpha)
 from ddkit.trajectory import lr_at
@@ -448,7 +448,7 @@ def test_evidence_summary_by_hand():
 
 
 def test_random_walk_displacement():
-    from ddkit.ead import random_walk_displacement
+    from ddkit.ead_checks import random_walk_displacement
     # plain SGD, independent directions in high dimension: ||x_K|| = lr * g * sqrt(K) (near-orthogonal steps)
     d = random_walk_displacement([2.0] * 16, [0.1] * 16, (20000,), optimizer="sgd", momentum=0.0)
     assert d[0] == pytest.approx(0.2) and d[-1] == pytest.approx(0.2 * 4, rel=0.03)

@@ -11,7 +11,7 @@ from ddkit.data import ImageDataset, load_dataset
 from ddkit import gan_train
 from ddkit.gan_nets import ConditionalGenerator, Discriminator, GEN_ARCHS
 from ddkit.gan_losses import (dim_objective, discriminator_loss, forward_logits_mid, GAN_LOSSES, generator_loss,
-    gradient_penalty, MatchBatch, TermBalance)
+    gradient_penalty, GeneratorBatch, TermBalance)
 from ddkit.gan_checkpoint import build_gan, CHECKPOINT_FORMAT, GANState, load_checkpoint, save_checkpoint
 from ddkit.gan_train import (GANModelPool, match_generator, objective_fingerprint, siamese_augment, stage1,
     stage1_key, stage2, stage2_schedule, train_gan)
@@ -295,7 +295,7 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
             for i in range(3):                           # held-out = test-set batches
                 xr, yr = mnist.x_test[i * 64:(i + 1) * 64], mnist.y_test[i * 64:(i + 1) * 64]
                 xs = G.generate(yr, generator=g)
-                b = MatchBatch(net, xr, yr, xs, yr, pool.mid_layer, 0, 0)
+                b = GeneratorBatch(net, xr, yr, xs, yr, pool.mid_layer, 0, 0)
                 total += float(objective(b)["loss"])
         return total
 
@@ -377,6 +377,25 @@ def test_evaluate_generator_protocols(protocol):
                                batch_size=4, progress=False)
     assert r.protocol == protocol and len(r.accs) == 1 and 0 <= r.mean <= 100
     assert r.as_dict()["protocol"] == protocol
+
+
+def test_show_class_grids_columns_are_classes():
+    """Each panel is ddkit.viz.class_grid of the generator's samples, classes as columns (same noise per panel)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ddkit.gan_eval import show_class_grids
+    from ddkit.viz import class_grid
+
+    ds = tiny_dataset()
+    G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
+    fig = show_class_grids({"a": G, "b": G}, ds, ipc=3, seed=1)
+    x, y = G.sample(3, seed=1)
+    want = class_grid(x, y, ds, classes_as="columns")
+    assert want.shape == (3 * 29 - 1, 4 * 29 - 1)   # 3 rows of samples, 4 columns of classes, 1 px gaps
+    for ax in fig.axes:
+        assert (ax.get_images()[0].get_array() == want).all()
+    plt.close(fig)
 
 
 def test_fixed_sets_per_model_trains_network_i_on_the_set_of_seed_plus_i():
@@ -467,7 +486,7 @@ def test_dim_objective_forms_by_hand():
     net = nn.Linear(2, 3)
     net.requires_grad_(False)
     xr, xs, y = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
-    b = MatchBatch(net, xr, y, xs, y, 0, 0, 0)
+    b = GeneratorBatch(net, xr, y, xs, y, 0, 0, 0)
     d = dim_objective(0.01, "dim")(b)
     want = ((F.log_softmax(net(xr), 1) - F.log_softmax(net(xs), 1)) ** 2).mean()
     assert torch.allclose(d["global"], want) and torch.allclose(d["loss"], 0.01 * want)
@@ -845,7 +864,7 @@ def _batch():
     g = make_generator(1)
     xr, xs = torch.randn(6, 1, 28, 28, generator=g), torch.randn(6, 1, 28, 28, generator=g)
     y = torch.tensor([0, 1, 2, 3, 0, 1])
-    return MatchBatch(net, xr, y, xs, y, net.mid_layer, 0, 0)
+    return GeneratorBatch(net, xr, y, xs, y, net.mid_layer, 0, 0)
 
 
 def test_notebook_01_objective_cell_by_hand():
