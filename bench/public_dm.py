@@ -9,9 +9,11 @@ alternate round by round (public, ddkit, then ddkit, public, ...), with the same
   evaluation and image saving stubbed out); an iteration's seconds are the gaps between its calls of
   ``get_network`` (one per iteration). ddkit: ``distill`` + ``dm_objective`` on the path a
   paper-length notebook run takes by default (``compile="auto"`` resolved for 20000 iterations).
+  A second ddkit arm runs the same with ``amp="bf16"`` (the notebooks' ``amp`` parameter; float32 is
+  the default): its accuracy check is ``bench.amp_accuracy``.
 * evaluate_synset: the public ``utils.evaluate_synset`` on N fresh networks (one by one) against
-  ``ddkit.evaluate.evaluate_synset(num_models=N)`` (its default: one by one on the CPU, trained
-  together on CUDA), same epochs
+  ``ddkit.evaluate.evaluate_synset(num_models=N, compile="auto")`` as the notebooks call it (one by
+  one on the CPU, trained together on CUDA; compiled when the work is long enough), same epochs
   (the public loop runs ``epoch_eval_train + 1`` passes, so it gets ``epochs - 1``), test pass
   included; accuracies of both are reported.
 
@@ -112,7 +114,7 @@ def _public_dm_iterations(path: Path, iterations: int) -> list:
     return [b - a for a, b in zip(stamps[:iterations], stamps[1:iterations])]
 
 
-def _ddkit_dm_iterations(iterations: int) -> tuple:
+def _ddkit_dm_iterations(iterations: int, amp: str = "off") -> tuple:
     from ddkit.distill import distill, dm_objective, init_synthetic
     from ddkit.pools import RandomPool
     from ddkit.speed import forward_flops, resolve_compile
@@ -132,8 +134,8 @@ def _ddkit_dm_iterations(iterations: int) -> tuple:
             rss[it + 1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     distill(syn, ds, dm_objective, pool, iterations, batch_real=SETTINGS["batch_real"], progress=False,
-            compile=flag, after_step=after_step)
-    return [b - a for a, b in zip(stamps, stamps[1:])], {"compile": flag, "peak_rss_mb": rss}
+            compile=flag, after_step=after_step, amp=amp)
+    return [b - a for a, b in zip(stamps, stamps[1:])], {"compile": flag, "amp": amp, "peak_rss_mb": rss}
 
 
 def _public_eval(path: Path, networks: int, epochs: int) -> tuple:
@@ -158,7 +160,7 @@ def _ddkit_eval(networks: int, epochs: int, seed: int) -> tuple:
     ds = _ddkit_data()
     x, y = _syn_set(ds)
     t0 = time.perf_counter()
-    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False)
+    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False, compile="auto")
     return time.perf_counter() - t0, r.accs
 
 
@@ -171,7 +173,7 @@ def _syn_set(ds):
 
 def worker(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--side", choices=("public", "ddkit"))
+    ap.add_argument("--side", choices=("public", "ddkit", "ddkit_bf16"))
     ap.add_argument("--task", choices=("dm", "eval"))
     ap.add_argument("--path", default=None)
     ap.add_argument("--iterations", type=int, default=5)
@@ -185,8 +187,9 @@ def worker(argv=None) -> None:
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     if a.task == "dm":
+        amp = "bf16" if a.side == "ddkit_bf16" else "off"
         result = ({"times": _public_dm_iterations(Path(a.path), a.iterations)} if a.side == "public" else
-                  dict(zip(("times", "extra"), _ddkit_dm_iterations(a.iterations))))
+                  dict(zip(("times", "extra"), _ddkit_dm_iterations(a.iterations, amp))))
     else:
         seconds, accs = (_public_eval(Path(a.path), a.networks, a.epochs) if a.side == "public" else
                          _ddkit_eval(a.networks, a.epochs, a.seed))
@@ -223,10 +226,11 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
         raise ValueError(f"--public-dm {path}: no main_DM.py there; give a checkout of VICO-UoE/DatasetCondensation")
     rounds, iters = (1, 4) if quick else (2, 8)
     nets, epochs = (1, 20) if quick else (5, 300)
-    dm = {"public": [], "ddkit": []}
+    sides = ("public", "ddkit", "ddkit_bf16")
+    dm = {s: [] for s in sides}
     extra = []
     for r in range(rounds):
-        for side in (("public", "ddkit") if r % 2 == 0 else ("ddkit", "public")):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
             res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
             dm[side] += res["times"][1:]  # the first iteration carries one-time costs
             extra += [res.get("extra")] if side == "ddkit" else []
@@ -241,7 +245,8 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
                          "eval_epochs": epochs},
             "patches": [list(p) for p in PATCHES], "path": str(path),
             "dm_seconds_per_iteration": {s: {"median": med[s], "times": dm[s]} for s in dm},
-            "dm_ratio": med["public"] / med["ddkit"], "ddkit_dm": extra,
+            "dm_ratio": med["public"] / med["ddkit"], "dm_ratio_bf16": med["public"] / med["ddkit_bf16"],
+            "ddkit_dm": extra,
             "eval_seconds": {s: {"median": emed[s], "runs": ev[s]} for s in ev},
             "eval_ratio": emed["public"] / emed["ddkit"]}
 
@@ -250,6 +255,9 @@ def rows(r: dict):
     dm, ev = r["dm_seconds_per_iteration"], r["eval_seconds"]
     yield ("public DM iteration", dm["public"]["median"], dm["ddkit"]["median"], r["dm_ratio"],
            f"s/iteration, separate processes, ddkit compile={r['ddkit_dm'][0]['compile'] if r['ddkit_dm'] else '?'}")
+    if "ddkit_bf16" in dm:
+        yield ("public DM iteration vs amp=bf16", dm["public"]["median"], dm["ddkit_bf16"]["median"],
+               r["dm_ratio_bf16"], "s/iteration; accuracy check: bench.amp_accuracy")
     accs = {s: [a for run in ev[s]["runs"] for a in run["accs"]] for s in ev}
     yield (f"public evaluate_synset (N={r['settings']['eval_networks']})", ev["public"]["median"],
            ev["ddkit"]["median"], r["eval_ratio"],

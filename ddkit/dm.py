@@ -184,6 +184,8 @@ DM_LOOP = {
                          help="architectures to evaluate on ([] = just eval_model; cross-architecture tables)"),
     "eval_every": Param(int, min=0, help="evaluate every N iterations (accuracy curve); 0 = only at the end"),
     "compile": Param(str, choices=("auto", "on", "off"), help="torch.compile: 'auto' = when the run is long"),
+    "amp": Param(str, choices=("off", "bf16", "fp16"),
+                 help="mixed precision of the distillation objective ('off' = float32; evaluation stays float32)"),
     "resume": Param(bool, help="checkpoint the loop in the run folder and resume from it"),
     "checkpoint_every": Param(int, min=1, help="iterations between checkpoints"),
 }

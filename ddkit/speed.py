@@ -28,9 +28,13 @@ __all__ = [
     "FastView", "fast_view", "check_amp", "autocast", "grad_scaler",
 ]
 
-#: Expected eager seconds above which ``compile="auto"`` compiles (compiling costs tens of seconds
-#: per graph on a 2-core CPU; below this the compile would not pay for itself).
-COMPILE_AUTO_SECONDS = 600.0
+#: Expected eager seconds above which ``compile="auto"`` compiles. Measured on the 2-core CPU
+#: (2026-12-02, idle, Fashion-MNIST IPC 10, ConvNet-3): a cold compile of the evaluation network costs
+#: ~25 s (an inductor cache on disk makes later ones ~4 s) and saves ~30% of its eager time (100 epochs:
+#: 36.6 s eager, 25.6 s compiled), so it pays from ~85 s of eager work; the DM step saves ~25%
+#: (2.39 -> 1.82 s per iteration). 180 estimated seconds (the estimate at EAGER_FLOPS_ESTIMATE runs
+#: about 1.5x above the measured eager time) leaves the notebooks' tiny CI configurations eager.
+COMPILE_AUTO_SECONDS = 180.0
 #: Rough eager throughput used by :func:`resolve_compile` to estimate a workload's seconds (FLOP/s).
 EAGER_FLOPS_ESTIMATE = 80e9
 #: dynamo's per-code-object graph limit once ddkit compiles (see the module docstring).
