@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +66,32 @@ def current() -> Group:
         dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     else:
         dist.init_process_group(backend)
+    _watch_uncaught()
     atexit.register(_close)
     return Group(dist.get_rank(), dist.get_world_size())
 
 
+_STATE = {"failed": False}
+
+
+def _watch_uncaught() -> None:
+    """Note an uncaught exception (then chain to the previous hook), so :func:`_close` leaves a failing
+    rank's group alone: destroying it would wake the other ranks' pending collectives first, and
+    torchrun would report their connection error instead of this rank's."""
+    previous = sys.excepthook
+
+    def hook(*exc):
+        _STATE["failed"] = True
+        previous(*exc)
+
+    sys.excepthook = hook
+
+
 def _close() -> None:
-    """Destroy the process group at interpreter exit: a process that leaves gloo's threads running dies
-    at exit with ``terminate called without an active exception`` (SIGABRT), failing a finished run."""
-    if dist.is_initialized():
+    """Destroy the process group when a rank exits normally: a process that leaves gloo's threads running
+    dies at exit with ``terminate called without an active exception`` (SIGABRT), failing a finished run.
+    A rank ending in an uncaught exception keeps it (see :func:`_watch_uncaught`)."""
+    if dist.is_initialized() and not _STATE["failed"]:
         dist.destroy_process_group()
 
 
