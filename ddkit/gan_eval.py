@@ -175,9 +175,9 @@ def evaluate_generator(G: ConditionalGenerator, dataset, ipc: int, *, protocol: 
                         "schedule": "constant", "dsa": dim_dsa, "test_every": dim_test_every,
                         "labels": "random", "num_models": num_models, "val_per_class": val_per_class}
             sel = getattr(r, "selection", {}) or {}
-            selection = {"last": list(r.accs), "best_test": list(sel.get("test_best", r.accs))}
-            if "val_best" in sel:
-                selection["best_val"] = list(sel["val_best"])
+            selection = {"last": list(r.accs), "best_test": list(sel["best_test"])}  # evaluate's labels
+            if "best_val" in sel:
+                selection["best_val"] = list(sel["best_val"])
             curve = [{"epoch": int(p["epoch"]), "test": list(p["test"])} for p in getattr(r, "epoch_curve", [])]
     finally:
         G.train(was)
