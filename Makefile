@@ -33,8 +33,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
+## PUBLIC_DM=/path/to/DatasetCondensation adds the comparison with the public DM code (bench/public_dm.py).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(PUBLIC_DM),--public-dm $(PUBLIC_DM))
 
 ## On a CUDA machine: every notebook at its tiny defaults with device=cuda, the device-taking unit tests, bench --quick (< 10 min).
 gpu-check: $(STAMP)

@@ -21,7 +21,7 @@ OUT_DIR = REPO / "results" / "bench"
 
 #: benchmark modules, in run order
 BENCHMARKS = ("flops", "dm_iteration", "evaluate_synset", "eval_together", "memory", "iid_dsdm", "gan_step",
-              "ead_update", "storage", "public_dm")
+              "ead_update", "storage", "notebook_e2e", "public_dm")
 
 
 def machine_info() -> dict:
@@ -87,7 +87,8 @@ def write_result(name: str, result: dict, out_dir: Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"name": name, "machine": machine_info(), **result}, indent=2, default=float))
+    tmp.write_text(json.dumps({"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                               "machine": machine_info(), **result}, indent=2, default=float))
     tmp.replace(path)
     return path
 

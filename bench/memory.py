@@ -49,5 +49,6 @@ def run(quick: bool = False) -> dict:
 def rows(r: dict):
     a, b = r["marks"]
     for amp, peaks in r["peak_rss_mb"].items():
+        peaks = {int(k): v for k, v in peaks.items()}  # JSON keys are strings once saved
         yield (f"memory peak RSS amp={amp}", peaks[a], peaks[b], None,
                f"MB after {a} / {b} iterations (batch_real {r['batch_real']}); growth {r['growth_mb'][amp]:.0f} MB")

@@ -154,13 +154,14 @@ def _public_eval(path: Path, networks: int, epochs: int) -> tuple:
     return time.perf_counter() - t0, accs
 
 
-def _ddkit_eval(networks: int, epochs: int, seed: int) -> tuple:
+def _ddkit_eval(networks: int, epochs: int, seed: int, amp: str = "off") -> tuple:
     from ddkit.evaluate import evaluate_synset
 
     ds = _ddkit_data()
     x, y = _syn_set(ds)
     t0 = time.perf_counter()
-    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False, compile="auto")
+    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False, compile="auto",
+                        amp=amp)
     return time.perf_counter() - t0, r.accs
 
 
@@ -192,7 +193,7 @@ def worker(argv=None) -> None:
                   dict(zip(("times", "extra"), _ddkit_dm_iterations(a.iterations, amp))))
     else:
         seconds, accs = (_public_eval(Path(a.path), a.networks, a.epochs) if a.side == "public" else
-                         _ddkit_eval(a.networks, a.epochs, a.seed))
+                         _ddkit_eval(a.networks, a.epochs, a.seed, "bf16" if a.side == "ddkit_bf16" else "off"))
         result = {"seconds": seconds, "accs": accs}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(a.out).write_text(json.dumps(result))
@@ -217,15 +218,51 @@ def _spawn(side: str, task: str, path, **kw) -> dict:
         return json.loads(out.read_text())
 
 
+def _flops(networks_epochs: tuple) -> dict:
+    """Convolution + matmul FLOPs the two tasks must do whatever the loop (``torch.utils.flop_counter``
+    on one forward; a backward counted as twice its forward): a DM iteration = real forwards of
+    ``classes x batch_real`` images + forward and backward of the synthetic images; one evaluation
+    network = ``epochs`` forward + backward passes of the synthetic set + one test pass."""
+    from ddkit.models import get_model
+    from ddkit.speed import forward_flops
+
+    ds = _ddkit_data()
+    f = forward_flops(get_model(SETTINGS["model"], ds.channels, ds.num_classes, tuple(ds.im_size)),
+                      (ds.channels, *ds.im_size))
+    n_syn = ds.num_classes * SETTINGS["ipc"]
+    epochs = networks_epochs[1]
+    return {"dm_iteration": f * (ds.num_classes * SETTINGS["batch_real"] + 3 * n_syn),
+            "eval_network": f * (3 * n_syn * epochs + len(ds.x_test))}
+
+
+def _eval_arms(path, arms: dict, sides, rounds: int) -> dict:
+    """``{arm: {side: [worker result, ...]}}``: each arm's sides alternate round by round; a ddkit seed is
+    shared by both ddkit sides of a round, so float32 and bf16 train the same initial networks on the
+    same DSA draws (paired accuracies)."""
+    out = {}
+    for arm, (nets, epochs) in arms.items():
+        out[arm] = {s: [] for s in sides[arm]}
+        for r in range(rounds):
+            for side in (sides[arm] if r % 2 == 0 else sides[arm][::-1]):
+                out[arm][side].append(_spawn(side, "eval", path if side == "public" else None, networks=nets,
+                                             epochs=epochs, seed=r))
+    return out
+
+
 def run(quick: bool = False, public_dm: str | None = None) -> dict:
+    from bench import flop_floor
+
     if not public_dm:
         return {"skipped": "no --public-dm PATH given: the comparison with the public DM code "
                            "(VICO-UoE/DatasetCondensation checkout) is not run"}
     path = Path(public_dm).expanduser().resolve()
     if not (path / "main_DM.py").is_file():
         raise ValueError(f"--public-dm {path}: no main_DM.py there; give a checkout of VICO-UoE/DatasetCondensation")
-    rounds, iters = (1, 4) if quick else (2, 8)
-    nets, epochs = (1, 20) if quick else (5, 300)
+    # DM: 2 rounds x 8 iterations per side; evaluation (minutes per side): one round of one network and one
+    # of the protocol's N = 5 (the float32 and the bf16 ddkit sides train the same networks)
+    rounds, iters, eval_rounds = (1, 4, 1) if quick else (2, 8, 1)
+    epochs = 20 if quick else 300
+    arms = {"N1": (1, epochs), "N5": (2 if quick else 5, epochs)}
     sides = ("public", "ddkit", "ddkit_bf16")
     dm = {s: [] for s in sides}
     extra = []
@@ -234,35 +271,58 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
             res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
             dm[side] += res["times"][1:]  # the first iteration carries one-time costs
             extra += [res.get("extra")] if side == "ddkit" else []
-    ev = {"public": [], "ddkit": []}
-    for r in range(rounds):
-        for side in (("public", "ddkit") if r % 2 == 0 else ("ddkit", "public")):
-            ev[side].append(_spawn(side, "eval", path if side == "public" else None, networks=nets, epochs=epochs,
-                                   seed=r))
+    ev = _eval_arms(path, arms, {"N1": ("public", "ddkit"), "N5": sides}, eval_rounds)
     med = {s: statistics.median(t) for s, t in dm.items()}
-    emed = {s: statistics.median(e["seconds"] for e in v) for s, v in ev.items()}
-    return {"settings": {**SETTINGS, "iterations_per_round": iters, "rounds": rounds, "eval_networks": nets,
-                         "eval_epochs": epochs},
+    flops = _flops(arms["N1"])
+    evaluation = {}
+    for arm, by_side in ev.items():
+        emed = {s: statistics.median(e["seconds"] for e in v) for s, v in by_side.items()}
+        networks = arms[arm][0]
+        evaluation[arm] = {"networks": networks, "epochs": arms[arm][1],
+                           "seconds": {s: {"median": emed[s], "runs": by_side[s]} for s in by_side},
+                           "ratio": emed["public"] / emed["ddkit"],
+                           "floor": flop_floor(networks * flops["eval_network"], emed["public"], emed["ddkit"])}
+        if "ddkit_bf16" in by_side:
+            evaluation[arm]["ratio_bf16"] = emed["public"] / emed["ddkit_bf16"]
+            evaluation[arm]["bf16_minus_float32"] = _paired(by_side["ddkit_bf16"], by_side["ddkit"])
+    return {"settings": {**SETTINGS, "iterations_per_round": iters, "rounds": rounds, "eval_rounds": eval_rounds,
+                         "eval_arms": arms},
             "patches": [list(p) for p in PATCHES], "path": str(path),
             "dm_seconds_per_iteration": {s: {"median": med[s], "times": dm[s]} for s in dm},
             "dm_ratio": med["public"] / med["ddkit"], "dm_ratio_bf16": med["public"] / med["ddkit_bf16"],
-            "ddkit_dm": extra,
-            "eval_seconds": {s: {"median": emed[s], "runs": ev[s]} for s in ev},
-            "eval_ratio": emed["public"] / emed["ddkit"]}
+            "dm_floor": flop_floor(flops["dm_iteration"], med["public"], med["ddkit"]),
+            "ddkit_dm": extra, "evaluation": evaluation}
+
+
+def _paired(a_runs: list, b_runs: list) -> dict:
+    """Per-network accuracy differences a - b (same seeds, same networks): mean and 95% t interval."""
+    from ddkit.stats import paired_difference
+
+    a = [x for run in a_runs for x in run["accs"]]
+    b = [x for run in b_runs for x in run["accs"]]
+    return paired_difference(a, b)
 
 
 def rows(r: dict):
-    dm, ev = r["dm_seconds_per_iteration"], r["eval_seconds"]
+    dm = r["dm_seconds_per_iteration"]
+    floor = r["dm_floor"]
     yield ("public DM iteration", dm["public"]["median"], dm["ddkit"]["median"], r["dm_ratio"],
-           f"s/iteration, separate processes, ddkit compile={r['ddkit_dm'][0]['compile'] if r['ddkit_dm'] else '?'}")
-    if "ddkit_bf16" in dm:
-        yield ("public DM iteration vs amp=bf16", dm["public"]["median"], dm["ddkit_bf16"]["median"],
-               r["dm_ratio_bf16"], "s/iteration; accuracy check: bench.amp_accuracy")
-    accs = {s: [a for run in ev[s]["runs"] for a in run["accs"]] for s in ev}
-    yield (f"public evaluate_synset (N={r['settings']['eval_networks']})", ev["public"]["median"],
-           ev["ddkit"]["median"], r["eval_ratio"],
-           f"{r['settings']['eval_epochs']} ep; acc public {statistics.mean(accs['public']):.1f} "
-           f"ddkit {statistics.mean(accs['ddkit']):.1f}")
+           f"s/iteration, separate processes, ddkit compile={r['ddkit_dm'][0]['compile'] if r['ddkit_dm'] else '?'}; "
+           f"float32 ceiling {floor['ceiling_ratio']:.2f}x (FLOPs at the matmul rate)")
+    yield ("public DM iteration vs amp=bf16", dm["public"]["median"], dm["ddkit_bf16"]["median"],
+           r["dm_ratio_bf16"], "s/iteration; accuracy check: bench.amp_accuracy")
+    for arm in r["evaluation"].values():
+        sec = arm["seconds"]
+        accs = {s: [a for run in v["runs"] for a in run["accs"]] for s, v in sec.items()}
+        name = f"public evaluate_synset (N={arm['networks']})"
+        yield (name, sec["public"]["median"], sec["ddkit"]["median"], arm["ratio"],
+               f"{arm['epochs']} ep; acc public {statistics.mean(accs['public']):.2f} ddkit "
+               f"{statistics.mean(accs['ddkit']):.2f}; float32 ceiling {arm['floor']['ceiling_ratio']:.2f}x")
+        if "ratio_bf16" in arm:
+            d = arm["bf16_minus_float32"]
+            yield (f"{name} vs eval amp=bf16", sec["public"]["median"], sec["ddkit_bf16"]["median"],
+                   arm["ratio_bf16"], f"acc bf16 - float32 {d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] "
+                                      f"(paired over {d['n']} networks)")
 
 
 if __name__ == "__main__":

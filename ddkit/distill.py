@@ -46,7 +46,7 @@ from .checks import check_int, check_ipc
 from .distributed import ClassShard
 from .losses import mean_embedding_loss
 from .models import has_batchnorm
-from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_compile
+from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_channels_last, resolve_compile
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 
@@ -173,7 +173,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             lr_img: float = 1.0, momentum: float = 0.5, batch_real: int = 256, dsa=True, seed: int = 0,
             device=None, after_step: Callable | None = None, clamp: tuple | None = None,
             checkpoint: str | Path | None = None, checkpoint_every: int = 200, extra_state: dict | None = None,
-            progress: bool = True, desc: str = "distill", compile=False, channels_last: bool = False,
+            progress: bool = True, desc: str = "distill", compile=False, channels_last="auto",
             image_step: str = "joint", amp: str = "off") -> list:
     """Optimise ``syn.images`` for ``iterations`` steps of ``objective`` (see module docstring).
 
@@ -193,8 +193,9 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
       tests/test_speed_flags.py): ``compile`` True / False / "auto" runs the objective's
       ``net.embed`` / ``net.feature_maps`` / ``net(x)`` through ``torch.compile`` (once per pool
       module: in-place re-initialisation reuses the graph; "auto" compiles only when the run's
-      expected eager work is above ``ddkit.speed.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds
-      the network channels-last inputs. The objective then sees a :class:`ddkit.speed.FastView`
+      expected eager work is above ``ddkit.speed.COMPILE_AUTO_SECONDS``); ``channels_last`` True /
+      False / "auto" (default: on when compiled, ``ddkit.speed.resolve_channels_last``) feeds the
+      network channels-last inputs. The objective then sees a :class:`ddkit.speed.FastView`
       of the drawn network as ``batch.net``.
     - Under ``torchrun`` (``ddkit run --nproc N``) the classes are split over the ranks (module
       docstring); every rank returns the same history and ends with the whole set; only rank 0
@@ -262,6 +263,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         use_compile = resolve_compile("auto", work, label="distill")
     else:
         use_compile = resolve_compile(compile)
+    channels_last = resolve_channels_last(channels_last, use_compile)
     precision = (lambda: autocast(amp, dev), grad_scaler(amp, dev))
     bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
     for it in bar:

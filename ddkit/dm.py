@@ -185,7 +185,10 @@ DM_LOOP = {
     "eval_every": Param(int, min=0, help="evaluate every N iterations (accuracy curve); 0 = only at the end"),
     "compile": Param(str, choices=("auto", "on", "off"), help="torch.compile: 'auto' = when the run is long"),
     "amp": Param(str, choices=("off", "bf16", "fp16"),
-                 help="mixed precision of the distillation objective ('off' = float32; evaluation stays float32)"),
+                 help="mixed precision of the distillation objective ('off' = float32; evaluation: eval_amp)"),
+    "eval_amp": Param(str, choices=("off", "bf16", "fp16"),
+                      help="mixed precision of the evaluation networks' training and test passes ('off' = "
+                           "float32, the protocol of the published numbers; bench/README.md: speed and accuracy)"),
     "resume": Param(bool, help="checkpoint the loop in the run folder and resume from it"),
     "checkpoint_every": Param(int, min=1, help="iterations between checkpoints"),
 }
@@ -298,12 +301,13 @@ def chain_steps(*hooks):
 
 
 def protocol_evaluator(dataset, protocol: str, *, num_models: int, epochs: int, seed: int, device=None,
-                       compile: str = "off", width: int = 0):
+                       compile: str = "off", width: int = 0, amp: str = "off"):
     """``evaluate(x, y, model) -> EvalResult``: a synthetic set trained on ``num_models`` fresh ``model``
     networks for ``epochs`` under the named protocol of ``ddkit.evaluate.PROTOCOLS`` (its schedule, batch
     and CutMix; the run's epochs), the same for every set a notebook evaluates (the accuracy curve, the
     cross-architecture table). ``compile``: the notebook's 'auto' / 'on' / 'off'; ``width``: ConvNet width
-    (:func:`conv_kw`)."""
+    (:func:`conv_kw`); ``amp``: the notebook's ``eval_amp`` (mixed precision of training and test passes,
+    recorded in each result's settings when not 'off')."""
     from .evaluate import PROTOCOLS, evaluate_synset
 
     if protocol not in PROTOCOLS:
@@ -313,7 +317,7 @@ def protocol_evaluator(dataset, protocol: str, *, num_models: int, epochs: int, 
     def evaluate(x, y, model: str = "ConvNet"):
         return evaluate_synset(x, y, dataset, model=model, num_models=num_models, epochs=epochs, seed=seed,
                                device=device, compile=compile_flag(compile), model_kw=conv_kw(model, width),
-                               **settings)
+                               amp=amp, **settings)
 
     return evaluate
 

@@ -26,7 +26,7 @@ from .distributed import current as current_group, gather_in_order, my_items
 from .ensemble import can_train_together, train_together
 from .models import get_model
 from .resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
-from .speed import check_amp, forward_flops, resolve_compile
+from .speed import check_amp, forward_flops, resolve_channels_last, resolve_compile
 from .train import SCHEDULES, accuracy, train_classifier
 from .utils import make_generator, resolve_device
 
@@ -164,7 +164,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                     lr: float = 0.01, batch_size: int = 256, dsa=True, seed: int = 0, device=None,
                     schedule: str = "standard", cutmix_p: float = 0.0, model_kw: dict | None = None,
                     batch_source=None, steps_per_epoch: int | None = None, progress: bool = True,
-                    compile=False, channels_last: bool = False, val_per_class: int = 0,
+                    compile=False, channels_last="auto", val_per_class: int = 0,
                     eval_every_epochs: int = 0, checkpoint=None, batched="auto", amp: str = "off") -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
@@ -185,7 +185,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     network's fresh weights (same seed rule, so the same initial weights as the plain path) are
     loaded into it in place, so the graph is compiled once, not once per network; "auto"
     compiles only when the expected eager work is large (``ddkit.speed.COMPILE_AUTO_SECONDS``).
-    ``channels_last`` feeds channels-last batches. Accuracies match the plain path within
+    ``channels_last`` True / False / "auto" (default: on when compiled,
+    ``ddkit.speed.resolve_channels_last``) feeds channels-last batches. Accuracies match the plain path within
     training noise (float reassociation changes the SGD trajectory, not the distribution).
 
     ``checkpoint``: a JSON file (:class:`ddkit.resume.UnitStore`); each finished network's results are
@@ -227,6 +228,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         use_compile = resolve_compile("auto", work, label="evaluate")
     else:
         use_compile = resolve_compile(compile)
+    channels_last = resolve_channels_last(channels_last, use_compile)
     checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
     val = validation_split(data, val_per_class, seed) if val_per_class else None
     group = current_group()

@@ -1,6 +1,7 @@
 """Mixed precision (``amp``): "off" is the float32 path bit for bit (against loops written out the
 plain way); "bf16" / "fp16" run and stay close. The accuracy-distribution comparison on real data
-is a benchmark item (bench/amp_eval.py), not a test."""
+is a benchmark item (bench/amp_accuracy.py; bench/public_dm.py pairs float32 and bf16
+evaluation networks), not a test."""
 import copy
 
 import pytest
@@ -114,3 +115,12 @@ def test_evaluate_synset_records_amp_and_rejects_unknown(tiny_ds):
             check_amp(bad)
     with pytest.raises(ValueError, match="amp='half'"):
         evaluate_synset(x, y, tiny_ds, amp="half", **kw)
+
+
+def test_protocol_evaluator_passes_the_notebooks_eval_amp(tiny_ds):
+    from ddkit.dm import protocol_evaluator
+
+    x, y = init_synthetic(tiny_ds, 1, generator=make_generator(0)).detached()
+    kw = dict(num_models=1, epochs=1, seed=0, width=8)
+    assert protocol_evaluator(tiny_ds, "standard", amp="bf16", **kw)(x, y).settings["amp"] == "bf16"
+    assert "amp" not in protocol_evaluator(tiny_ds, "standard", **kw)(x, y).settings

@@ -173,3 +173,11 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_disabled():
     on, off = probe(), probe(DDKIT_KEEP_FREED_MEMORY="0")
     assert on == ([str(True), str(False)] if glibc else [str(False), "None"])
     assert off == ([str(False), str(True)] if glibc else [str(False), "None"])
+
+def test_channels_last_auto_follows_the_compile_decision():
+    from ddkit.speed import resolve_channels_last
+
+    assert resolve_channels_last("auto", True) is True and resolve_channels_last("auto", False) is False
+    assert resolve_channels_last(True, False) is True and resolve_channels_last(False, True) is False
+    with pytest.raises(ValueError, match="channels_last='yes'"):
+        resolve_channels_last("yes", True)
