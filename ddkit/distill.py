@@ -134,6 +134,18 @@ def class_rows(syn: SyntheticSet, c: int) -> slice:
     return slice(c * ipc, (c + 1) * ipc)
 
 
+def real_class_rows(y_real: torch.Tensor, classes) -> dict:
+    """``{class: slice}`` of a class-major real batch (:meth:`ddkit.data.ImageDataset.sample_classes`)
+    by the counts actually drawn: a class smaller than the batch size gives all its images, so a
+    class's rows are not ``batch_real`` wide in general."""
+    counts = torch.bincount(y_real, minlength=max(classes, default=-1) + 1).tolist()
+    rows, start = {}, 0
+    for c in classes:
+        rows[c] = slice(start, start + counts[c])
+        start += counts[c]
+    return rows
+
+
 #: Images per pass on the side without autograd (the real batch): bounds activation memory
 #: (a ConvNet-3 pass holds ~0.5 MB per image per layer; 2560 real images at once would be
 #: 1.3 GB per activation) at no cost in speed; exact for per-sample normalisation.
@@ -278,11 +290,12 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         else:
             _clamp(syn, clamp)
             per_class_terms = []
+            real_rows = real_class_rows(y_real, shard.classes)
             for c in range(k):  # the reference's class loop: decode, augment, loss, step on all rows
                 if c not in shard.classes:  # another rank's class: its step moves this rank's rows by momentum
                     _zero_gradient_step(opt, syn)
                     continue
-                real_c = slice((c - shard.classes.start) * batch_real, (c - shard.classes.start + 1) * batch_real)
+                real_c = real_rows[c]
                 batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], aug, p, it, k)
                 per_class_terms.append(_step(objective, batch, opt, syn, None, precision))
             terms = {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}

@@ -110,6 +110,30 @@ def test_per_class_steps_differ_from_joint_under_momentum_and_agree_without(tiny
     assert torch.allclose(run("joint", 0.0), run("per_class", 0.0), atol=1e-5)
 
 
+def _subset(ds, sizes):
+    """``ds`` with the first ``sizes[c]`` training images of class ``c``."""
+    from ddkit.data import ImageDataset
+    keep = torch.cat([ds.class_indices(c)[:n] for c, n in enumerate(sizes)])
+    return ImageDataset(ds.name, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test, ds.mean, ds.std,
+                        ds.classes, ds.dsa_strategy)
+
+
+@pytest.mark.parametrize("sizes,batch_real", [([6, 6, 6, 6], 10), ([20, 3, 12, 7], 10), ([20, 3, 12, 7], 100)])
+def test_per_class_equals_joint_at_momentum_zero_when_classes_are_smaller_than_batch_real(tiny_ds, sizes,
+                                                                                          batch_real):
+    """``sample_classes`` gives all of a class smaller than ``batch_real``: each class's loss must still
+    see its own real images (a ``batch_real``-wide slice mixes classes and changes the images)."""
+    ds = _subset(tiny_ds, sizes)
+
+    def run(step):
+        syn = init_synthetic(ds, 2, generator=make_generator(0))
+        distill(syn, ds, dm_objective, RandomPool.for_dataset("ConvNet", ds, width=16), 2,
+                batch_real=batch_real, seed=0, progress=False, image_step=step, momentum=0.0)
+        return syn.images.detach()
+
+    assert torch.allclose(run("joint"), run("per_class"), atol=1e-5)
+
+
 def test_distill_refuses_a_checkpoint_past_the_requested_iterations(tiny_ds, tmp_path):
     ck = tmp_path / "ck.pt"
     _run(tiny_ds, 3, checkpoint=ck, checkpoint_every=1)
