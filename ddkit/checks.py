@@ -42,6 +42,14 @@ def check_number(name: str, value, minimum: float | None = None, exclusive: bool
     return float(value)
 
 
+def check_probability(name: str, value) -> float:
+    """``value`` as a probability: a finite number in [0, 1]."""
+    p = check_number(name, value)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}={value!r} is not allowed; expected a probability in [0, 1]")
+    return p
+
+
 def check_choice(name: str, value, choices) -> str:
     """``value`` must be one of ``choices`` (names: datasets, protocols, strategies, kinds)."""
     if value not in tuple(choices):

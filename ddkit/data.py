@@ -302,6 +302,17 @@ def _to_nchw(x: np.ndarray, key: str, path) -> np.ndarray:
                      "with C in (1, 3, 4)")
 
 
+def _check_finite(x: np.ndarray, key: str, path) -> None:
+    """Refuse images with NaN or inf pixels, naming how many and the first images that hold them."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    bad = ~np.isfinite(x)
+    if bad.any():
+        images = np.flatnonzero(bad.reshape(len(x), -1).any(1))
+        raise ValueError(f"{path}: {key} contains {int(bad.sum())} NaN/inf pixel values in {len(images)} images "
+                         f"(first at image indices {images[:5].tolist()}); expected finite pixels")
+
+
 def _npz(path: Path, storage="float32"):
     """A user's own data: ``.npz`` with x_train, y_train, x_test, y_test. Mean/std from the train split."""
     if not path.is_file():
@@ -315,6 +326,8 @@ def _npz(path: Path, storage="float32"):
         raise ValueError(f"{path} is not a readable .npz ({type(e).__name__}: {e}); expected arrays "
                          "x_train, y_train, x_test, y_test") from None
     xtr, xte = (_to_nchw(arrays[k], k, path) for k in ("x_train", "x_test"))
+    for key, x in (("x_train", xtr), ("x_test", xte)):
+        _check_finite(x, key, path)
     if xtr.shape[1:] != xte.shape[1:]:
         raise ValueError(f"{path}: x_train images {xtr.shape[1:]} and x_test images {xte.shape[1:]} differ")
     ys = []

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import DSA
-from .checks import check_int, check_number, check_synset
+from .checks import check_int, check_number, check_probability, check_synset
 from .distributed import current as current_group, gather_in_order, my_items
 from .ensemble import can_train_together, train_together
 from .models import get_model
@@ -210,6 +210,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     """
     _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source, checkpoint)
     check_amp(amp)
+    check_probability("cutmix_p", cutmix_p)
     if batched not in (True, False, "auto"):
         raise ValueError(f"batched={batched!r}; expected True, False or 'auto'")
     dev = resolve_device(device)

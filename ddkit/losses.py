@@ -9,15 +9,20 @@ numbers most likely came from (see ``shared/REFERENCE_NOTES.md``).
 Shapes: ``f`` (N, D) features, ``fmap`` (N, C, h, w) feature maps, ``y`` (N,) integer
 labels in ``[0, num_classes)``, logits (N, K).
 
-Per-class work is batched (``index_add`` over labels, one matmul per term); no function
-synchronises with the device in its default path (shape checks only). Labels outside
-``[0, num_classes)`` are not checked on the device (that would need a sync): on CPU
-``index_add`` raises, on CUDA it triggers a device-side assert.
+Per-class work is batched (``index_add`` over labels, one matmul per term). Arguments are
+checked before compute and a bad one raises ValueError naming it, its value and what is
+allowed: shapes, dtypes, scalar parameters (finite, in range) and the range of every label
+argument (one ``aminmax`` per label tensor, the only read-back to the host). Inside
+``torch.compile``, ``torch.func`` transforms (vmap, grad) and on meta tensors the checks that
+read tensor values are skipped (:func:`_tracing`), so the losses trace and batch as before.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
+
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +59,47 @@ def _check_tensor(x, name: str, ndim=None) -> torch.Tensor:
     return x
 
 
-def _check_labels(y, n: int, name: str, x_name: str) -> torch.Tensor:
+def _tracing(*tensors) -> bool:
+    """True inside ``torch.compile`` / ``torch.jit`` tracing, for tensors of a ``torch.func``
+    transform (vmap, grad) and for meta tensors: there value checks (a read-back) are skipped."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+    return any(isinstance(t, torch.Tensor) and (t.device.type == "meta" or wrapped(t)) for t in tensors)
+
+
+def _check_number(value, name: str, low=None, high=None, low_open=False) -> float | torch.Tensor:
+    """A finite real number (a Python number or a one-element tensor) in ``[low, high]`` (``(low,
+    high]`` with ``low_open``); returns it unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        if _tracing(value):
+            return value
+        v = value.item()
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        v = value
+    else:
+        raise ValueError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    bounds = ([] if low is None else [f"{'>' if low_open else '>='} {low}"]) + ([] if high is None else [f"<= {high}"])
+    if (not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low))
+            or (high is not None and v > high)):
+        raise ValueError(f"{name}={v!r}; expected a finite number {' and '.join(bounds)}".rstrip())
+    return value
+
+
+def _check_label_range(y: torch.Tensor, num_classes: int, name: str) -> None:
+    """Every label in ``[0, num_classes)`` (one min/max, read back once)."""
+    if y.numel() == 0 or _tracing(y):
+        return
+    lo, hi = torch.stack(torch.aminmax(y)).tolist()
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} holds label {lo if lo < 0 else hi}; labels must be in 0..{num_classes - 1} "
+                         f"(num_classes={num_classes})")
+
+
+def _check_labels(y, n: int, name: str, x_name: str, num_classes: int | None = None) -> torch.Tensor:
+    """1-d integer labels, one per sample of ``x_name``, in ``[0, num_classes)`` when given."""
     _check_tensor(y, name)
     if y.dim() != 1:
         raise ValueError(
@@ -66,6 +111,8 @@ def _check_labels(y, n: int, name: str, x_name: str) -> torch.Tensor:
         raise ValueError(
             f"{name} has {y.shape[0]} labels but {x_name} has {n} samples (first dimension)"
         )
+    if num_classes is not None:
+        _check_label_range(y, num_classes, name)
     return y.long()
 
 
@@ -114,7 +161,12 @@ def class_prototypes(f, y, num_classes, return_counts=False):
     if f.dim() < 2:
         raise ValueError(f"f must have shape (N, D), got {tuple(f.shape)}")
     num_classes = _check_num_classes(num_classes)
-    y = _check_labels(y, f.shape[0], "y", "f")
+    y = _check_labels(y, f.shape[0], "y", "f", num_classes)
+    return _prototypes(f, y, num_classes, return_counts)
+
+
+def _prototypes(f, y, num_classes, return_counts=False):
+    """:func:`class_prototypes` of checked arguments."""
     sums, counts = _class_sums(f, y, num_classes)
     shape = (num_classes,) + (1,) * (f.dim() - 1)
     protos = sums / counts.clamp_min(1).view(shape)
@@ -132,7 +184,7 @@ def _class_covariances(x3: torch.Tensor, y: torch.Tensor, num_classes: int, unbi
     samples (memory bounded, no host sync). Absent classes give zero matrices.
     """
     n, a, p = x3.shape
-    protos, present, counts = class_prototypes(x3, y, num_classes, return_counts=True)
+    protos, present, counts = _prototypes(x3, y, num_classes, return_counts=True)
     xc = x3 - protos.index_select(0, y)  # centred with the class mean
     acc = x3.new_zeros(num_classes, a, a)
     chunk = max(1, _OUTER_CHUNK_ELEMS // max(1, a * a))
@@ -164,8 +216,8 @@ def _check_class_features(f_real, y_real, f_syn, y_syn, num_classes, names=("f_r
     _check_tensor(f_real, nr, ndim)
     _check_tensor(f_syn, ns, ndim)
     num_classes = _check_num_classes(num_classes)
-    y_real = _check_labels(y_real, f_real.shape[0], "y_real", nr)
-    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", ns)
+    y_real = _check_labels(y_real, f_real.shape[0], "y_real", nr, num_classes)
+    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", ns, num_classes)
     if f_real.shape[1] != f_syn.shape[1]:
         raise ValueError(f"{nr} and {ns} must have the same {what}, got {f_real.shape[1]} and {f_syn.shape[1]}")
     return num_classes, y_real, y_syn
@@ -184,8 +236,8 @@ def mean_embedding_loss(f_real, y_real, f_syn, y_syn, num_classes, reduction="su
     """
     num_classes, y_real, y_syn = _check_class_features(f_real, y_real, f_syn, y_syn, num_classes)
     _check_reduction(reduction, ("sum", "mean", "none"))
-    mu_r, pr = class_prototypes(f_real, y_real, num_classes)
-    mu_s, ps = class_prototypes(f_syn, y_syn, num_classes)
+    mu_r, pr = _prototypes(f_real, y_real, num_classes)
+    mu_s, ps = _prototypes(f_syn, y_syn, num_classes)
     present = pr & ps
     per_class = ((mu_r - mu_s) ** 2).sum(1) * present.to(mu_s.dtype)
     return _reduce_classes(per_class, present, reduction)
@@ -209,11 +261,14 @@ def class_centralization_loss(f_syn, y_syn, num_classes, alpha, beta, form="exp"
     """
     _check_tensor(f_syn, "f_syn", 2)
     num_classes = _check_num_classes(num_classes)
-    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", "f_syn")
+    y_syn = _check_labels(y_syn, f_syn.shape[0], "y_syn", "f_syn", num_classes)
     if form not in ("exp", "squared"):
         raise ValueError(f"form must be 'exp' or 'squared', got {form!r}")
+    if form == "exp":  # the squared form ignores them
+        _check_number(alpha, "alpha", low=0, low_open=True)
+        _check_number(beta, "beta", low=0)
     _check_reduction(reduction, ("sum", "mean", "none"))
-    mu, _ = class_prototypes(f_syn, y_syn, num_classes)
+    mu, _ = _prototypes(f_syn, y_syn, num_classes)
     d2 = ((f_syn - mu.index_select(0, y_syn)) ** 2).sum(1)  # (N,)
     if form == "exp":
         terms = torch.clamp(torch.exp(alpha * d2) - beta, min=0.0)
@@ -294,8 +349,8 @@ def semantic_diversity_loss(f_real, y_real, f_syn, y_syn, num_classes, unbiased=
         per_class = ((cov_r - cov_s) ** 2).sum((1, 2)) * present.to(cov_s.dtype) / d
         return _reduce_classes(per_class, present, reduction)
 
-    mu_r, pr, nr = class_prototypes(f_real, y_real, num_classes, return_counts=True)
-    mu_s, ps, ns = class_prototypes(f_syn, y_syn, num_classes, return_counts=True)
+    mu_r, pr, nr = _prototypes(f_real, y_real, num_classes, return_counts=True)
+    mu_s, ps, ns = _prototypes(f_syn, y_syn, num_classes, return_counts=True)
     present = pr & ps
     if unbiased:
         _check_unbiased_counts(nr, present, "f_real")
@@ -341,6 +396,7 @@ def historical_prototype_loss(mu_syn, bank, reduction="sum", scale=1.0, mask=Non
             f"bank must have the shape of mu_syn {tuple(mu_syn.shape)}, got {tuple(bank.shape)}"
         )
     _check_reduction(reduction, ("sum", "mean", "none"))
+    _check_number(scale, "scale", low=0)
     per_class = ((mu_syn - bank.detach().to(mu_syn)) ** 2).sum(1) * scale
     if mask is None:
         present = torch.ones(mu_syn.shape[0], dtype=torch.bool, device=mu_syn.device)
@@ -373,8 +429,7 @@ class PrototypeBank:
         self.num_classes = _check_num_classes(num_classes)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        _check_number(momentum, "momentum", low=0, high=1)
         if init not in ("first", "zero"):
             raise ValueError(f"init must be 'first' or 'zero', got {init!r}")
         self.dim = dim
@@ -575,6 +630,8 @@ def standardize_logits(x, tau, eps=1e-7):
         raise ValueError(
             f"x must have at least 2 classes in its last dimension, got shape {tuple(x.shape)}"
         )
+    _check_number(tau, "tau", low=0, low_open=True)
+    _check_number(eps, "eps", low=0)
     mean = x.mean(dim=-1, keepdim=True)
     std = x.std(dim=-1, keepdim=True, unbiased=True)
     return (x - mean) / ((std + eps) * tau)
@@ -592,6 +649,8 @@ def skd_loss(logits_syn, logits_real, tau, standardize=True, reduction="batchmea
     """
     _check_paired_logits(logits_syn, logits_real)
     _check_reduction(reduction, ("batchmean", "sum", "none"))
+    _check_number(tau, "tau", low=0, low_open=True)
+    _check_number(eps, "eps", low=0)
     if standardize:
         z_s = standardize_logits(logits_syn, tau, eps)
         z_r = standardize_logits(logits_real, tau, eps)
@@ -637,6 +696,24 @@ def _inner(a, b, name_a: str, name_b: str) -> torch.Tensor:
     return total
 
 
+def _check_weights(weights, t: int) -> list:
+    """The per-checkpoint weights as a list of ``t`` finite numbers >= 0 (default ones); a 1-d
+    tensor is checked with one read-back."""
+    if weights is None:
+        return [1.0] * t
+    if isinstance(weights, torch.Tensor):
+        if weights.dim() != 1:
+            raise ValueError(f"weights must be 1-d, got shape {tuple(weights.shape)}")
+        if not _tracing(weights) and len(weights) and not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+            raise ValueError(f"weights={weights.tolist()}; expected finite numbers >= 0")
+        w = list(weights.unbind(0))
+    else:
+        w = [_check_number(v, f"weights[{i}]", low=0) for i, v in enumerate(weights)]
+    if len(w) != t:
+        raise ValueError(f"weights must have {t} entries (one per checkpoint), got {len(w)}")
+    return w
+
+
 def effect_alignment_loss(probe_grads, real_grads, syn_grads, real_coef=1.0, weights=None,
                           absolute=True):
     """Effect alignment loss: EAD Eq. 7 (replacement effect estimator Eq. 5 with G = D, A = S).
@@ -663,17 +740,8 @@ def effect_alignment_loss(probe_grads, real_grads, syn_grads, real_coef=1.0, wei
             f"probe_grads, real_grads and syn_grads must have one entry per checkpoint, got "
             f"{t}, {len(real_grads)} and {len(syn_grads)}"
         )
-    if weights is None:
-        w = [1.0] * t
-    else:
-        if isinstance(weights, torch.Tensor):
-            if weights.dim() != 1:
-                raise ValueError(f"weights must be 1-d, got shape {tuple(weights.shape)}")
-            w = list(weights.unbind(0))
-        else:
-            w = list(weights)
-        if len(w) != t:
-            raise ValueError(f"weights must have {t} entries (one per checkpoint), got {len(w)}")
+    w = _check_weights(weights, t)
+    _check_number(real_coef, "real_coef")
     real_sum = None
     syn_sum = None
     for i in range(t):
@@ -692,8 +760,7 @@ def replacement_alpha(n_data, n_removed, n_added):
     sizes or a zero denominator (an empty dataset after replacement).
     """
     for name, v in (("n_data", n_data), ("n_removed", n_removed), ("n_added", n_added)):
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
+        _check_number(v, name, low=0)
     if n_removed > n_data:
         raise ValueError(f"n_removed ({n_removed}) cannot exceed n_data ({n_data})")
     denom = n_data - n_removed + n_added
@@ -742,9 +809,8 @@ def effect_alignment_vector_loss(probe_grads, real_grads, syn_grads, real_coef=1
     if len(real_grads) != t or len(syn_grads) != t:
         raise ValueError(f"probe_grads, real_grads and syn_grads must have one entry per checkpoint, got "
                          f"{t}, {len(real_grads)} and {len(syn_grads)}")
-    w = [1.0] * t if weights is None else list(weights.unbind(0) if isinstance(weights, torch.Tensor) else weights)
-    if len(w) != t:
-        raise ValueError(f"weights must have {t} entries (one per checkpoint), got {len(w)}")
+    w = _check_weights(weights, t)
+    _check_number(real_coef, "real_coef")
     total = None
     for i in range(t):
         v = real_coef * _flat(real_grads[i], f"real_grads[{i}]") - _flat(syn_grads[i], f"syn_grads[{i}]")

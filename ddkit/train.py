@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checks import check_probability
 from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_compile
 
 SCHEDULES = ("standard", "multistep", "none")
@@ -119,6 +120,7 @@ def training_shape(who: str, x, y, *, amp: str, schedule: str, batch_source, bat
     number of training images (None with a ``batch_source``) and ``num_classes`` is inferred from
     ``y`` when CutMix needs it."""
     check_amp(amp)
+    check_probability("cutmix_p", cutmix_p)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
     if batch_source is None and (x is None or y is None):
