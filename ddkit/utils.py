@@ -69,11 +69,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read from ``/proc`` where it can be, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file beside ``path`` and rename it into place; the file gets the mode a
+    plain ``open(path, "w")`` would (0o666 less the umask: ``mkstemp`` alone makes it 0o600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
