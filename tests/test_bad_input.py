@@ -24,12 +24,18 @@ from ddkit.distill import dm_objective, distill, init_synthetic
 from ddkit.dm import make_pool, protocol_evaluator
 from ddkit.ead import EADSynSet, check_objective, check_soft_labels
 from ddkit.evaluate import evaluate_synset
+from ddkit.ensemble import train_together
 from ddkit.gan_checkpoint import build_gan, load_checkpoint
+from ddkit.losses import (PrototypeBank, class_centralization_loss, class_prototypes, effect_alignment_loss,
+                          effect_alignment_squared_loss, effect_alignment_vector_loss, historical_prototype_loss,
+                          local_covariance_loss, mean_embedding_loss, replacement_alpha, semantic_diversity_loss,
+                          skd_loss, standardize_logits)
 from ddkit.models import get_model
 from ddkit.params import COMMON, check_params
 from ddkit.pools import PretrainedPool, RandomPool
 from ddkit.results import load_synset, read_result, save_synset
 from ddkit.sweep import expand
+from ddkit.train import train_classifier
 from ddkit.trajectory import load_trajectory, train_trajectory
 from ddkit.utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
@@ -65,6 +71,10 @@ def ctx(mnist5k, tmp_path_factory):
     np.savez(tmp / "ok.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0, 1, 0, 1]),
              x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.array([0, 1]))
     (tmp / "truncated.npz").write_bytes((tmp / "ok.npz").read_bytes()[:100])
+    nan_images = np.zeros((4, 8, 8), np.float32)
+    nan_images[1, 2, 3], nan_images[3, 0, 0], nan_images[3, 0, 1] = np.nan, np.inf, -np.inf
+    np.savez(tmp / "nan.npz", x_train=np.zeros((4, 8, 8), np.float32), y_train=np.array([0, 1, 0, 1]),
+             x_test=nan_images, y_test=np.array([0, 1, 0, 1]))
     with zipfile.ZipFile(tmp / "notnpz.npz", "w") as z:
         z.writestr("readme.txt", "a zip, not arrays")
     return dict(ds=ds, tmp=tmp, x=x, y=y, pool=pool, traj=traj, gan=gan)
@@ -178,6 +188,8 @@ CASES = [
     ("truncated .npz", lambda c: load_dataset(str(c["tmp"] / "truncated.npz")), ValueError, r"truncated\.npz"),
     ("a zip that is not a .npz of arrays", lambda c: load_dataset(str(c["tmp"] / "notnpz.npz")), ValueError,
      r"notnpz\.npz.*x_train"),
+    (".npz with NaN/inf pixels", lambda c: load_dataset(str(c["tmp"] / "nan.npz")), ValueError,
+     r"nan\.npz: x_test contains 3 NaN/inf pixel values in 2 images \(first at image indices \[1, 3\]\)"),
     # --- ddkit files: synthetic sets, checkpoints, pools, trajectories, GAN generators, results
     ("truncated synthetic set", lambda c: load_synset(c["tmp"] / "truncated.pt"), ValueError,
      r"truncated\.pt is not a readable ddkit checkpoint"),
@@ -247,6 +259,105 @@ CASES = [
      r"'77_nothing\.ipynb'"),
     ("grid: malformed YAML", lambda c: grid(c, GRID + "params: {ipc: [1,\n"), ValueError, r"malformed YAML"),
 ]
+
+# ------------------------------------------------------------------------------ classes of bad input
+# Every label argument of every loss, every scalar parameter of every loss and every probability
+# argument, each with the values a user gets wrong; the message names the argument and the value.
+K = 4
+F4, FMAP, Y4 = torch.randn(4, 3), torch.randn(4, 2, 2, 2), torch.arange(4)
+LOGITS = torch.randn(4, K)
+G = [torch.ones(3)]
+
+LABEL_ARGS = {  # "loss(label argument)": call with that argument replaced
+    "class_prototypes(y)": lambda y: class_prototypes(F4, y, K),
+    "mean_embedding_loss(y_real)": lambda y: mean_embedding_loss(F4, y, F4, Y4, K),
+    "mean_embedding_loss(y_syn)": lambda y: mean_embedding_loss(F4, Y4, F4, y, K),
+    "class_centralization_loss(y_syn)": lambda y: class_centralization_loss(F4, y, K, 0.1, 1.0),
+    "local_covariance_loss(y_real)": lambda y: local_covariance_loss(FMAP, y, FMAP, Y4, K),
+    "local_covariance_loss(y_syn)": lambda y: local_covariance_loss(FMAP, Y4, FMAP, y, K),
+    "semantic_diversity_loss(y_real)": lambda y: semantic_diversity_loss(F4, y, F4, Y4, K),
+    "semantic_diversity_loss(y_syn)": lambda y: semantic_diversity_loss(F4, Y4, F4, y, K, method="direct"),
+}
+LABEL_CASES = [(f"{loss} holds {bad}", call, loss.split("(")[1][:-1], bad)
+               for loss, call in LABEL_ARGS.items() for bad in (K, -1, 7)]
+
+NAN, INF = float("nan"), float("inf")
+SCALAR_ARGS = {  # "loss(parameter)": (call with that parameter, bad values)
+    "class_centralization_loss(alpha)": (lambda v: class_centralization_loss(F4, Y4, K, v, 1.0),
+                                         [-1.0, 0, NAN, INF, "0.1", None]),
+    "class_centralization_loss(beta)": (lambda v: class_centralization_loss(F4, Y4, K, 0.1, v), [-0.5, NAN, INF]),
+    "standardize_logits(tau)": (lambda v: standardize_logits(LOGITS, v), [0, -1.0, NAN, INF, "2"]),
+    "standardize_logits(eps)": (lambda v: standardize_logits(LOGITS, 2.0, eps=v), [-1e-7, NAN]),
+    "skd_loss(tau)": (lambda v: skd_loss(LOGITS, LOGITS, v), [0, -2.0, NAN, torch.tensor(-1.0)]),
+    "skd_loss(tau), no standardisation": (lambda v: skd_loss(LOGITS, LOGITS, v, standardize=False), [0, -2.0]),
+    "skd_loss(eps)": (lambda v: skd_loss(LOGITS, LOGITS, 2.0, eps=v), [-1.0, NAN]),
+    "historical_prototype_loss(scale)": (lambda v: historical_prototype_loss(F4, F4, scale=v), [-1.0, NAN, INF]),
+    "PrototypeBank(momentum)": (lambda v: PrototypeBank(K, 3, momentum=v), [-0.1, 1.5, NAN, "0.99"]),
+    "effect_alignment_loss(real_coef)": (lambda v: effect_alignment_loss(G, G, G, real_coef=v), [NAN, INF, "1"]),
+    "effect_alignment_loss(weights)": (lambda v: effect_alignment_loss(G, G, G, weights=[v]), [-1.0, NAN, INF]),
+    "effect_alignment_squared_loss(weights)": (lambda v: effect_alignment_squared_loss(G, G, G, weights=[v]),
+                                               [-1.0, NAN]),
+    "effect_alignment_squared_loss(real_coef)": (lambda v: effect_alignment_squared_loss(G, G, G, real_coef=v),
+                                                 [INF]),
+    "effect_alignment_vector_loss(real_coef)": (lambda v: effect_alignment_vector_loss(G, G, G, real_coef=v), [NAN]),
+    "effect_alignment_vector_loss(weights)": (lambda v: effect_alignment_vector_loss(G, G, G, weights=[v]),
+                                              [-1.0, NAN]),
+    "replacement_alpha(n_data)": (lambda v: replacement_alpha(v, 1, 1), [-1, NAN, "10"]),
+    "replacement_alpha(n_removed)": (lambda v: replacement_alpha(10, v, 1), [-1, INF]),
+    "replacement_alpha(n_added)": (lambda v: replacement_alpha(10, 1, v), [-1]),
+}
+SCALAR_CASES = [(f"{arg} = {bad!r}", call, arg.split("(")[1].split(")")[0], bad)
+                for arg, (call, bads) in SCALAR_ARGS.items() for bad in bads]
+
+PROBABILITY_ARGS = {  # "function(probability)": call with that probability
+    "evaluate_synset(cutmix_p)": lambda c, v: ev(c, cutmix_p=v),
+    "train_classifier(cutmix_p)": lambda c, v: train_classifier(
+        get_model("ConvNet", 1, 10, 28, width=8), c["x"], c["y"], epochs=1, cutmix_p=v),
+    "train_together(cutmix_p)": lambda c, v: train_together(
+        [get_model("ConvNet", 1, 10, 28, width=8) for _ in range(2)], c["x"], c["y"], epochs=1,
+        generators=[make_generator(0), make_generator(1)], cutmix_p=v),
+    "DSA(flip)": lambda c, v: DSA(flip=v),
+}
+PROBABILITY_CASES = [(f"{arg} = {bad!r}", call, arg.split("(")[1][:-1], bad)
+                     for arg, call in PROBABILITY_ARGS.items() for bad in (2, 1.5, -0.1, NAN)]
+
+
+def _names_value(name, bad) -> str:
+    """A pattern for a message that names the argument, then the value."""
+    shown = repr(bad.item()) if isinstance(bad, torch.Tensor) else str(bad) if isinstance(bad, float) else repr(bad)
+    return rf"{re.escape(name)}\b.*{re.escape(shown)}"
+
+
+@pytest.mark.parametrize("kind, call, name, bad", LABEL_CASES, ids=[c[0] for c in LABEL_CASES])
+def test_every_label_argument_of_every_loss_is_range_checked(kind, call, name, bad):
+    with pytest.raises(ValueError, match=rf"{name} holds label {bad}; labels must be in 0\.\.{K - 1}"):
+        call(torch.tensor([0, 1, bad, 2]))
+
+
+@pytest.mark.parametrize("kind, call, name, bad", SCALAR_CASES, ids=[c[0] for c in SCALAR_CASES])
+def test_every_scalar_parameter_of_every_loss_is_checked(kind, call, name, bad):
+    with pytest.raises(ValueError, match=_names_value(name, bad)):
+        call(bad)
+
+
+@pytest.mark.parametrize("kind, call, name, bad", PROBABILITY_CASES, ids=[c[0] for c in PROBABILITY_CASES])
+def test_every_probability_is_checked_before_training(ctx, no_compute, kind, call, name, bad):
+    with pytest.raises(ValueError, match=_names_value(name, bad)):
+        call(ctx, bad)
+
+
+def test_the_scalar_cases_cover_every_loss_with_a_scalar_parameter():
+    """A loss of ``ddkit.losses`` that gains a scalar parameter needs a bad-input case here."""
+    import inspect
+
+    from ddkit import losses
+    scalars = {"alpha", "beta", "tau", "eps", "scale", "momentum", "real_coef", "weights", "n_data", "n_removed",
+               "n_added"}
+    want = {(name, p) for name in losses.__all__ + ["effect_alignment_squared_loss", "effect_alignment_vector_loss"]
+            for p in inspect.signature(getattr(losses, name)).parameters if p in scalars}
+    covered = {(arg.split("(")[0], arg.split("(")[1].split(")")[0]) for arg in SCALAR_ARGS}
+    assert want <= covered, want - covered
+
 
 NB_OK = dict(dataset="mnist5k", data_root="", ipc=1, model="ConvNet", iterations=0, seed=0, device="cpu",
              eval_model="ConvNet", eval_epochs=1, num_eval=1, run_name="", results_dir="")
