@@ -113,10 +113,39 @@ def test_mean_embedding_random_vs_numpy_and_properties():
 
 
 def test_mean_embedding_gradient_only_to_syn_when_real_detached():
-    fr = rnd(6, 3, seed=4)
+    """d/d f_j of sum_c ||mu_real_c - mu_syn_c||^2 = -2 (mu_real_c - mu_syn_c) / n_syn_c for j of class c;
+    the detached real side gets none."""
+    fr = rnd(6, 3, seed=4).requires_grad_(True)
     fs = rnd(4, 3, seed=5).requires_grad_(True)
-    L.mean_embedding_loss(fr, lab([0, 0, 0, 1, 1, 1]), fs, lab([0, 1, 0, 1]), 2).backward()
-    assert fs.grad is not None and torch.isfinite(fs.grad).all()
+    yr, ys = lab([0, 0, 0, 1, 1, 1]), lab([0, 1, 0, 1])
+    L.mean_embedding_loss(fr.detach(), yr, fs, ys, 2).backward()
+    assert fr.grad is None
+    mu_r = torch.stack([fr.detach()[yr == c].mean(0) for c in range(2)])
+    mu_s = torch.stack([fs.detach()[ys == c].mean(0) for c in range(2)])
+    want = -2 * (mu_r - mu_s)[ys] / 2  # two synthetic samples per class
+    assert torch.allclose(fs.grad, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["compile", "vmap"])
+def test_argument_checks_do_not_break_compile_or_vmap(transform):
+    """The label-range and scalar checks read tensors back: inside torch.compile (one graph, no
+    break) and torch.func.vmap they are skipped, and the values equal the eager ones."""
+    fr, fs = rnd(6, 3, seed=4), rnd(3, 4, 3, seed=5)
+    yr, ys = lab([0, 0, 0, 1, 1, 1]), lab([0, 1, 0, 1])
+
+    def losses(a, tau):
+        return (L.mean_embedding_loss(fr, yr, a, ys, 2) + L.class_centralization_loss(a, ys, 2, 0.1, 1.0)
+                + L.skd_loss(a, a.flip(0), tau) + L.semantic_diversity_loss(fr, yr, a, ys, 2, method="direct"))
+
+    eager = torch.stack([losses(a, torch.tensor(2.0)) for a in fs])
+    if transform == "compile":
+        from torch import _dynamo
+        _dynamo.reset()
+        fn = torch.compile(losses, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+        got = torch.stack([fn(a, torch.tensor(2.0)) for a in fs])
+    else:
+        got = torch.func.vmap(losses)(fs, torch.full((3,), 2.0))
+    assert torch.allclose(got, eager, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- class centralization
