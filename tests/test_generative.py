@@ -262,7 +262,12 @@ def test_pool_draw_and_mid_layer():
     rpool = GANModelPool(["resnet10"], 3, 4, (32, 32))
     rpool.draw(make_generator(0))
     assert rpool.current_name == "ResNet10" and rpool.mid_layer == 1      # layer2
-    assert GANModelPool(["ConvNet"], 3, 4, 32, mid_layer=2).draw() is not None
+    deep = GANModelPool(["ConvNet"], 3, 4, 32, width=8, mid_layer=2)
+    net2 = deep.draw(make_generator(0))
+    logits, mid = forward_logits_mid(net2, ds.x_train[:3], deep.mid_layer)
+    assert deep.mid_layer == 2 and logits.shape == (3, 4)
+    assert torch.allclose(mid, net2.feature_maps(ds.x_train[:3])[2], atol=1e-6)
+    assert mid.shape != net2.feature_maps(ds.x_train[:3])[1].shape     # a deeper (smaller) map than layer 1
     with pytest.raises(ValueError, match="mid_layer"):
         GANModelPool(["ConvNet"], 3, 4, 32, width=8, mid_layer=7).draw()
 
@@ -416,24 +421,41 @@ def test_fixed_sets_per_model_trains_network_i_on_the_set_of_seed_plus_i():
         evaluate_generator(G, ds, 1, fixed_sets="many", **kw)
 
 
-def test_evaluate_generators_both_protocols_rows_and_entries():
+def scripted_accuracy(monkeypatch, values):
+    """``ddkit.evaluate.accuracy`` returns ``values`` in call order (a tiny net on random data sits at
+    chance, so a "best" of a flat curve cannot tell the best epoch from the last one); returns the
+    list of calls made, to check that every scripted value was used."""
+    from ddkit import evaluate as evalmod
+    script, calls = iter(values), []
+
+    def fake(net, x, y, **kw):
+        calls.append(len(x))
+        return next(script)
+    monkeypatch.setattr(evalmod, "accuracy", fake)
+    return calls
+
+
+def test_evaluate_generators_both_protocols_rows_and_entries(monkeypatch):
     ds = tiny_dataset()
     G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
-    kw = dict(model="ConvNet", num_models=1, epochs=2, progress=False)
+    kw = dict(model="ConvNet", num_models=1, epochs=3, progress=False)
+    # call order: random real (last epoch), G fixed (last epoch), G dim (epochs 1, 2, 3)
+    calls = scripted_accuracy(monkeypatch, [30.0, 40.0, 60.0, 80.0, 70.0])
     res = {("Random real", "fixed"): {1: random_real_eval(ds, 1, **kw)},
            **evaluate_generators({"G": G}, ds, [1], protocol_list("both"), dim_batch=4, dim_test_every=1, **kw)}
+    assert len(calls) == 5
     assert list(res) == [("Random real", "fixed"), ("G", "fixed"), ("G", "dim")]
     table = evaluation_table(res, "ConvNet")
     best = f"G · dim · {BEST_TEST_LABEL}"
     assert list(table.index) == ["Random real · fixed", "G · fixed", "G · dim", best]
     assert list(table["protocol"]) == ["fixed", "fixed", "dim", "dim"]
     assert list(table["selection"]) == ["last", "last", "last", "best_test"]
-    # the best-test row is the max over the test evaluations (epochs 1 and 2), per network
+    # the best-test row is the best test evaluation (80 at epoch 2), not the last one (70)
     curve = res["G", "dim"][1].curve
-    assert [p["epoch"] for p in curve] == [1, 2]
-    assert res["G", "dim"][1].select("best_test").accs == [max(p["test"][0] for p in curve)]
-    assert table.loc[best, "IPC 1"] == f"{max(p['test'][0] for p in curve):.2f} ± 0.00"
-    assert res["G", "dim"][1].accs == curve[-1]["test"]
+    assert [(p["epoch"], p["test"]) for p in curve] == [(1, [60.0]), (2, [80.0]), (3, [70.0])]
+    assert res["G", "dim"][1].select("best_test").accs == [80.0]
+    assert res["G", "dim"][1].accs == [70.0]
+    assert list(table["IPC 1"]) == ["30.00 ± 0.00", "40.00 ± 0.00", "70.00 ± 0.00", "80.00 ± 0.00"]
     # one evaluation entry per (method, protocol, selection): ours under both protocols
     entries = comparison_entries(res, "ConvNet")
     keys = [(e["method"], e["protocol"]["name"], e["protocol"]["selection"]) for e in entries]
@@ -758,8 +780,9 @@ def test_dim_steps_per_epoch_formula():
         dim_steps_per_epoch(10, 1, 0)
 
 
-def test_dim_protocol_draws_new_images_every_step():
+def test_dim_protocol_draws_new_images_every_step(monkeypatch):
     ds = tiny_dataset()
+    scripted_accuracy(monkeypatch, [80.0, 60.0])
     G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
     calls = []
     G.register_forward_hook(lambda m, inp, out: calls.append((inp[0].clone(), inp[1].clone(), m.training)))
@@ -773,9 +796,9 @@ def test_dim_protocol_draws_new_images_every_step():
         assert not torch.allclose(z0, z1)                           # fresh noise at every step
     assert len({tuple(y.tolist()) for _, y, _ in calls}) > 1       # random labels, redrawn
     assert r.settings["schedule"] == "constant" and r.settings["dsa"] == "color_crop"
-    assert [p["epoch"] for p in r.curve] == [1, 2]
-    assert r.selection["best_test"] == [max(p["test"][0] for p in r.curve)] and r.selection["last"] == r.accs
-    assert r.select("best_test").selected == "best_test"
+    assert [(p["epoch"], p["test"]) for p in r.curve] == [(1, [80.0]), (2, [60.0])]
+    assert r.selection["best_test"] == [80.0] and r.selection["last"] == r.accs == [60.0]
+    assert r.select("best_test").selected == "best_test" and r.select("best_test").accs == [80.0]
     with pytest.raises(ValueError, match="selection 'best_val' not recorded"):
         r.select("best_val")
 
