@@ -111,7 +111,20 @@ def test_train_steps_changes_weights_and_accuracy_in_range(tiny_ds):
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert isinstance(opt, torch.optim.SGD)
     acc = accuracy(net, tiny_ds.x_test, tiny_ds.y_test)
-    assert 0 <= acc <= 100
+    with torch.no_grad():
+        want = 100.0 * (net(tiny_ds.x_test).argmax(1) == tiny_ds.y_test).float().mean().item()
+    assert acc == pytest.approx(want, abs=1e-4)
+
+
+def test_accuracy_is_the_percentage_of_correct_predictions(tiny_ds):
+    """A "network" that always answers class 0 is right on exactly the class-0 share of the test set."""
+    class Always0(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 4).float()
+    y = tiny_ds.y_test
+    assert accuracy(Always0(), tiny_ds.x_test, y) == pytest.approx(100.0 * (y == 0).sum().item() / len(y))
+    assert accuracy(Always0(), tiny_ds.x_test[y == 0], y[y == 0]) == 100.0
+    assert accuracy(Always0(), tiny_ds.x_test[y != 0], y[y != 0]) == 0.0
 
 
 def test_selection_by_hand():
@@ -136,13 +149,18 @@ def test_checkpoint_epochs():
         checkpoint_epochs(20, -1, 0)
 
 
-def test_validation_selection_records_three_labelled_accuracies(tiny_ds):
+def test_validation_selection_records_three_labelled_accuracies(tiny_ds, monkeypatch):
+    from ddkit import evaluate as evalmod
     from ddkit.evaluate import validation_split
 
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
     kw = dict(num_models=2, epochs=6, batch_size=32, seed=1, progress=False)
     plain = evaluate_synset(x, y, tiny_ds, **kw)
+    seen, real_accuracy = [], evalmod.accuracy
+    monkeypatch.setattr(evalmod, "accuracy", lambda net, xs, ys, **k: seen.append((xs, ys)) or
+                        real_accuracy(net, xs, ys, **k))
     sel = evaluate_synset(x, y, tiny_ds, val_per_class=5, eval_every_epochs=2, **kw)
+    monkeypatch.setattr(evalmod, "accuracy", real_accuracy)
     assert sel.accs == plain.accs, "testing at checkpoints must not change training"
     assert plain.epoch_curve == [] and plain.selection == {} and "val_per_class" not in plain.settings
     assert [p["epoch"] for p in sel.epoch_curve] == [2, 4, 6]
@@ -153,7 +171,15 @@ def test_validation_selection_records_three_labelled_accuracies(tiny_ds):
         vals = [p["val"][i] for p in sel.epoch_curve]
         k = max(k for k in range(3) if vals[k] == max(vals))
         assert sel.selection["best_test"][i] == max(tests) and sel.selection["best_val"][i] == tests[k]
-    assert all(v * 20 % 1 == 0 for p in sel.epoch_curve for v in p["val"])  # 20 validation images
+    # at each checkpoint of each net: the test set, then the validation split (20 held-out training images)
+    xv, yv = validation_split(tiny_ds, 5, seed=1)
+    assert len(seen) == 2 * 3 * 2
+    for k, (xs, ys) in enumerate(seen):
+        want = (tiny_ds.x_test, tiny_ds.y_test) if k % 2 == 0 else (xv, yv)
+        assert torch.equal(xs, want[0]) and torch.equal(ys, want[1])
+    rows = lambda a: {tuple(r.tolist()) for r in a.flatten(1)}  # noqa: E731
+    assert len(xv) == 20 and len(rows(xv)) == 20
+    assert not rows(xv) & rows(tiny_ds.x_test) and rows(xv) <= rows(tiny_ds.x_train)
     best = sel.select("best_test")
     assert best.accs == sel.selection["best_test"] and best.settings["selection"] == "best_test"
     with pytest.raises(ValueError, match="'best_val' not recorded"):
