@@ -189,3 +189,33 @@ def test_validation_selection_records_three_labelled_accuracies(tiny_ds, monkeyp
     assert torch.equal(xv, validation_split(tiny_ds, 5, seed=1)[0])
     with pytest.raises(ValueError, match="val_per_class=21 but class 0 .* only 20"):
         validation_split(tiny_ds, 21)
+
+
+def test_together_path_selects_by_validation_and_resumes_without_training(tiny_ds, tmp_path, monkeypatch):
+    """Networks trained together (one vmapped pass): test and validation accuracies at each checkpoint
+    (scripted, so that last, best-test and best-val differ), and a re-run from the checkpoint file
+    returns the same record without training."""
+    from ddkit import evaluate as evalmod
+    from ddkit.evaluate import validation_split
+
+    xv, _ = validation_split(tiny_ds, 5, seed=1)
+    script = {"test": [50.0, 60.0, 55.0, 58.0], "val": [70.0, 40.0, 60.0, 45.0]}  # epoch 2: nets 0, 1; epoch 4
+
+    def scripted(net, xs, ys, **k):
+        kind = "val" if torch.equal(xs, xv) else "test" if torch.equal(xs, tiny_ds.x_test) else pytest.fail("?")
+        return script[kind].pop(0)
+    monkeypatch.setattr(evalmod, "accuracy", scripted)
+    kw = dict(num_models=2, epochs=4, batch_size=32, seed=1, progress=False, val_per_class=5, eval_every_epochs=2,
+              batched=True, model_kw={"width": 8}, checkpoint=tmp_path / "eval.json")
+    x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
+    first = evaluate_synset(x, y, tiny_ds, **kw)
+    assert script == {"test": [], "val": []}
+    assert [(p["epoch"], p["test"], p["val"]) for p in first.epoch_curve] == [(2, [50.0, 60.0], [70.0, 40.0]),
+                                                                              (4, [55.0, 58.0], [60.0, 45.0])]
+    assert first.selection == {"last": [55.0, 58.0], "best_test": [55.0, 60.0], "best_val": [50.0, 58.0]}
+    assert first.accs == [55.0, 58.0]
+    fail = lambda *a, **k: pytest.fail("trained a network the checkpoint holds")  # noqa: E731
+    monkeypatch.setattr(evalmod, "train_together", fail)
+    monkeypatch.setattr(evalmod, "train_classifier", fail)
+    again = evaluate_synset(x, y, tiny_ds, **kw)
+    assert (again.accs, again.selection, again.epoch_curve) == (first.accs, first.selection, first.epoch_curve)
