@@ -56,8 +56,11 @@ def test_idm_queue_push_once_per_iteration_even_with_several_draws():
     assert all(any(n is m for m in q.nets) for n in q.current)
 
 
-def test_idm_queue_training_changes_weights_and_refreezes():
+def test_idm_queue_training_changes_weights_and_refreezes(monkeypatch):
     ds = tiny_dataset()
+    measured, real_accuracy = [], pools.accuracy
+    monkeypatch.setattr(pools, "accuracy", lambda n, x, y: measured.append((n, x, y, real_accuracy(n, x, y)))
+                        or measured[-1][3])
     q = small_queue(ds, initial_nets=2, train_nets=3, track_accuracy=True)
     g = make_generator(2)
     net = q.draw(g)
@@ -68,7 +71,11 @@ def test_idm_queue_training_changes_weights_and_refreezes():
     assert all(not torch.equal(b, a) for b, a in zip(before, after))  # all 3 nets took SGD steps
     assert all(not p.requires_grad for n in q.nets for p in n.parameters())
     assert all(o is not None for o in q.optimizers)  # optimizers (momentum) kept per net
-    assert all(0.0 <= q.accuracy_of(n) <= 100.0 for n in q.nets)
+    # each trained net's accuracy is the one measured after its steps, on a real batch of batch_size images
+    assert sorted(id(n) for n, *_ in measured) == sorted(id(n) for n in q.nets)
+    rows = {tuple(r.tolist()) for r in ds.x_train.flatten(1)}
+    for n, x, y, acc in measured:
+        assert q.accuracy_of(n) == acc and len(x) == len(y) == 8 and {tuple(r.tolist()) for r in x.flatten(1)} <= rows
     assert q.accuracy_of(torch.nn.Linear(1, 1)) == 0.0
 
 
@@ -136,7 +143,10 @@ def test_pretrained_pool_builds_caches_and_reuses(tmp_path, monkeypatch):
     ds = tiny_dataset()
     p = pretrained(ds, tmp_path)
     assert p.path.is_file() and p.path.parent == tmp_path and not p.reused
-    assert len(p) == 2 and len(p.accs) == 2 and all(0 <= a <= 100 for a in p.accs)
+    assert len(p) == 2 and len(p.accs) == 2
+    step = len(ds.x_test) // 6  # test_samples=6 evenly strided test images
+    for i in range(2):
+        assert p.accs[i] == pools.accuracy(p.load(i), ds.x_test[::step][:6], ds.y_test[::step][:6])
     for key in ("tiny", "ConvNet", "M2", "E1", "seed0"):
         assert key in p.path.name
     # a second pool with the same key loads the file: no training at all
