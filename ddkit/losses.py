@@ -249,8 +249,8 @@ def class_centralization_loss(f_syn, y_syn, num_classes, alpha, beta, form="exp"
 
     ``form="exp"`` (the paper, default):
     ``L = sum_c sum_j max(0, exp(alpha * ||f_j - mean_c||^2) - beta)``, mean_c the mean of
-    the synthetic features of class c (Eq. 4). Note exp(.) >= 1, so the hinge is inactive
-    (every sample contributes exp(...) - beta) whenever beta <= 1.
+    the synthetic features of class c (Eq. 4), ``alpha > 0``, ``beta >= 0``. Note exp(.) >= 1, so the
+    hinge is inactive (every sample contributes exp(...) - beta) whenever beta <= 1.
 
     ``form="squared"``: the official IID code's simplified form
     ``L = sum_c sum_j ||f_j - mean_c||^2`` (alpha and beta are ignored). The IID paper's
@@ -623,7 +623,7 @@ def standardize_logits(x, tau, eps=1e-7):
 
     ``Z(x; tau) = (x - mean(x)) / ((std(x) + eps) * tau)`` per row (over the class
     dimension, the last one), std unbiased (N - 1), as in "Logit Standardization in KD".
-    Rows of the result have mean 0 and unbiased std ~ 1/tau.
+    Rows of the result have mean 0 and unbiased std ~ 1/tau. ``tau > 0``, ``eps >= 0``.
     """
     _check_tensor(x, "x")
     if x.dim() < 1 or x.shape[-1] < 2:
