@@ -120,18 +120,20 @@ def _subset(ds, sizes):
 
 @pytest.mark.parametrize("sizes,batch_real", [([6, 6, 6, 6], 10), ([20, 3, 12, 7], 10), ([20, 3, 12, 7], 100)])
 def test_per_class_equals_joint_at_momentum_zero_when_classes_are_smaller_than_batch_real(tiny_ds, sizes,
-                                                                                          batch_real):
+                                                                                          batch_real, device):
     """``sample_classes`` gives all of a class smaller than ``batch_real``: each class's loss must still
-    see its own real images (a ``batch_real``-wide slice mixes classes and changes the images)."""
+    see its own real images (a ``batch_real``-wide slice mixes classes: the images then differ by 0.15-0.2).
+    Tolerance 1e-4: the two paths embed different batch compositions (float reassociation; on CUDA
+    cuDNN picks algorithms by batch size)."""
     ds = _subset(tiny_ds, sizes)
 
     def run(step):
-        syn = init_synthetic(ds, 2, generator=make_generator(0))
-        distill(syn, ds, dm_objective, RandomPool.for_dataset("ConvNet", ds, width=16), 2,
+        syn = init_synthetic(ds, 2, generator=make_generator(0), device=device)
+        distill(syn, ds, dm_objective, RandomPool.for_dataset("ConvNet", ds, device=device, width=16), 2, device=device,
                 batch_real=batch_real, seed=0, progress=False, image_step=step, momentum=0.0)
         return syn.images.detach()
 
-    assert torch.allclose(run("joint"), run("per_class"), atol=1e-5)
+    assert torch.allclose(run("joint"), run("per_class"), atol=1e-4)
 
 
 def test_distill_refuses_a_checkpoint_past_the_requested_iterations(tiny_ds, tmp_path):
