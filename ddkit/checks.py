@@ -42,12 +42,17 @@ def check_number(name: str, value, minimum: float | None = None, exclusive: bool
     return float(value)
 
 
+def check_interval(name: str, value, low: float, high: float, what: str = "a number") -> float:
+    """``value`` as a finite float in ``[low, high]``; bools and strings rejected."""
+    v = check_number(name, value)
+    if not low <= v <= high:
+        raise ValueError(f"{name}={value!r} is not allowed; expected {what} in [{low:g}, {high:g}]")
+    return v
+
+
 def check_probability(name: str, value) -> float:
     """``value`` as a probability: a finite number in [0, 1]."""
-    p = check_number(name, value)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name}={value!r} is not allowed; expected a probability in [0, 1]")
-    return p
+    return check_interval(name, value, 0, 1, "a probability")
 
 
 def check_choice(name: str, value, choices) -> str:

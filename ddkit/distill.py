@@ -42,7 +42,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .augment import DSA, decode, mosaic_init
-from .checks import check_int, check_ipc
+from .checks import check_int, check_interval, check_ipc, check_number
 from .distributed import ClassShard
 from .losses import mean_embedding_loss
 from .models import has_batchnorm
@@ -221,6 +221,8 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         raise ValueError(f"image_step={image_step!r}; expected one of {list(IMAGE_STEPS)}")
     check_int("iterations", iterations, 0)
     check_int("batch_real", batch_real)
+    check_number("lr_img", lr_img, 0, exclusive=True)
+    check_interval("momentum", momentum, 0, 1)
     check_amp(amp)
     dev = resolve_device(device)
     data = dataset.to(dev)
