@@ -1,6 +1,6 @@
 """Bad input is rejected before compute, with the error type and a message naming the bad value.
 
-One case per kind of bad input (issue 17's list): ``(kind, call, error type, pattern)``; ``call(ctx)``
+One case per kind of bad input: ``(kind, call, error type, pattern)``; ``call(ctx)``
 gets a dict with a small dataset (``ds``), a temporary folder (``tmp``) and ready-made files. The
 pattern must match the message (it names the value, and the parameter where there is one). A
 monkeypatched ``train_classifier`` / ``Tensor.backward`` fails the case when compute starts first.
