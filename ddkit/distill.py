@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 from .augment import DSA, decode, mosaic_init
 from .checks import check_int, check_ipc
 from .distributed import ClassShard, current
-from .graphs import capture, class_table, reinit_on_device_, reinit_unsupported, sample_class_batches
+from .graphs import (capture, check_class_batch, class_table, draw_class_batches, reinit_on_device_,
+                     reinit_unsupported)
 from .losses import mean_embedding_loss
 from .models import has_batchnorm
 from .pools import RandomPool
@@ -399,9 +400,18 @@ def graphs_unsupported(syn: SyntheticSet, dataset, objective, pool, batch_real: 
     if isinstance(pool, RandomPool):
         reasons += [(has_batchnorm(net), "the network has BatchNorm (class-by-class forward)"),
                     (reinit_unsupported(net) is not None, f"re-initialisation: {reinit_unsupported(net)}"),
-                    (device is not None and next(net.parameters()).device != torch.device(device),
+                    (device is not None and not _same_device(next(net.parameters()).device, device),
                      f"the pool's network is on {next(net.parameters()).device}, the run on {device}")]
     return next((why for bad, why in reasons if bad), None)
+
+
+def _same_device(a, b) -> bool:
+    """``cuda`` and ``cuda:<current>`` are the same device."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    current_index = torch.cuda.current_device() if a.type == "cuda" else None
+    return (a.index if a.index is not None else current_index) == (b.index if b.index is not None else current_index)
 
 
 def _use_graphs(graphs, dev, syn, data, objective, pool, batch_real, image_step, after_step, extra_state,
@@ -436,6 +446,7 @@ class DeviceIteration:
         self.generator, self.buf, self.iteration = generator, momentum_buffer, iteration
         k, dev = data.num_classes, syn.images.device
         self.table, self.valid = class_table([data.class_indices(c) for c in range(k)], dev)
+        check_class_batch(self.valid, batch_real)
         self.y_real = torch.arange(k, device=dev).repeat_interleave(batch_real)
         self.names: list = []
         self.terms = None
@@ -443,7 +454,7 @@ class DeviceIteration:
     def draw(self) -> tuple:
         """``(real indices, DSA params)`` of this iteration; re-draws :attr:`net` in place."""
         reinit_on_device_(self.net, self.generator)
-        idx = sample_class_batches(self.table, self.valid, self.batch_real, self.generator)
+        idx = draw_class_batches(self.table, self.valid, self.batch_real, self.generator)
         k = self.data.num_classes
         return idx, (self.aug.sample(k, generator=self.generator) if self.aug is not None else None)
 

@@ -89,14 +89,21 @@ def sample_class_batches(table: torch.Tensor, valid: torch.Tensor, n: int, gener
     """``n`` distinct indices of every class (class-major, (classes * n,)), drawn on the device: each
     entry gets a uniform key (padding gets 2, above every key), the ``n`` smallest keys of a row are a
     uniform sample without replacement of that class. Needs ``n <= `` every class's count."""
-    counts = valid.sum(1)
-    if n > int(counts.min()):
-        raise ValueError(f"n={n} exceeds the smallest class ({int(counts.min())} indices): "
+    check_class_batch(valid, n)
+    return draw_class_batches(table, valid, n, generator)
+
+
+def check_class_batch(valid: torch.Tensor, n: int) -> None:
+    """``ValueError`` unless every class of the table has at least ``n`` indices (reads the counts on the
+    host: call it before capture, not inside the captured step)."""
+    smallest = int(valid.sum(1).min())
+    if n > smallest:
+        raise ValueError(f"n={n} exceeds the smallest class ({smallest} indices): "
                          "a draw without replacement needs n <= every class's count")
-    return _draw_rows(table, valid, n, generator)
 
 
-def _draw_rows(table, valid, n, generator):
+def draw_class_batches(table: torch.Tensor, valid: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """:func:`sample_class_batches` without its check (no host sync: the form a captured step calls)."""
     keys = torch.rand(table.shape, generator=generator, device=table.device).masked_fill_(~valid, 2.0)
     return table.gather(1, keys.topk(n, dim=1, largest=False).indices).reshape(-1)
 

@@ -86,7 +86,7 @@ def test_reinit_on_device_refuses_unknown_layers():
 
 def _loop(ds, net, lr=1.0, momentum=0.5, batch_real=5, seed=0):
     syn = init_synthetic(ds, 2, generator=make_generator(seed))
-    gen = make_generator(seed)
+    gen = make_generator(seed, ds.x_train.device)
     loop = DeviceIteration(syn, ds, dm_objective, net, DSA(ds.dsa_strategy), batch_real, lr, momentum, None, gen,
                            torch.zeros_like(syn.images))
     return syn, loop
@@ -122,6 +122,40 @@ def test_device_iteration_equals_per_class_dm_and_sgd(tiny_ds):
         assert loop.names == ["loss"]
         torch.testing.assert_close(terms[0], loss.detach(), rtol=1e-5, atol=1e-6)  # class sums reassociate
         torch.testing.assert_close(syn.images.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+class _NoHostReads:
+    """Fails on any read of a tensor's value by the host (``item``, ``bool``, ``tolist``, ``cpu``...): on
+    CUDA each is a sync that a graph capture refuses; on the CPU this finds them before a GPU does."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy", "nonzero", "unique")
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        for n in self.NAMES:
+            setattr(torch.Tensor, n, self._refuse(n))
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+    @staticmethod
+    def _refuse(name):
+        def refuse(*a, **k):
+            raise AssertionError(f"host read Tensor.{name} inside the step")
+        return refuse
+
+
+def test_device_iteration_step_reads_nothing_on_the_host(tiny_ds):
+    net = RandomPool.for_dataset("ConvNet", tiny_ds, width=8).net
+    syn, loop = _loop(tiny_ds, net)
+    loop.step()  # the first call may set things up
+    before = syn.images.detach().clone()
+    with _NoHostReads():
+        loop.step()
+    assert not torch.equal(syn.images.detach(), before)
+    with pytest.raises(AssertionError, match="host read"), _NoHostReads():
+        loop.aug.apply(syn.images, loop.aug.sample(4, generator=make_generator(0)), syn.labels)  # it does work
 
 
 def test_distill_graphs_on_cpu_runs_the_device_loop_and_resumes(tiny_ds, tmp_path):
@@ -225,6 +259,7 @@ def test_captured_distill_resumes(device, tiny_ds, tmp_path, deterministic_cuda)
     straight, h_straight = run(5)
     ck = tmp_path / "ck.pt"
     run(2, ck)
+    assert "g_device" in torch.load(ck, weights_only=False)  # "auto" took the captured path
     resumed, h_resumed = run(5, ck)
     torch.testing.assert_close(resumed, straight, rtol=1e-4, atol=1e-5)
     assert len(h_resumed) == 5
