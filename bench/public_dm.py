@@ -182,6 +182,30 @@ def _ddkit_dm_graphs(iterations: int) -> dict:
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
 
 
+def _ddkit_dm_accuracy(iterations: int, graphs: bool, networks: int, epochs: int, seed: int) -> dict:
+    """DM for ``iterations`` (eager loop or ``graphs=True``) from the same start and seed, then
+    ``evaluate_synset`` with its defaults: the two loops' accuracies should agree within the seed spread."""
+    import torch
+
+    from ddkit.distill import distill, dm_objective, init_synthetic
+    from ddkit.evaluate import evaluate_synset
+    from ddkit.pools import RandomPool
+    from ddkit.utils import make_generator, resolve_device
+
+    ds, dev = _ddkit_data(), resolve_device("auto")
+    syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(seed), device=dev)
+    pool = RandomPool.for_dataset(SETTINGS["model"], ds, device=dev)
+    t0 = time.perf_counter()
+    hist = distill(syn, ds, dm_objective, pool, iterations, batch_real=SETTINGS["batch_real"], seed=seed,
+                   progress=False, device=dev, graphs=graphs)
+    seconds = time.perf_counter() - t0
+    x, y = syn.detached()
+    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False)
+    return {"accs": r.accs, "distill_seconds": seconds, "iterations": iterations, "graphs": graphs,
+            "mean_loss_last_10": sum(h["loss"] for h in hist[-10:]) / min(10, len(hist)),
+            "cuda": torch.cuda.is_available()}
+
+
 def _public_eval(path: Path, networks: int, epochs: int) -> tuple:
     import torch
 
@@ -218,7 +242,7 @@ def _syn_set(ds):
 def worker(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--side", choices=SIDES)
-    ap.add_argument("--task", choices=("dm", "eval"))
+    ap.add_argument("--task", choices=("dm", "eval", "acc"))
     ap.add_argument("--path", default=None)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--networks", type=int, default=1)
@@ -231,7 +255,9 @@ def worker(argv=None) -> None:
     import torch
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
-    if a.task == "dm" and a.side == "ddkit_graphs":
+    if a.task == "acc":
+        result = _ddkit_dm_accuracy(a.iterations, a.side == "ddkit_graphs", a.networks, a.epochs, a.seed)
+    elif a.task == "dm" and a.side == "ddkit_graphs":
         result = _ddkit_dm_graphs(a.iterations)
     elif a.task == "dm":
         amp = "bf16" if a.side == "ddkit_bf16" else "off"
@@ -325,6 +351,13 @@ def _eval_arms(path, arms: dict, sides, rounds: int) -> dict:
     return out
 
 
+def _accuracy_arm(iterations: int, seeds: int) -> dict:
+    """``{side: [acc result per seed]}``: the eager and the graph DM loop, ``iterations`` each from the same
+    start per seed, one evaluation network of 300 epochs (:func:`_ddkit_dm_accuracy`)."""
+    return {side: [_spawn(side, "acc", None, iterations=iterations, networks=1, epochs=300, seed=seed)
+                   for seed in range(seeds)] for side in ("ddkit", "ddkit_graphs")}
+
+
 def _errors(results: dict) -> list:
     return [r["error"] for runs in results.values() for r in runs if "error" in r]
 
@@ -359,6 +392,8 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
     errors += [graphs["error"]] if "error" in graphs else []
     ev = _eval_arms(path, arms, eval_sides, 1)
     errors += [e for by_side in ev.values() for e in _errors(by_side)]
+    accuracy = {} if quick or not torch.cuda.is_available() else _accuracy_arm(1000, seeds=3)
+    errors += _errors(accuracy)
     med = {s: statistics.median(t) for s, t in dm.items() if t}
     flops = _flops(arms["N1"])
     evaluation = {}
@@ -380,7 +415,8 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "patches": [list(p) for p in PATCHES], "path": str(path),
            "dm_seconds_per_iteration": {s: {"median": med[s], "times": dm[s]} for s in med},
-           "ddkit_dm": extra, "ddkit_dm_graphs": graphs, "evaluation": evaluation, "errors": errors}
+           "ddkit_dm": extra, "ddkit_dm_graphs": graphs, "evaluation": evaluation, "dm_accuracy": accuracy,
+           "errors": errors}
     if "public" in med:
         for side, key in (("ddkit", "dm_ratio"), ("ddkit_bf16", "dm_ratio_bf16")):
             if side in med:
@@ -429,6 +465,12 @@ def rows(r: dict):
             yield (f"{name} vs eval amp=bf16", sec["public"]["median"], sec["ddkit_bf16"]["median"],
                    arm["ratio_bf16"], f"acc bf16 - float32 {d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] "
                                       f"(paired over {d['n']} networks)")
+    acc = {s: [a for run in v if "accs" in run for a in run["accs"]] for s, v in r.get("dm_accuracy", {}).items()}
+    if acc.get("ddkit") and acc.get("ddkit_graphs"):
+        runs = r["dm_accuracy"]["ddkit_graphs"]
+        yield ("DM accuracy: eager loop vs graphs", statistics.mean(acc["ddkit"]), statistics.mean(acc["ddkit_graphs"]),
+               None, f"% after {runs[0]['iterations']} iterations, {len(runs)} seeds, one network of 300 epochs each; "
+                     f"eager {acc['ddkit']}, graphs {acc['ddkit_graphs']}")
     for e in r.get("errors", []):
         yield ("error", None, None, None, e.strip().splitlines()[-1][:200])
 
