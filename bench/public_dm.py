@@ -30,11 +30,12 @@ error; the others still run.
 
 ``python -m bench.public_dm --public-dm PATH [--quick] [--out FILE]``: this comparison alone, a table and
 the JSON (``--quick``: DM with a few iterations, the eager and graph arms, one evaluation network of 300
-epochs; about 30 s on a GPU).
+epochs, one worker process per side).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -83,6 +84,7 @@ def _public_modules(path: Path):
     return utils, main_dm
 
 
+@functools.lru_cache(maxsize=1)
 def _ddkit_data():
     from ddkit.data import load_dataset
 
@@ -239,14 +241,29 @@ def _syn_set(ds):
     return init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0)).detached()
 
 
+def _quick_side(side: str, path, iterations: int, graph_iterations: int, epochs: int) -> dict:
+    """``--quick``: one process per side (process start-up and data loading dominate short runs). The public
+    side: its DM iterations, then one evaluation network; ddkit: the graph arm first (its first run pays
+    the process's CUDA start-up, as in its own process), the eager loop (compile off), one network."""
+    if side == "public":
+        dm = {"times": _public_dm_iterations(Path(path), iterations)}
+        seconds, accs = _public_eval(Path(path), 1, epochs)
+        return {"dm": dm, "eval": {"seconds": seconds, "accs": accs}}
+    graphs = _ddkit_dm_graphs(graph_iterations)
+    times, extra = _ddkit_dm_iterations(iterations, compile=False)
+    seconds, accs = _ddkit_eval(1, epochs, 0)
+    return {"dm": {"times": times, "extra": extra}, "graphs": graphs, "eval": {"seconds": seconds, "accs": accs}}
+
+
 def worker(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--side", choices=SIDES)
-    ap.add_argument("--task", choices=("dm", "eval", "acc"))
+    ap.add_argument("--task", choices=("dm", "eval", "acc", "quick"))
     ap.add_argument("--path", default=None)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--networks", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--graph-iterations", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", default="auto", choices=("auto", "off"))
@@ -255,7 +272,9 @@ def worker(argv=None) -> None:
     import torch
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
-    if a.task == "acc":
+    if a.task == "quick":
+        result = _quick_side(a.side, a.path, a.iterations, a.graph_iterations, a.epochs)
+    elif a.task == "acc":
         result = _ddkit_dm_accuracy(a.iterations, a.side == "ddkit_graphs", a.networks, a.epochs, a.seed)
     elif a.task == "dm" and a.side == "ddkit_graphs":
         result = _ddkit_dm_graphs(a.iterations)
@@ -362,6 +381,41 @@ def _errors(results: dict) -> list:
     return [r["error"] for runs in results.values() for r in runs if "error" in r]
 
 
+def _quick_arms(path, iters: int, graph_iters: int, epochs: int) -> tuple:
+    """``--quick``: one worker per side (:func:`_quick_side`)."""
+    pub = _spawn("public", "quick", path, iterations=iters, epochs=epochs)
+    dd = _spawn("ddkit", "quick", None, iterations=iters, epochs=epochs, **{"graph-iterations": graph_iters})
+    errors = [r["error"] for r in (pub, dd) if "error" in r]
+    dm = {"public": pub.get("dm", {}).get("times", [])[1:], "ddkit": dd.get("dm", {}).get("times", [])[1:]}
+    extra = [dd["dm"]["extra"]] if "dm" in dd else []
+    ev = {"N1": {"public": [pub.get("eval", pub)], "ddkit": [dd.get("eval", dd)]}}
+    return dm, extra, dd.get("graphs", {"skipped": "the ddkit worker failed"}), ev, {}, errors
+
+
+def _full_arms(path, rounds: int, iters: int, graph_iters: int, arms: dict) -> tuple:
+    """Each side its own process, alternating round by round; the accuracy arm on CUDA."""
+    import torch
+
+    eval_sides = {"N1": ("public", "ddkit"), "N5": ("public", "ddkit", "ddkit_bf16")}
+    sides = ("public", "ddkit", "ddkit_bf16")
+    dm = {s: [] for s in sides}
+    extra, errors = [], []
+    for r in range(rounds):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
+            errors += [res["error"]] if "error" in res else []
+            dm[side] += res.get("times", [])[1:]  # the first iteration carries one-time costs
+            extra += [res.get("extra")] if side == "ddkit" and "extra" in res else []
+    graphs = _spawn("ddkit_graphs", "dm", None, iterations=graph_iters) if torch.cuda.is_available() else \
+        {"skipped": "graphs need CUDA"}
+    errors += [graphs["error"]] if "error" in graphs else []
+    ev = _eval_arms(path, arms, eval_sides, 1)
+    errors += [e for by_side in ev.values() for e in _errors(by_side)]
+    accuracy = _accuracy_arm(1000, seeds=3) if torch.cuda.is_available() else {}
+    errors += _errors(accuracy)
+    return dm, extra, graphs, ev, accuracy, errors
+
+
 def run(quick: bool = False, public_dm: str | None = None) -> dict:
     import torch
 
@@ -376,24 +430,10 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
     # and the bf16 ddkit sides train the same networks)
     rounds, iters, graph_iters = (1, 10, 20) if quick else (2, 12, 100)
     arms = {"N1": (1, 300)} if quick else {"N1": (1, 300), "N5": (5, 300)}
-    eval_sides = {"N1": ("public", "ddkit"), "N5": ("public", "ddkit", "ddkit_bf16")}
-    sides = ("public", "ddkit") if quick else ("public", "ddkit", "ddkit_bf16")
-    dm = {s: [] for s in sides}
-    extra, errors = [], []
-    for r in range(rounds):
-        for side in (sides if r % 2 == 0 else sides[::-1]):
-            res = _spawn(side, "dm", path if side == "public" else None, iterations=iters,
-                         **({"compile": "off"} if quick and side != "public" else {}))
-            errors += [res["error"]] if "error" in res else []
-            dm[side] += res.get("times", [])[1:]  # the first iteration carries one-time costs
-            extra += [res.get("extra")] if side == "ddkit" and "extra" in res else []
-    graphs = _spawn("ddkit_graphs", "dm", None, iterations=graph_iters) if torch.cuda.is_available() else \
-        {"skipped": "graphs need CUDA"}
-    errors += [graphs["error"]] if "error" in graphs else []
-    ev = _eval_arms(path, arms, eval_sides, 1)
-    errors += [e for by_side in ev.values() for e in _errors(by_side)]
-    accuracy = {} if quick or not torch.cuda.is_available() else _accuracy_arm(1000, seeds=3)
-    errors += _errors(accuracy)
+    if quick:
+        dm, extra, graphs, ev, accuracy, errors = _quick_arms(path, iters, graph_iters, arms["N1"][1])
+    else:
+        dm, extra, graphs, ev, accuracy, errors = _full_arms(path, rounds, iters, graph_iters, arms)
     med = {s: statistics.median(t) for s, t in dm.items() if t}
     flops = _flops(arms["N1"])
     evaluation = {}
