@@ -48,7 +48,6 @@ from .graphs import (capture, check_class_batch, class_table, draw_class_batches
                      reinit_unsupported)
 from .losses import mean_embedding_loss
 from .models import has_batchnorm
-from .pools import RandomPool
 from .storage import ImageStore
 from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_channels_last, resolve_compile
 from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
@@ -375,15 +374,17 @@ GRAPHS = ("auto", True, False)
 
 def graphs_unsupported(syn: SyntheticSet, dataset, objective, pool, batch_real: int, image_step: str = "joint",
                        after_step=None, extra_state=None, compile=False, amp: str = "off", device=None) -> str | None:
-    """Why :func:`distill_on_device` cannot run this ``distill`` configuration, or None. It needs: a
-    :class:`ddkit.pools.RandomPool` (re-drawn in place on the device) of a network without BatchNorm (its
-    class-by-class forward splits the batch on the host) on ``device``; ``image_step="joint"``; an objective
+    """Why :func:`distill_on_device` cannot run this ``distill`` configuration, or None. It needs: a pool
+    whose ``draw`` only re-initialises its ``net`` (``fresh_init_per_draw``: :class:`ddkit.pools.RandomPool`;
+    re-drawn in place on the device) of a network without BatchNorm (its class-by-class forward splits the
+    batch on the host) on ``device``; ``image_step="joint"``; an objective
     free of host syncs: :func:`dm_objective` or one marked ``objective.graph_safe = True``; no ``after_step``,
     ``extra_state``, ``amp``, ``compile=True`` or data parallelism; ``batch_real`` at most the smallest class;
     the dataset's images in memory (not a memmap)."""
-    net = getattr(pool, "net", None)
+    fresh = getattr(pool, "fresh_init_per_draw", False) and isinstance(getattr(pool, "net", None), nn.Module)
+    net = pool.net if fresh else None
     reasons = [
-        (not isinstance(pool, RandomPool), f"the pool is a {type(pool).__name__}, not a RandomPool"),
+        (not fresh, f"the pool ({type(pool).__name__}) does not draw a freshly initialised net (a RandomPool does)"),
         (image_step != "joint", f"image_step={image_step!r} (the device loop steps jointly)"),
         (not (objective is dm_objective or getattr(objective, "graph_safe", False)),
          f"objective {getattr(objective, '__name__', objective)!r} is neither dm_objective nor marked graph_safe"),
@@ -397,7 +398,7 @@ def graphs_unsupported(syn: SyntheticSet, dataset, objective, pool, batch_real: 
         (batch_real > min(len(dataset.class_indices(c)) for c in range(dataset.num_classes)),
          f"batch_real={batch_real} exceeds the smallest class"),
     ]
-    if isinstance(pool, RandomPool):
+    if fresh:
         reasons += [(has_batchnorm(net), "the network has BatchNorm (class-by-class forward)"),
                     (reinit_unsupported(net) is not None, f"re-initialisation: {reinit_unsupported(net)}"),
                     (device is not None and not _same_device(next(net.parameters()).device, device),
