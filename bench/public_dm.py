@@ -10,10 +10,13 @@ alternate round by round (public, ddkit, then ddkit, public, ...), with the same
   ``get_network`` (one per iteration). ddkit: ``distill`` + ``dm_objective`` on the path a
   paper-length notebook run takes by default (``compile="auto"`` resolved for 20000 iterations).
   A second ddkit arm runs the same with ``amp="bf16"`` (the notebooks' ``amp`` parameter; float32 is
-  the default): its accuracy check is ``bench.amp_accuracy``.
+  the default): its accuracy check is ``bench.amp_accuracy``. A third ddkit arm runs ``graphs=True``
+  (the whole iteration one CUDA graph, :mod:`ddkit.graphs`): three ``distill`` calls in one process,
+  ``n``, ``n`` and ``2n`` iterations, each with its own capture; the first call's seconds per iteration
+  (CUDA start-up and capture included) and the second's are reported as the first and second run,
+  the third minus the second over ``n`` as the steady iteration.
 * evaluate_synset: the public ``utils.evaluate_synset`` on N fresh networks (one by one) against
-  ``ddkit.evaluate.evaluate_synset(num_models=N, compile="auto")`` as the notebooks call it (one by
-  one on the CPU, trained together on CUDA; compiled when the work is long enough), same epochs
+  ``ddkit.evaluate.evaluate_synset(num_models=N)`` with its defaults, same epochs
   (the public loop runs ``epoch_eval_train + 1`` passes, so it gets ``epochs - 1``), test pass
   included; accuracies of both are reported.
 
@@ -21,11 +24,18 @@ Torch-compatibility patches, applied in memory when the public modules are loade
 disk are untouched), :data:`PATCHES`: ``networks.py`` flattens with ``.view``, which current torch
 refuses on the channels-last activations DSA's crop produces -> ``.reshape``; ``main_DM.py`` builds
 its labels with ``torch.tensor(list of numpy arrays)`` (slow and warned about) -> ``np.array`` first.
-Without PATH the benchmark says so (``skipped``) and the suite runs the rest.
+Without PATH the benchmark says so (``skipped``) and the suite runs the rest. Both sides run on CUDA when
+it is present (ddkit's pool is built on the run's device). An arm whose worker fails is reported with its
+error; the others still run.
+
+``python -m bench.public_dm --public-dm PATH [--quick] [--out FILE]``: this comparison alone, a table and
+the JSON (``--quick``: DM with a few iterations, the eager and graph arms, one evaluation network of 300
+epochs, one worker process per side).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -44,6 +54,8 @@ PATCHES = (
      "torch.tensor(np.array([np.ones(args.ipc)*i for i in range(num_classes)])"),
 )
 SETTINGS = dict(dataset="fashion_mnist", ipc=10, batch_real=256, model="ConvNet", paper_iterations=20000)
+#: The worker sides: the public code, ddkit's eager loop (float32, bf16) and its CUDA-graph loop.
+SIDES = ("public", "ddkit", "ddkit_bf16", "ddkit_graphs")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -72,6 +84,7 @@ def _public_modules(path: Path):
     return utils, main_dm
 
 
+@functools.lru_cache(maxsize=1)
 def _ddkit_data():
     from ddkit.data import load_dataset
 
@@ -114,17 +127,19 @@ def _public_dm_iterations(path: Path, iterations: int) -> list:
     return [b - a for a, b in zip(stamps[:iterations], stamps[1:iterations])]
 
 
-def _ddkit_dm_iterations(iterations: int, amp: str = "off") -> tuple:
+def _ddkit_dm_iterations(iterations: int, amp: str = "off", compile="auto") -> tuple:
+    """The eager loop's seconds per iteration (``graphs=False``); ``compile="auto"`` is resolved for a
+    paper-length run."""
     from ddkit.distill import distill, dm_objective, init_synthetic
     from ddkit.pools import RandomPool
     from ddkit.speed import forward_flops, resolve_compile
-    from ddkit.utils import make_generator
+    from ddkit.utils import make_generator, resolve_device
 
-    ds = _ddkit_data()
-    syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0))
-    pool = RandomPool.for_dataset(SETTINGS["model"], ds)
+    ds, dev = _ddkit_data(), resolve_device("auto")
+    syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0), device=dev)
+    pool = RandomPool.for_dataset(SETTINGS["model"], ds, device=dev)
     n_img = ds.num_classes * SETTINGS["batch_real"] + 3 * len(syn.images)
-    flag = resolve_compile("auto", SETTINGS["paper_iterations"] * n_img * forward_flops(
+    flag = compile if compile != "auto" else resolve_compile("auto", SETTINGS["paper_iterations"] * n_img * forward_flops(
         pool.draw(make_generator(0)), (ds.channels, *ds.im_size)), label="bench (paper-length DM run)")
     stamps, rss = [time.perf_counter()], {}
 
@@ -134,8 +149,63 @@ def _ddkit_dm_iterations(iterations: int, amp: str = "off") -> tuple:
             rss[it + 1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     distill(syn, ds, dm_objective, pool, iterations, batch_real=SETTINGS["batch_real"], progress=False,
-            compile=flag, after_step=after_step, amp=amp)
-    return [b - a for a, b in zip(stamps, stamps[1:])], {"compile": flag, "amp": amp, "peak_rss_mb": rss}
+            compile=flag, after_step=after_step, amp=amp, device=dev, graphs=False)
+    return [b - a for a, b in zip(stamps, stamps[1:])], {"compile": flag, "amp": amp, "peak_rss_mb": rss,
+                                                         "device": str(dev)}
+
+
+def _ddkit_dm_graphs(iterations: int) -> dict:
+    """``graphs=True`` (CUDA only): seconds per iteration of the first and second ``distill`` call of
+    ``iterations`` (capture included) and of the steady iteration (a third call of twice as many, minus
+    the second); the last losses of the calls (all start from the same set and seed)."""
+    import torch
+
+    from ddkit.distill import distill, dm_objective, init_synthetic
+    from ddkit.pools import RandomPool
+    from ddkit.utils import make_generator, resolve_device
+
+    ds, dev = _ddkit_data(), resolve_device("auto")
+    if dev.type != "cuda":
+        return {"skipped": "graphs need CUDA"}
+    pool = RandomPool.for_dataset(SETTINGS["model"], ds, device=dev)
+    walls, losses = [], []
+    for n in (iterations, iterations, 2 * iterations):
+        syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0), device=dev)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        hist = distill(syn, ds, dm_objective, pool, n, batch_real=SETTINGS["batch_real"], progress=False,
+                       device=dev, graphs=True)
+        walls.append(time.perf_counter() - t0)  # the history's last read synchronises
+        losses.append([h["loss"] for h in hist])
+    steady = (walls[2] - walls[1]) / iterations
+    return {"first_run": walls[0] / iterations, "second_run": walls[1] / iterations, "steady": steady,
+            "capture_seconds": walls[1] - iterations * steady, "walls": walls, "iterations": iterations,
+            "first_losses": losses[0][:5], "last_loss": losses[2][-1],
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+
+
+def _ddkit_dm_accuracy(iterations: int, graphs: bool, networks: int, epochs: int, seed: int) -> dict:
+    """DM for ``iterations`` (eager loop or ``graphs=True``) from the same start and seed, then
+    ``evaluate_synset`` with its defaults: the two loops' accuracies should agree within the seed spread."""
+    import torch
+
+    from ddkit.distill import distill, dm_objective, init_synthetic
+    from ddkit.evaluate import evaluate_synset
+    from ddkit.pools import RandomPool
+    from ddkit.utils import make_generator, resolve_device
+
+    ds, dev = _ddkit_data(), resolve_device("auto")
+    syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(seed), device=dev)
+    pool = RandomPool.for_dataset(SETTINGS["model"], ds, device=dev)
+    t0 = time.perf_counter()
+    hist = distill(syn, ds, dm_objective, pool, iterations, batch_real=SETTINGS["batch_real"], seed=seed,
+                   progress=False, device=dev, graphs=graphs)
+    seconds = time.perf_counter() - t0
+    x, y = syn.detached()
+    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False)
+    return {"accs": r.accs, "distill_seconds": seconds, "iterations": iterations, "graphs": graphs,
+            "mean_loss_last_10": sum(h["loss"] for h in hist[-10:]) / min(10, len(hist)),
+            "cuda": torch.cuda.is_available()}
 
 
 def _public_eval(path: Path, networks: int, epochs: int) -> tuple:
@@ -145,7 +215,7 @@ def _public_eval(path: Path, networks: int, epochs: int) -> tuple:
     ds = _ddkit_data()
     x, y = _syn_set(ds)
     loader = torch.utils.data.DataLoader(utils.TensorDataset(ds.x_test, ds.y_test), batch_size=256, shuffle=False)
-    args = argparse.Namespace(device="cpu", lr_net=0.01, epoch_eval_train=epochs - 1, batch_train=256, dsa=True,
+    args = argparse.Namespace(device="cuda" if torch.cuda.is_available() else "cpu", lr_net=0.01, epoch_eval_train=epochs - 1, batch_train=256, dsa=True,
                               dsa_strategy="color_crop_cutout_flip_scale_rotate", dsa_param=utils.ParamDiffAug())
     t0, accs = time.perf_counter(), []
     for i in range(networks):
@@ -160,8 +230,7 @@ def _ddkit_eval(networks: int, epochs: int, seed: int, amp: str = "off") -> tupl
     ds = _ddkit_data()
     x, y = _syn_set(ds)
     t0 = time.perf_counter()
-    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False, compile="auto",
-                        amp=amp)
+    r = evaluate_synset(x, y, ds, num_models=networks, epochs=epochs, seed=seed, progress=False, amp=amp)
     return time.perf_counter() - t0, r.accs
 
 
@@ -172,25 +241,48 @@ def _syn_set(ds):
     return init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0)).detached()
 
 
+def _quick_side(side: str, path, iterations: int, graph_iterations: int, epochs: int) -> dict:
+    """``--quick``: one process per side (process start-up and data loading dominate short runs). The public
+    side: its DM iterations, then one evaluation network; ddkit: the graph arm first (its first run pays
+    the process's CUDA start-up, as in its own process), the eager loop (compile off), one network."""
+    if side == "public":
+        dm = {"times": _public_dm_iterations(Path(path), iterations)}
+        seconds, accs = _public_eval(Path(path), 1, epochs)
+        return {"dm": dm, "eval": {"seconds": seconds, "accs": accs}}
+    graphs = _ddkit_dm_graphs(graph_iterations)
+    times, extra = _ddkit_dm_iterations(iterations, compile=False)
+    seconds, accs = _ddkit_eval(1, epochs, 0)
+    return {"dm": {"times": times, "extra": extra}, "graphs": graphs, "eval": {"seconds": seconds, "accs": accs}}
+
+
 def worker(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--side", choices=("public", "ddkit", "ddkit_bf16"))
-    ap.add_argument("--task", choices=("dm", "eval"))
+    ap.add_argument("--side", choices=SIDES)
+    ap.add_argument("--task", choices=("dm", "eval", "acc", "quick"))
     ap.add_argument("--path", default=None)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--networks", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--graph-iterations", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", default="auto", choices=("auto", "off"))
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
-    if a.task == "dm":
+    if a.task == "quick":
+        result = _quick_side(a.side, a.path, a.iterations, a.graph_iterations, a.epochs)
+    elif a.task == "acc":
+        result = _ddkit_dm_accuracy(a.iterations, a.side == "ddkit_graphs", a.networks, a.epochs, a.seed)
+    elif a.task == "dm" and a.side == "ddkit_graphs":
+        result = _ddkit_dm_graphs(a.iterations)
+    elif a.task == "dm":
         amp = "bf16" if a.side == "ddkit_bf16" else "off"
+        compile = False if a.compile == "off" else "auto"
         result = ({"times": _public_dm_iterations(Path(a.path), a.iterations)} if a.side == "public" else
-                  dict(zip(("times", "extra"), _ddkit_dm_iterations(a.iterations, amp))))
+                  dict(zip(("times", "extra"), _ddkit_dm_iterations(a.iterations, amp, compile))))
     else:
         seconds, accs = (_public_eval(Path(a.path), a.networks, a.epochs) if a.side == "public" else
                          _ddkit_eval(a.networks, a.epochs, a.seed, "bf16" if a.side == "ddkit_bf16" else "off"))
@@ -202,6 +294,7 @@ def worker(argv=None) -> None:
 # --------------------------------------------------------------------------- suite side
 
 def _spawn(side: str, task: str, path, **kw) -> dict:
+    """One worker process; a failed worker gives ``{"error": ...}`` (its stderr's end), not an exception."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,7 +307,7 @@ def _spawn(side: str, task: str, path, **kw) -> dict:
                                                             os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"{side} {task} worker failed:\n{proc.stderr[-3000:]}")
+            return {"error": f"{side} {task} worker failed:\n{proc.stderr[-3000:]}"}
         return json.loads(out.read_text())
 
 
@@ -235,6 +328,34 @@ def _flops(networks_epochs: tuple) -> dict:
             "eval_network": f * (3 * n_syn * epochs + len(ds.x_test))}
 
 
+def _floor(flops: float, ref_median: float, dd_median: float) -> dict:
+    """:func:`bench.flop_floor` on the device the sides ran on: the float32 matrix-product rate of CUDA
+    (TF32 off, 8192^2, median of 5, events) when present, else the CPU's."""
+    import torch
+
+    if not torch.cuda.is_available():
+        from bench import flop_floor
+
+        return flop_floor(flops, ref_median, dd_median)
+    n, rates = 8192, []
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        a @ b
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            rates.append(2 * n ** 3 / (start.elapsed_time(end) / 1e3))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    floor = flops / statistics.median(rates)
+    return {"gflop": flops / 1e9, "matmul_gflops": statistics.median(rates) / 1e9, "flop_floor_seconds": floor,
+            "ceiling_ratio": ref_median / floor, "ddkit_fraction_of_floor": floor / dd_median}
+
+
 def _eval_arms(path, arms: dict, sides, rounds: int) -> dict:
     """``{arm: {side: [worker result, ...]}}``: each arm's sides alternate round by round; a ddkit seed is
     shared by both ddkit sides of a round, so float32 and bf16 train the same initial networks on the
@@ -249,8 +370,54 @@ def _eval_arms(path, arms: dict, sides, rounds: int) -> dict:
     return out
 
 
+def _accuracy_arm(iterations: int, seeds: int) -> dict:
+    """``{side: [acc result per seed]}``: the eager and the graph DM loop, ``iterations`` each from the same
+    start per seed, one evaluation network of 300 epochs (:func:`_ddkit_dm_accuracy`)."""
+    return {side: [_spawn(side, "acc", None, iterations=iterations, networks=1, epochs=300, seed=seed)
+                   for seed in range(seeds)] for side in ("ddkit", "ddkit_graphs")}
+
+
+def _errors(results: dict) -> list:
+    return [r["error"] for runs in results.values() for r in runs if "error" in r]
+
+
+def _quick_arms(path, iters: int, graph_iters: int, epochs: int) -> tuple:
+    """``--quick``: one worker per side (:func:`_quick_side`)."""
+    pub = _spawn("public", "quick", path, iterations=iters, epochs=epochs)
+    dd = _spawn("ddkit", "quick", None, iterations=iters, epochs=epochs, **{"graph-iterations": graph_iters})
+    errors = [r["error"] for r in (pub, dd) if "error" in r]
+    dm = {"public": pub.get("dm", {}).get("times", [])[1:], "ddkit": dd.get("dm", {}).get("times", [])[1:]}
+    extra = [dd["dm"]["extra"]] if "dm" in dd else []
+    ev = {"N1": {"public": [pub.get("eval", pub)], "ddkit": [dd.get("eval", dd)]}}
+    return dm, extra, dd.get("graphs", {"skipped": "the ddkit worker failed"}), ev, {}, errors
+
+
+def _full_arms(path, rounds: int, iters: int, graph_iters: int, arms: dict) -> tuple:
+    """Each side its own process, alternating round by round; the accuracy arm on CUDA."""
+    import torch
+
+    eval_sides = {"N1": ("public", "ddkit"), "N5": ("public", "ddkit", "ddkit_bf16")}
+    sides = ("public", "ddkit", "ddkit_bf16")
+    dm = {s: [] for s in sides}
+    extra, errors = [], []
+    for r in range(rounds):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
+            errors += [res["error"]] if "error" in res else []
+            dm[side] += res.get("times", [])[1:]  # the first iteration carries one-time costs
+            extra += [res.get("extra")] if side == "ddkit" and "extra" in res else []
+    graphs = _spawn("ddkit_graphs", "dm", None, iterations=graph_iters) if torch.cuda.is_available() else \
+        {"skipped": "graphs need CUDA"}
+    errors += [graphs["error"]] if "error" in graphs else []
+    ev = _eval_arms(path, arms, eval_sides, 1)
+    errors += [e for by_side in ev.values() for e in _errors(by_side)]
+    accuracy = _accuracy_arm(1000, seeds=3) if torch.cuda.is_available() else {}
+    errors += _errors(accuracy)
+    return dm, extra, graphs, ev, accuracy, errors
+
+
 def run(quick: bool = False, public_dm: str | None = None) -> dict:
-    from bench import flop_floor
+    import torch
 
     if not public_dm:
         return {"skipped": "no --public-dm PATH given: the comparison with the public DM code "
@@ -258,40 +425,46 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
     path = Path(public_dm).expanduser().resolve()
     if not (path / "main_DM.py").is_file():
         raise ValueError(f"--public-dm {path}: no main_DM.py there; give a checkout of VICO-UoE/DatasetCondensation")
-    # DM: 2 rounds x 8 iterations per side; evaluation (minutes per side): one round of one network and one
-    # of the protocol's N = 5 (the float32 and the bf16 ddkit sides train the same networks)
-    rounds, iters, eval_rounds = (1, 4, 1) if quick else (2, 8, 1)
-    epochs = 20 if quick else 300
-    arms = {"N1": (1, epochs), "N5": (2 if quick else 5, epochs)}
-    sides = ("public", "ddkit", "ddkit_bf16")
-    dm = {s: [] for s in sides}
-    extra = []
-    for r in range(rounds):
-        for side in (sides if r % 2 == 0 else sides[::-1]):
-            res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
-            dm[side] += res["times"][1:]  # the first iteration carries one-time costs
-            extra += [res.get("extra")] if side == "ddkit" else []
-    ev = _eval_arms(path, arms, {"N1": ("public", "ddkit"), "N5": sides}, eval_rounds)
-    med = {s: statistics.median(t) for s, t in dm.items()}
+    # DM: rounds x iterations per side (the eager arms drop their first iteration); evaluation (seconds to
+    # minutes per side): one round of one network and, unless quick, one of the protocol's N = 5 (the float32
+    # and the bf16 ddkit sides train the same networks)
+    rounds, iters, graph_iters = (1, 10, 20) if quick else (2, 12, 100)
+    arms = {"N1": (1, 300)} if quick else {"N1": (1, 300), "N5": (5, 300)}
+    if quick:
+        dm, extra, graphs, ev, accuracy, errors = _quick_arms(path, iters, graph_iters, arms["N1"][1])
+    else:
+        dm, extra, graphs, ev, accuracy, errors = _full_arms(path, rounds, iters, graph_iters, arms)
+    med = {s: statistics.median(t) for s, t in dm.items() if t}
     flops = _flops(arms["N1"])
     evaluation = {}
     for arm, by_side in ev.items():
-        emed = {s: statistics.median(e["seconds"] for e in v) for s, v in by_side.items()}
+        ok = {s: [e for e in v if "error" not in e] for s, v in by_side.items()}
+        emed = {s: statistics.median(e["seconds"] for e in v) for s, v in ok.items() if v}
+        if not {"public", "ddkit"} <= set(emed):
+            continue
         networks = arms[arm][0]
         evaluation[arm] = {"networks": networks, "epochs": arms[arm][1],
-                           "seconds": {s: {"median": emed[s], "runs": by_side[s]} for s in by_side},
+                           "seconds": {s: {"median": emed[s], "runs": ok[s]} for s in emed},
                            "ratio": emed["public"] / emed["ddkit"],
-                           "floor": flop_floor(networks * flops["eval_network"], emed["public"], emed["ddkit"])}
-        if "ddkit_bf16" in by_side:
+                           "floor": _floor(networks * flops["eval_network"], emed["public"], emed["ddkit"])}
+        if "ddkit_bf16" in emed:
             evaluation[arm]["ratio_bf16"] = emed["public"] / emed["ddkit_bf16"]
-            evaluation[arm]["bf16_minus_float32"] = _paired(by_side["ddkit_bf16"], by_side["ddkit"])
-    return {"settings": {**SETTINGS, "iterations_per_round": iters, "rounds": rounds, "eval_rounds": eval_rounds,
-                         "eval_arms": arms},
-            "patches": [list(p) for p in PATCHES], "path": str(path),
-            "dm_seconds_per_iteration": {s: {"median": med[s], "times": dm[s]} for s in dm},
-            "dm_ratio": med["public"] / med["ddkit"], "dm_ratio_bf16": med["public"] / med["ddkit_bf16"],
-            "dm_floor": flop_floor(flops["dm_iteration"], med["public"], med["ddkit"]),
-            "ddkit_dm": extra, "evaluation": evaluation}
+            evaluation[arm]["bf16_minus_float32"] = _paired(ok["ddkit_bf16"], ok["ddkit"])
+    out = {"settings": {**SETTINGS, "iterations_per_round": iters, "rounds": rounds, "graph_iterations": graph_iters,
+                        "eval_arms": arms},
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "patches": [list(p) for p in PATCHES], "path": str(path),
+           "dm_seconds_per_iteration": {s: {"median": med[s], "times": dm[s]} for s in med},
+           "ddkit_dm": extra, "ddkit_dm_graphs": graphs, "evaluation": evaluation, "dm_accuracy": accuracy,
+           "errors": errors}
+    if "public" in med:
+        for side, key in (("ddkit", "dm_ratio"), ("ddkit_bf16", "dm_ratio_bf16")):
+            if side in med:
+                out[key] = med["public"] / med[side]
+        if "steady" in graphs:
+            out["dm_ratio_graphs"] = {k: med["public"] / graphs[k] for k in ("steady", "first_run", "second_run")}
+        out["dm_floor"] = _floor(flops["dm_iteration"], med["public"], graphs.get("steady", med.get("ddkit", 1.0)))
+    return out
 
 
 def _paired(a_runs: list, b_runs: list) -> dict:
@@ -305,12 +478,21 @@ def _paired(a_runs: list, b_runs: list) -> dict:
 
 def rows(r: dict):
     dm = r["dm_seconds_per_iteration"]
-    floor = r["dm_floor"]
-    yield ("public DM iteration", dm["public"]["median"], dm["ddkit"]["median"], r["dm_ratio"],
-           f"s/iteration, separate processes, ddkit compile={r['ddkit_dm'][0]['compile'] if r['ddkit_dm'] else '?'}; "
-           f"float32 ceiling {floor['ceiling_ratio']:.2f}x (FLOPs at the matmul rate)")
-    yield ("public DM iteration vs amp=bf16", dm["public"]["median"], dm["ddkit_bf16"]["median"],
-           r["dm_ratio_bf16"], "s/iteration; accuracy check: bench.amp_accuracy")
+    floor = r.get("dm_floor", {"ceiling_ratio": float("nan")})
+    pub = dm.get("public", {}).get("median")
+    if "dm_ratio" in r:
+        yield ("public DM iteration", pub, dm["ddkit"]["median"], r["dm_ratio"],
+               f"s/iteration, eager loop, compile={r['ddkit_dm'][0]['compile'] if r['ddkit_dm'] else '?'}; "
+               f"float32 ceiling {floor['ceiling_ratio']:.2f}x (FLOPs at the matmul rate)")
+    if "dm_ratio_bf16" in r:
+        yield ("public DM iteration vs amp=bf16", pub, dm["ddkit_bf16"]["median"],
+               r["dm_ratio_bf16"], "s/iteration; accuracy check: bench.amp_accuracy")
+    g = r.get("ddkit_dm_graphs", {})
+    if "dm_ratio_graphs" in r:
+        for key, what in (("steady", "steady"), ("first_run", "first run, capture included"),
+                          ("second_run", "second run, capture included")):
+            yield (f"public DM iteration vs graphs ({key})", pub, g[key], r["dm_ratio_graphs"][key],
+                   f"s/iteration, {what}; {g['iterations']} iterations per call, capture {g['capture_seconds']:.2f} s")
     for arm in r["evaluation"].values():
         sec = arm["seconds"]
         accs = {s: [a for run in v["runs"] for a in run["accs"]] for s, v in sec.items()}
@@ -323,7 +505,39 @@ def rows(r: dict):
             yield (f"{name} vs eval amp=bf16", sec["public"]["median"], sec["ddkit_bf16"]["median"],
                    arm["ratio_bf16"], f"acc bf16 - float32 {d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] "
                                       f"(paired over {d['n']} networks)")
+    acc = {s: [a for run in v if "accs" in run for a in run["accs"]] for s, v in r.get("dm_accuracy", {}).items()}
+    if acc.get("ddkit") and acc.get("ddkit_graphs"):
+        runs = r["dm_accuracy"]["ddkit_graphs"]
+        yield ("DM accuracy: eager loop vs graphs", statistics.mean(acc["ddkit"]), statistics.mean(acc["ddkit_graphs"]),
+               None, f"% after {runs[0]['iterations']} iterations, {len(runs)} seeds, one network of 300 epochs each; "
+                     f"eager {acc['ddkit']}, graphs {acc['ddkit_graphs']}")
+    for e in r.get("errors", []):
+        yield ("error", None, None, None, e.strip().splitlines()[-1][:200])
+
+
+def main(argv=None) -> int:
+    """This comparison alone: the table, then the JSON (to ``--out`` when given)."""
+    ap = argparse.ArgumentParser(prog="python -m bench.public_dm", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--public-dm", required=True, metavar="PATH", help="a VICO-UoE/DatasetCondensation checkout")
+    ap.add_argument("--quick", action="store_true", help="a few DM iterations, one evaluation network")
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    r = run(quick=a.quick, public_dm=a.public_dm)
+    r["quick"], r["bench_seconds"] = a.quick, time.perf_counter() - t0
+    for name, ref, dd, ratio, note in rows(r):
+        cells = [f"{v:.4g}" if isinstance(v, float) else "-" for v in (ref, dd, ratio)]
+        print(f"{name:<48} public {cells[0]:>9}  ddkit {cells[1]:>9}  ratio {cells[2]:>7}  {note}")
+    text = json.dumps(r, indent=1)
+    if a.out:
+        Path(a.out).write_text(text)
+    else:
+        print(text)
+    return 1 if r.get("errors") else 0
 
 
 if __name__ == "__main__":
-    worker()
+    if "--side" in sys.argv[1:]:
+        worker()
+    else:
+        sys.exit(main())

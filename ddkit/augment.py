@@ -253,6 +253,26 @@ class DSA:
         inv[perm] = torch.arange(n)
         return torch.cat(outs)[inv.to(x.device)]
 
+    def apply_on_device(self, x: torch.Tensor, params: DSAParams, group=None) -> torch.Tensor:
+        """:meth:`apply` without a host sync (for CUDA graphs, :mod:`ddkit.graphs`): in mode ``'S'``
+        every family of the strategy runs on every sample and each sample keeps its own family's
+        output (``torch.where``), instead of reading the drawn families on the host to split the batch.
+        Same values and gradients as :meth:`apply`; the arithmetic of all families (cheap next to
+        the networks)."""
+        if self.is_identity or self.mode == "M":
+            return self.apply(x, params, group)
+        if x.dim() != 4:
+            raise ValueError(f"DSA expects images (N, C, H, W), got shape {tuple(x.shape)}")
+        p = params.to(x.device)
+        if group is not None:
+            p = p.index(torch.as_tensor(group, dtype=torch.long, device=x.device))
+        if len(p) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} samples but {len(p)} params rows (give group, or one row per sample)")
+        out = x
+        for k, name in enumerate(self.ops):
+            out = torch.where((p.op == k).view(-1, 1, 1, 1), self._op(name, x, p), out)
+        return out
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Evaluation-time DSA: per-sample values; one family per call unless ``per_sample_op``."""
         if self.is_identity:

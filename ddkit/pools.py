@@ -23,7 +23,10 @@ class RandomPool:
 
     One module is built once and re-initialised in place (``reinit_``) at every draw, so the
     same object (and a compiled graph of it) is reused instead of constructing a new network.
+    ``fresh_init_per_draw``: ``draw`` only re-initialises ``net`` (``distill``'s CUDA-graph loop re-draws it on the device).
     """
+
+    fresh_init_per_draw = True
 
     def __init__(self, model_name: str, channels: int, num_classes: int, im_size, device=None, **model_kw):
         self.model_name = model_name

@@ -22,7 +22,7 @@ def _dm(ds, iterations=2, device="cpu", **kw):
     syn = init_synthetic(ds, 2, generator=make_generator(0), device=device)
     pool = RandomPool.for_dataset("ConvNet", ds, width=16, device=device)
     hist = distill(syn, ds, dm_objective, pool, iterations, batch_real=8, seed=3, progress=False, device=device,
-                   **kw)
+                   graphs=False, **kw)  # the eager loop, whose draws the plain loop below repeats
     return [h["loss"] for h in hist], syn.images.detach().clone()
 
 
