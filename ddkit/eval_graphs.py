@@ -9,8 +9,10 @@ tensor code, with nothing read back to the host:
 2. per batch, DSA with one family per network and call and per-sample values (the reference
    ``DiffAugment`` of ``evaluate_synset``), computed for every family of the strategy and selected
    per sample (:func:`augment_all_families`: no data-dependent branching);
-3. one ``torch.func.vmap`` forward of the N networks over their stacked parameters, the mean
-   (soft) cross-entropy of each network summed over networks (each network's gradient is its own);
+3. the N networks' forwards over their stacked parameters (one after the other, which inside a
+   graph costs no launches; or, with ``vectorize=True``, one ``torch.func.vmap``: a grouped
+   convolution), the mean (soft) cross-entropy of each network
+   summed over networks (each network's gradient is its own);
 4. SGD with momentum and weight decay written out as PyTorch's ``torch.optim.SGD`` computes it,
    with the learning rate held in a device tensor so the schedule changes no captured code.
 
@@ -70,7 +72,8 @@ class EpochProgram:
     :func:`ddkit.train.schedule_epoch`."""
 
     def __init__(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, *, lr: float,
-                 batch_size: int, dsa: DSA | None = None, momentum: float = 0.9, weight_decay: float = 5e-4):
+                 batch_size: int, dsa: DSA | None = None, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 vectorize: bool = False):
         if not can_capture(models):
             raise ValueError("EpochProgram needs networks of one architecture without buffers, BatchNorm or "
                              "dropout; train them with ddkit.train.train_classifier")
@@ -83,12 +86,20 @@ class EpochProgram:
         self.params = [stacked[k].detach().clone().requires_grad_(True) for k in self.names]
         self.buffers = [torch.zeros_like(p) for p in self.params]
         self.lr = torch.tensor(float(lr), device=x.device)
-        base = copy.deepcopy(models[0]).to("meta")
-        self._forward = vmap(lambda params, xb: functional_call(base, params, (xb,)))
-        self._forward_shared = vmap(lambda params, xb: functional_call(base, params, (xb,)), in_dims=(0, None))
+        self._base = copy.deepcopy(models[0]).to("meta")
+        self.vectorize = vectorize
         self._graph = None
 
     # ------------------------------------------------------------------ one epoch, device only
+    def _forward(self, xb: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """(N, B, K) logits of network ``i`` on ``xb[i]`` (or on ``xb`` itself when ``shared``)."""
+        params = dict(zip(self.names, self.params))
+        call = lambda p, x: functional_call(self._base, p, (x,))  # noqa: E731
+        if self.vectorize:
+            return vmap(call, in_dims=(0, None if shared else 0))(params, xb)
+        return torch.stack([call({k: v[i] for k, v in params.items()}, xb if shared else xb[i])
+                            for i in range(self.num_models)])
+
     def _batches(self):
         n, bs = len(self.x), self.batch_size
         keys = torch.rand(self.num_models, n, device=self.x.device)
@@ -128,7 +139,7 @@ class EpochProgram:
             if self.dsa is not None:
                 with torch.no_grad():
                     xb = self._augment(xb)
-            loss = self._loss(self._forward(dict(zip(self.names, self.params)), xb), yb)
+            loss = self._loss(self._forward(xb), yb)
             self._sgd(torch.autograd.grad(loss, self.params))
 
     # ------------------------------------------------------------------ capture and replay
@@ -176,10 +187,9 @@ class EpochProgram:
     @torch.no_grad()
     def accuracies(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> list:
         """Top-1 test accuracy (percent) of every network, one host read for all."""
-        params = {k: p.detach() for k, p in zip(self.names, self.params)}
         correct = torch.zeros(self.num_models, dtype=torch.long, device=x.device)
         for i in range(0, len(x), batch_size):
-            logits = self._forward_shared(params, x[i:i + batch_size])
+            logits = self._forward(x[i:i + batch_size], shared=True)
             correct += (logits.argmax(-1) == y[i:i + batch_size]).sum(1)
         return [100.0 * c / len(x) for c in correct.tolist()]
 
@@ -195,20 +205,25 @@ class EpochProgram:
 def train_and_test(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
                    batch_size: int, dsa: DSA | None, schedule: str, seed: int, test: tuple,
                    checkpoints: Sequence[int] = (), val: tuple | None = None, capture: bool | None = None,
-                   momentum: float = 0.9, weight_decay: float = 5e-4) -> tuple:
+                   momentum: float = 0.9, weight_decay: float = 5e-4, vectorize: bool = False) -> tuple:
     """Train ``models`` together for ``epochs`` (:class:`EpochProgram`; captured on CUDA unless
     ``capture`` is False) and test them.
 
     The draws come from the device's default generator seeded ``seed`` inside a forked RNG state
-    (the caller's generators are untouched). Returns ``(accs, points)``: each network's test
+    (the caller's generators are untouched). Unless deterministic algorithms were asked for, cuDNN
+    benchmarks its convolution algorithms for the captured shapes. Returns ``(accs, points)``: each network's test
     accuracy after the last epoch, and per network the checkpoint records ``{"epoch", "test"[,
     "val"]}`` after each epoch in ``checkpoints``."""
     dev = x.device
     capture = dev.type == "cuda" if capture is None else capture
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    cudnn = torch.backends.cudnn
+    fastest = not (torch.are_deterministic_algorithms_enabled() or cudnn.deterministic)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), cudnn.flags(
+            enabled=cudnn.enabled, benchmark=cudnn.benchmark or fastest, deterministic=cudnn.deterministic,
+            allow_tf32=cudnn.allow_tf32):
         torch.manual_seed(seed)
         program = EpochProgram(models, x, y, lr=lr, batch_size=batch_size, dsa=dsa, momentum=momentum,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, vectorize=vectorize)
         if capture:
             program.capture()
         points = [[] for _ in models]

@@ -201,11 +201,11 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
 
     ``batched``: True / False / "auto" trains the N networks together, one vmapped pass per step
     (:mod:`ddkit.ensemble`; same initialisations and per-network draws, same accuracies up to float
-    reassociation). "auto" (default) does so on CUDA only: on this project's 2-core CPU the vmapped
-    pass measured 0.67x the one-by-one loop (bench/eval_together.py, 2026-12-02, idle), so the CPU
-    default stays one by one. It also falls back to one by one when the architecture has BatchNorm or
-    buffers (vmap cannot update running statistics per network), ``compile`` is on (the compiled path
-    trains one module per architecture) or the run is distributed; True raises where it cannot.
+    reassociation) where ``graphs`` does not apply. "auto" does so on CUDA only (on a CPU the
+    one-by-one loop is faster: bench/README.md), and falls back to one by one when the architecture
+    has BatchNorm or buffers (vmap cannot update running statistics per network), ``compile`` is on
+    (the compiled path trains one module per architecture) or the run is distributed; True raises
+    where it cannot.
     With a ``checkpoint`` the together path stores all N networks once they finish.
     ``amp``: "off" (float32) / "bf16" / "fp16" autocast of the training and test forwards
     (``ddkit.speed.autocast``).

@@ -50,7 +50,8 @@ def test_augment_draws_one_family_per_network(tiny_ds):
 
 @pytest.mark.parametrize("schedule,epochs", [("standard", 5), ("multistep", 7), ("none", 3)])
 @pytest.mark.parametrize("soft", [False, True])
-def test_epochs_equal_train_classifier(tiny_ds, schedule, epochs, soft):
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_epochs_equal_train_classifier(tiny_ds, schedule, epochs, soft, vectorize):
     """Without DSA and with the whole set in one batch the sample order cannot matter (a mean), so
     the program must reproduce train_classifier's weights, schedule and momentum reset included."""
     x, y = tiny_ds.x_train[:24], tiny_ds.y_train[:24]
@@ -58,7 +59,8 @@ def test_epochs_equal_train_classifier(tiny_ds, schedule, epochs, soft):
         y = torch.softmax(torch.randn(24, tiny_ds.num_classes, generator=torch.Generator().manual_seed(3)), 1)
     ours, ref = _nets(tiny_ds, 2), _nets(tiny_ds, 2)
     kw = dict(epochs=epochs, lr=0.05, batch_size=256, schedule=schedule)
-    train_and_test(ours, x, y, dsa=None, seed=0, test=(tiny_ds.x_test, tiny_ds.y_test), capture=False, **kw)
+    train_and_test(ours, x, y, dsa=None, seed=0, test=(tiny_ds.x_test, tiny_ds.y_test), capture=False,
+                   vectorize=vectorize, **kw)
     for net in ref:
         train_classifier(net, x, y, dsa=None, generator=torch.Generator().manual_seed(0), **kw)
     for a, b in zip(ours, ref):
@@ -75,9 +77,10 @@ def test_several_batches_cover_the_set_once(tiny_ds):
         assert sorted(torch.cat([b[net] for b in batches]).tolist()) == list(range(22))
 
 
-def test_accuracies_equal_library_accuracy(tiny_ds):
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_accuracies_equal_library_accuracy(tiny_ds, vectorize):
     nets = _nets(tiny_ds, 3)
-    program = EpochProgram(nets, tiny_ds.x_train[:8], tiny_ds.y_train[:8], lr=0.01, batch_size=8)
+    program = EpochProgram(nets, tiny_ds.x_train[:8], tiny_ds.y_train[:8], lr=0.01, batch_size=8, vectorize=vectorize)
     assert program.accuracies(tiny_ds.x_test, tiny_ds.y_test, batch_size=7) == pytest.approx(
         [accuracy(n, tiny_ds.x_test, tiny_ds.y_test) for n in nets])
 
