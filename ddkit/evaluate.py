@@ -24,6 +24,7 @@ from .augment import DSA
 from .checks import check_int, check_number, check_probability, check_synset
 from .distributed import current as current_group, gather_in_order, my_items
 from .ensemble import can_train_together, train_together
+from .eval_graphs import can_capture, train_and_test
 from .models import get_model
 from .resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
 from .speed import check_amp, forward_flops, resolve_channels_last, resolve_compile
@@ -165,7 +166,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                     schedule: str = "standard", cutmix_p: float = 0.0, model_kw: dict | None = None,
                     batch_source=None, steps_per_epoch: int | None = None, progress: bool = True,
                     compile=False, channels_last="auto", val_per_class: int = 0,
-                    eval_every_epochs: int = 0, checkpoint=None, batched="auto", amp: str = "off") -> EvalResult:
+                    eval_every_epochs: int = 0, checkpoint=None, batched="auto", amp: str = "off",
+                    graphs="auto") -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
     ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy). ``dsa``: True (the dataset's
@@ -199,14 +201,22 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
 
     ``batched``: True / False / "auto" trains the N networks together, one vmapped pass per step
     (:mod:`ddkit.ensemble`; same initialisations and per-network draws, same accuracies up to float
-    reassociation). "auto" (default) does so on CUDA only: on this project's 2-core CPU the vmapped
-    pass measured 0.67x the one-by-one loop (bench/eval_together.py, 2026-12-02, idle), so the CPU
-    default stays one by one. It also falls back to one by one when the architecture has BatchNorm or
-    buffers (vmap cannot update running statistics per network), ``compile`` is on (the compiled path
-    trains one module per architecture) or the run is distributed; True raises where it cannot.
+    reassociation) where ``graphs`` does not apply. "auto" does so on CUDA only (on a CPU the
+    one-by-one loop is faster: bench/README.md), and falls back to one by one when the architecture
+    has BatchNorm or buffers (vmap cannot update running statistics per network), ``compile`` is on
+    (the compiled path trains one module per architecture) or the run is distributed; True raises
+    where it cannot.
     With a ``checkpoint`` the together path stores all N networks once they finish.
     ``amp``: "off" (float32) / "bf16" / "fp16" autocast of the training and test forwards
     (``ddkit.speed.autocast``).
+    ``graphs``: True / False / "auto" trains the N networks together with each epoch captured in
+    one CUDA graph (:mod:`ddkit.eval_graphs`: no host synchronisation inside training; shuffles and
+    DSA draws from the device's generator seeded ``seed``, so the same seed gives the same numbers on
+    the same device, and the accuracies agree with the one-by-one loop in distribution). "auto"
+    (default) does so on CUDA whenever it applies: the set given as tensors, no CutMix, ``amp`` off,
+    ``compile`` off, one process, a reference-style DSA (mode 'S') or none, and networks without
+    buffers, BatchNorm or dropout; True also runs it (uncaptured) on the CPU and raises where it
+    does not apply. ``settings["trainer"]`` records which loop trained the networks.
     """
     _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source, checkpoint)
     check_amp(amp)
@@ -243,21 +253,32 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     train_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug, schedule=schedule, cutmix_p=cutmix_p,
                     num_classes=dataset.num_classes, batch_source=batch_source, steps_per_epoch=steps_per_epoch,
                     amp=amp)
+    captured = _use_graphs(graphs, dev, model, dataset, model_kw, aug, x_syn, batch_source, steps_per_epoch,
+                           cutmix_p, amp, use_compile, group.world_size)
     wanted = batched is True or (batched == "auto" and dev.type == "cuda")
-    together = (wanted and not use_compile and group.world_size == 1
+    together = (wanted and not captured and not use_compile and group.world_size == 1
                 and _together_ok(model, dataset, model_kw, num_models))
     if batched is True and not together:
         raise ValueError(f"batched=True: {model} cannot be trained together here (needs num_models >= 2, no "
                          f"BatchNorm or buffers, compile off, one process); use batched='auto' or False")
     mine = _finished_networks(store, my_items(num_models))  # network -> (accuracy, checkpoints) of this rank
-    if together and len(mine) < num_models:
+    if captured and len(mine) < num_models:
+        nets = [_fresh_net(model, dataset, model_kw, seed * 1000 + i, dev) for i in range(num_models)]
+        c_accs, c_points = train_and_test(nets, x_syn, y_syn, epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug,
+                                          schedule=schedule, seed=seed, test=(data.x_test, data.y_test),
+                                          checkpoints=checkpoints, val=val, capture=dev.type == "cuda")
+        mine = dict(enumerate(zip(c_accs, c_points)))
+        for i, (acc, points) in mine.items():
+            if store is not None:
+                store.put(i, {"acc": acc, "points": points})
+    elif together and len(mine) < num_models:
         t_accs, t_points = _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val,
                                               checkpoints, x_syn, y_syn, train_kw)
         mine = dict(enumerate(zip(t_accs, t_points)))
         for i, (acc, points) in mine.items():
             if store is not None:
                 store.put(i, {"acc": acc, "points": points})
-    todo = [] if together else [i for i in my_items(num_models) if i not in mine]
+    todo = [] if together or captured else [i for i in my_items(num_models) if i not in mine]
     for i in tqdm(todo, desc=f"eval {model}", disable=not progress, leave=False):
         run_seed = seed * 1000 + i
         net = _fresh_net(model, dataset, model_kw, run_seed, dev)
@@ -278,7 +299,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     gathered = gather_in_order(num_models, mine)
     accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
-                    schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed)
+                    schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed,
+                    trainer="graphs" if captured else "together" if together else "one_by_one")
     if amp != "off":
         settings["amp"] = amp
     if y_syn is not None:
@@ -289,6 +311,26 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     curve = [{"epoch": e, "test": [p[k]["test"] for p in per_net]}
              | ({"val": [p[k]["val"] for p in per_net]} if val else {}) for k, e in enumerate(checkpoints)]
     return EvalResult(accs, model, settings, curve, _select(curve, num_models, val is not None))
+
+
+def _use_graphs(graphs, dev, model, dataset, model_kw, aug, x_syn, batch_source, steps_per_epoch, cutmix_p, amp,
+                use_compile, world_size) -> bool:
+    """Whether :func:`evaluate_synset` trains through :mod:`ddkit.eval_graphs` (``graphs`` True /
+    False / "auto", see there); True where it does not apply is a ValueError naming the reason."""
+    if graphs not in (True, False, "auto"):
+        raise ValueError(f"graphs={graphs!r}; expected True, False or 'auto'")
+    if graphs is False or (graphs == "auto" and dev.type != "cuda"):
+        return False
+    probe = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
+    reasons = [why for why, bad in [
+        ("a batch_source or steps_per_epoch", x_syn is None or batch_source is not None or steps_per_epoch),
+        (f"cutmix_p={cutmix_p}", cutmix_p > 0), (f"amp={amp!r}", amp != "off"), ("compile", use_compile),
+        (f"{world_size} processes", world_size > 1),
+        (f"DSA {aug!r}", aug is not None and not (isinstance(aug, DSA) and aug.mode == "S")),
+        (f"{model} has buffers, BatchNorm or dropout", not can_capture([probe]))] if bad]
+    if graphs is True and reasons:
+        raise ValueError(f"graphs=True does not apply here ({'; '.join(reasons)}); use graphs='auto' or False")
+    return not reasons
 
 
 def _finished_networks(store, items) -> dict:
