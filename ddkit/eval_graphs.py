@@ -8,7 +8,7 @@ tensor code, with nothing read back to the host:
 1. every network's sample order: ``argsort`` of uniform keys (a uniform random permutation);
 2. per batch, DSA with one family per network and call and per-sample values (the reference
    ``DiffAugment`` of ``evaluate_synset``), computed for every family of the strategy and selected
-   per sample (:func:`augment_all_families`: no data-dependent branching);
+   per sample (:meth:`ddkit.augment.DSA.apply_on_device`: no data-dependent branching);
 3. the N networks' forwards over their stacked parameters (one after the other, which inside a
    graph costs no launches; or, with ``vectorize=True``, one ``torch.func.vmap``: a grouped
    convolution), the mean (soft) cross-entropy of each network
@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .augment import DSA, DSAParams
+from .augment import DSA
 
 #: Module types whose train and eval forwards differ or that keep state vmap cannot update.
 _STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout3d)
@@ -48,18 +48,6 @@ def can_capture(models: Sequence[nn.Module]) -> bool:
         return False
     shapes = [[tuple(p.shape) for p in m.parameters()] for m in models]
     return all(type(m) is type(models[0]) and s == shapes[0] for m, s in zip(models, shapes))
-
-
-def augment_all_families(dsa: DSA, x: torch.Tensor, params: DSAParams) -> torch.Tensor:
-    """``dsa.apply(x, params)`` (one row of ``params`` per sample) without reading ``params.op``
-    on the host: every family of the strategy is applied to every sample and each sample keeps its
-    own family's output. Equal to :meth:`ddkit.augment.DSA.apply` sample by sample."""
-    if dsa.is_identity:
-        return x
-    if dsa.mode == "M":
-        return dsa.apply(x, params)
-    outs = torch.stack([dsa._op(name, x, params) for name in dsa.ops])       # (families, N, C, H, W)
-    return outs[params.op, torch.arange(len(x), device=x.device)]
 
 
 class EpochProgram:
@@ -114,7 +102,7 @@ class EpochProgram:
         if not self.dsa.per_sample_op:
             family = torch.randint(0, len(self.dsa.ops), (n_net, 1), device=xb.device)
             params.op = family.expand(n_net, b).reshape(-1)
-        return augment_all_families(self.dsa, flat, params).view_as(xb)
+        return self.dsa.apply_on_device(flat, params).view_as(xb)
 
     def _loss(self, logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Sum over networks of each network's mean (soft) cross-entropy; ``logits`` (N, B, K)."""

@@ -12,9 +12,10 @@ labels in ``[0, num_classes)``, logits (N, K).
 Per-class work is batched (``index_add`` over labels, one matmul per term). Arguments are
 checked before compute and a bad one raises ValueError naming it, its value and what is
 allowed: shapes, dtypes, scalar parameters (finite, in range) and the range of every label
-argument (one ``aminmax`` per label tensor, the only read-back to the host). Inside
-``torch.compile``, ``torch.func`` transforms (vmap, grad) and on meta tensors the checks that
-read tensor values are skipped (:func:`_tracing`), so the losses trace and batch as before.
+argument (on the CPU one ``aminmax`` per label tensor, the only read-back to the host; on an
+accelerator a device-side assertion, no read-back). Inside ``torch.compile``, ``torch.func``
+transforms (vmap, grad), CUDA-graph capture and on meta tensors the checks that read tensor
+values are skipped (:func:`_tracing`), so the losses trace and batch as before.
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ def _check_tensor(x, name: str, ndim=None) -> torch.Tensor:
 
 
 def _tracing(*tensors) -> bool:
-    """True inside ``torch.compile`` / ``torch.jit`` tracing, for tensors of a ``torch.func``
-    transform (vmap, grad) and for meta tensors: there value checks (a read-back) are skipped."""
+    """True inside ``torch.compile`` / ``torch.jit`` tracing, while a CUDA graph is being captured,
+    for tensors of a ``torch.func`` transform (vmap, grad) and for meta tensors: there value checks
+    (a read-back) are skipped."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return True
     wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
     return any(isinstance(t, torch.Tensor) and (t.device.type == "meta" or wrapped(t)) for t in tensors)
@@ -89,8 +93,14 @@ def _check_number(value, name: str, low=None, high=None, low_open=False) -> floa
 
 
 def _check_label_range(y: torch.Tensor, num_classes: int, name: str) -> None:
-    """Every label in ``[0, num_classes)`` (one min/max, read back once)."""
+    """Every label in ``[0, num_classes)``: on the CPU one min/max read back, with a ValueError; on
+    an accelerator a device-side assertion (``torch._assert_async``), so that no loss call waits for
+    the device (a bad label then stops the process with the same message)."""
     if y.numel() == 0 or _tracing(y):
+        return
+    if y.device.type != "cpu":
+        torch._assert_async(((y >= 0) & (y < num_classes)).all(),
+                            f"{name} holds a label outside 0..{num_classes - 1} (num_classes={num_classes})")
         return
     lo, hi = torch.stack(torch.aminmax(y)).tolist()
     if lo < 0 or hi >= num_classes:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ddkit.augment import DSA
-from ddkit.eval_graphs import EpochProgram, augment_all_families, can_capture, train_and_test
+from ddkit.eval_graphs import EpochProgram, can_capture, train_and_test
 from ddkit.evaluate import evaluate_synset
 from ddkit.models import get_model
 from ddkit.train import accuracy, train_classifier
@@ -17,35 +17,25 @@ def _nets(ds, k, seed=0):
     return out
 
 
-@pytest.mark.parametrize("strategy,shape", [("color_crop_cutout_flip_scale_rotate", (12, 3, 32, 32)),
-                                            ("color_crop_cutout_scale_rotate", (12, 1, 28, 28))])
-def test_all_families_equals_apply(strategy, shape):
-    dsa = DSA(strategy)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    params = dsa.sample(shape[0], generator=torch.Generator().manual_seed(1))
-    assert len(set(params.op.tolist())) > 2          # several families in one batch
-    torch.testing.assert_close(augment_all_families(dsa, x, params), dsa.apply(x, params), rtol=1e-5, atol=1e-5)
-
-
 def test_augment_draws_one_family_per_network(tiny_ds):
     nets = _nets(tiny_ds, 3)
     x, y = tiny_ds.x_train[:10], tiny_ds.y_train[:10]
     program = EpochProgram(nets, x, y, lr=0.01, batch_size=256, dsa=DSA(tiny_ds.dsa_strategy))
     seen = []
-    real_all = augment_all_families
+    real_apply = DSA.apply_on_device
 
-    def spy(dsa, flat, params):
+    def spy(self, flat, params, group=None):
         seen.append(params.op.view(3, 10))
-        return real_all(dsa, flat, params)
+        return real_apply(self, flat, params, group)
 
-    import ddkit.eval_graphs as eg
-    eg.augment_all_families, saved = spy, eg.augment_all_families
+    DSA.apply_on_device = spy
     try:
         program.run_epoch()
     finally:
-        eg.augment_all_families = saved
+        DSA.apply_on_device = real_apply
     ops = seen[0]
     assert (ops == ops[:, :1]).all()                 # one family per network and call
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("schedule,epochs", [("standard", 5), ("multistep", 7), ("none", 3)])
