@@ -250,14 +250,36 @@ def test_empty_results_show_paper_rows(tmp_path, capsys):
     from ddkit.cli import main
 
     out = tmp_path / "rep"
+    (tmp_path / "nothing").mkdir()
     assert main(["report", "--results-dir", str(tmp_path / "nothing"), "--out", str(out)]) == 0
-    assert "no runs found" in capsys.readouterr().out
+    assert f"from {tmp_path / 'nothing'} - no runs found" in capsys.readouterr().out
     md = (out / "table1.md").read_text()
     assert "DSDM (paper) · dsdm, best_test" in md and "93.5" in md
     assert (out / "acc_vs_ipc.png").is_file() and not (out / "acc_vs_iterations.png").exists()
     assert "No runs found" in (out / "report.md").read_text()
     rep = rp.build_report(tmp_path / "nothing", out, paper=False, plots=False)
     assert rep.table1.empty and rep.n_runs == 0
+
+
+def test_cli_refuses_a_missing_results_folder_and_an_unreadable_published_file(tmp_path, capsys):
+    from ddkit.cli import main
+
+    assert main(["report", "--results-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "rep")]) == 2
+    assert str(tmp_path / "typo") in capsys.readouterr().err and not (tmp_path / "rep").exists()
+    assert main(["report", "--results-dir", str(tmp_path), "--published", "nope.csv", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "--published nope.csv" in err and "Traceback" not in err
+
+
+def test_cli_formats_write_only_the_asked_files(tmp_path, capsys):
+    from ddkit.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["report", "--results-dir", str(tmp_path), "--out", str(out), "--formats", "csv", "--no-plots"]) == 0
+    assert {p.suffix for p in out.iterdir()} == {".csv"} and (out / "table1.csv").is_file()
+    assert main(["report", "--results-dir", str(tmp_path), "--out", str(tmp_path / "md"), "--formats", "md",
+                 "--no-plots"]) == 0
+    assert {p.suffix for p in (tmp_path / "md").iterdir()} == {".md"}
 
 
 def test_cli_include_test(tmp_path, capsys):
