@@ -78,7 +78,11 @@ def test_the_documentation_shows_sweep_examples():
 
 @pytest.mark.parametrize("where, args", SWEEPS, ids=[w for w, _ in SWEEPS])
 def test_sweep_example_names_an_existing_file_and_dry_runs(where, args, tmp_path, monkeypatch, capsys):
+    import ddkit.sweep_grid
+
     monkeypatch.chdir(REPO)
+    check_run = ddkit.sweep_grid.check_run  # examples may use a dataset file the page makes first
+    monkeypatch.setattr(ddkit.sweep_grid, "check_run", lambda *a: check_run(*a[:3], False))
     assert (REPO / args[0]).exists(), f"{where}: {args[0]} does not exist"
     kept, skip = [], 0
     for a in args:
