@@ -342,3 +342,34 @@ def test_quickstart_notebook_writes_entries_the_report_reads(tmp_path):
     at_ipc1 = ledger[ledger.index.str.contains("IPC 1 ")]
     assert len(at_ipc1) == 3 and (at_ipc1["images / class / epoch"] == "1").all()
     assert (at_ipc1["stored (KiB)"] == f"{10 * 784 * 4 / 1024:.1f}").all()
+
+
+def _shape(fig) -> tuple[int, float, float]:
+    """(panels drawn, width in inches, width / height)."""
+    w, h = fig.get_size_inches()
+    return len(fig.axes), float(w), float(w / h)
+
+
+def test_accuracy_vs_ipc_draws_only_our_panels_in_a_readable_grid(tmp_path):
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "results"
+    put(root, "quickstart", "one", "DM", [("DM", [90.0, 91.0], {}), ("Random", [80.0], {})], ipc=1)
+    pub = rp.load_published()
+    panels_in_paper = {(r.dataset, r.protocol, r.selection) for r in pub.itertuples() if r.ipc == r.ipc}
+    assert len(panels_in_paper) > 3  # the paper rows alone fill a wide strip
+    fig = rp.plot_accuracy_vs_ipc(rp.collect(root), pub)
+    n, width, ratio = _shape(fig)
+    assert n == 1 and fig.axes[0].get_title().startswith("mnist5k · standard") and ratio <= 3
+    plt.close(fig)
+    for i, ds in enumerate(("fashion_mnist", "cifar10", "mnist", "svhn")):  # five panels of ours: 2 rows x 3
+        put(root, "quickstart", f"r{i}", "DM", [("DM", [60.0 + i], {})], dataset=ds)
+    fig = rp.plot_accuracy_vs_ipc(rp.collect(root), pub)
+    n, width, ratio = _shape(fig)
+    assert n == 5 and width <= 13 and ratio <= 3
+    assert len({round(ax.get_position().x0, 2) for ax in fig.axes}) == 3  # three columns
+    plt.close(fig)
+    fig = rp.plot_accuracy_vs_ipc(rp.collect(tmp_path / "none"), pub)  # no runs: the papers' panels, gridded
+    n, width, ratio = _shape(fig)
+    assert n == len(panels_in_paper) and width <= 13 and ratio <= 3
+    plt.close(fig)
