@@ -41,7 +41,7 @@ def _number(kind: type, low: float, what: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
         bad = value <= 0 if (kind is float and low == 0) else value < low
         if bad:
             bound = "> 0" if (kind is float and low == 0) else f">= {low}"
