@@ -4,6 +4,8 @@ Examples::
 
     ddkit sweep params/demo.yaml --dry-run          # list the runs and their status
     ddkit sweep params/demo.yaml --workers 2        # run what is missing, 2 at a time
+    ddkit sweep params/cpu --dry-run                # a folder: every params file in it
+    ddkit sweep notebooks/00_quickstart.ipynb --set ipc=2   # a notebook with its defaults
     ddkit sweep params/paper/03_iid/dm_table1.yaml --scheduler tcp://10.0.0.5:8786
     ddkit sweep params/paper/03_iid/dm_table1.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
     ddkit sweep params/paper/03_iid/dm_table1.yaml --workers 2 --gpus 0,1   # one run per GPU
@@ -35,17 +37,15 @@ def _kv(text: str) -> tuple[str, object]:
     return k.strip(), value
 
 
-def _number(kind: type, low: float, what: str):
-    """An argparse type: a ``kind`` number >= ``low`` (``> 0`` when ``low`` is 0 and ``kind`` is float)."""
+def _number(kind: type, what: str, low: float, exclusive: bool = False):
+    """An argparse type: a ``kind`` number ``>= low`` (``> low`` when ``exclusive``)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        bad = value <= 0 if (kind is float and low == 0) else value < low
-        if bad:
-            bound = "> 0" if (kind is float and low == 0) else f">= {low}"
-            raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {text}")
+        if value < low or (exclusive and value == low):
+            raise argparse.ArgumentTypeError(f"{what} must be {'>' if exclusive else '>='} {low}, got {text}")
         return value
     return parse
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("grid", nargs="+", help="grid or params YAML file(s), folders of them, or notebooks (one run "
                    "with the notebook's defaults)")
-    s.add_argument("-w", "--workers", type=_number(int, 1, "--workers"), default=1,
+    s.add_argument("-w", "--workers", type=_number(int, "--workers", 1), default=1,
                    help="local parallel runs (default 1)")
     s.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
     s.add_argument("--results-dir", default=None, help=RESULTS_HELP)
@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
     s.add_argument("--force", action="store_true", help="re-run finished runs too")
     s.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
-    s.add_argument("--timeout", type=_number(float, 0, "--timeout"), default=None,
+    s.add_argument("--timeout", type=_number(float, "--timeout", 0, exclusive=True), default=None,
                    help="per-cell timeout in seconds (> 0; default: none)")
-    s.add_argument("--threads", type=_number(int, 1, "--threads"), default=None,
+    s.add_argument("--threads", type=_number(int, "--threads", 1), default=None,
                    help="OMP_NUM_THREADS per run (default cores // workers)")
     s.add_argument("--gpus", default=None, metavar="0,1",
                    help="local: pin worker i to GPU i mod len (CUDA_VISIBLE_DEVICES); use with --workers")
@@ -110,17 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of md, tex, csv: the files written (report.md with md; runs.csv and "
                    "compare.csv with csv); default md,tex,csv")
     r.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
-    r.add_argument("--published", default=None, help="CSV of published numbers (default: ddkit/published.csv)")
+    r.add_argument("--published", default=None,
+                   help="CSV of published numbers, the columns of ddkit/published.csv (default: that file)")
     r.add_argument("--no-plots", action="store_true", help="tables only")
-    r.add_argument("--eval-model", default=None, help="evaluation model of the main table (default: ConvNet when some run used it, else the most "
-                   "common)")
+    r.add_argument("--eval-model", default=None,
+                   help="evaluation model of the main table (default: ConvNet when some run used it, else the "
+                   "most common)")
     r.add_argument("--include-test", action="store_true",
                    help="also show runs marked run_kind test/tiny (CI-sized configurations; left out by default)")
     u = sub.add_parser("run", help="run a params file's runs (or a script) on N processes under torchrun",
                        description="Data-parallel: every run of the params file executes on --nproc processes "
                        "(one per GPU; gloo on CPU); distill shards classes, evaluate_synset networks. See ddkit.launch.")
     u.add_argument("target", help="params/grid YAML file or Python script")
-    u.add_argument("--nproc", type=_number(int, 1, "--nproc"), default=1,
+    u.add_argument("--nproc", type=_number(int, "--nproc", 1), default=1,
                    help="processes (torchrun --nproc_per_node), default 1")
     u.add_argument("--set", dest="overrides", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="override a parameter in every run (YAML value), repeatable")
