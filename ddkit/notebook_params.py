@@ -96,7 +96,7 @@ def _param_info(st: ast.stmt, lines: list[str]) -> ParamInfo | None:
         default, typ = ast.unparse(value), None
     if ann in _ANNOTATION_TYPES:
         typ = _ANNOTATION_TYPES[ann]
-    tail = lines[value.end_lineno - 1][value.end_col_offset:].strip()
+    tail = lines[value.end_lineno - 1].encode()[value.end_col_offset:].decode().strip()  # offsets count bytes
     return ParamInfo(name, default, typ, tail[1:].strip() if tail.startswith("#") else "")
 
 
@@ -107,8 +107,13 @@ def papermill_blind_spots(path: str | os.PathLike) -> list[str]:
 
     import papermill as pm
 
-    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
-    seen = set(pm.inspect_notebook(str(path)))
+    log = logging.getLogger("papermill.translators")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its "Unable to parse line" warnings: the answer says the same
+    try:
+        seen = set(pm.inspect_notebook(str(path)))
+    finally:
+        log.setLevel(level)
     return [k for k in notebook_parameters(path) if k not in seen]
 
 

@@ -39,7 +39,7 @@ def test_the_reader_takes_any_comment(tmp_path):
 
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell('# a = 1 is a comment\nx = "off"  # (off = float32, a == b)\n'
-                                     'y: float = 2  # typed\nz = [1,\n     2]  # spans lines\nrun_name = ""\n')
+                                     'y: float = 2  # typed\nz = [1,\n     2]  # spans lines\nrun_name = "é"  # ünïcode\n')
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -47,8 +47,9 @@ def test_the_reader_takes_any_comment(tmp_path):
     nbformat.write(nb, path)
     got = notebook_parameters(path)
     assert {k: (i.default, i.type) for k, i in got.items()} == {
-        "x": ("off", str), "y": (2, float), "z": ([1, 2], list), "run_name": ("", str)}
-    assert got["x"].help == "(off = float32, a == b)"
+        "x": ("off", str), "y": (2, float), "z": ([1, 2], list), "run_name": ("é", str)}
+    assert got["x"].help == "(off = float32, a == b)" and got["z"].help == "spans lines"
+    assert got["run_name"].help == "ünïcode"
     assert papermill_blind_spots(path) == ["x"]
 
 
