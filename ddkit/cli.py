@@ -4,6 +4,8 @@ Examples::
 
     ddkit sweep params/demo.yaml --dry-run          # list the runs and their status
     ddkit sweep params/demo.yaml --workers 2        # run what is missing, 2 at a time
+    ddkit sweep params/cpu --dry-run                # a folder: every params file in it
+    ddkit sweep notebooks/00_quickstart.ipynb --set ipc=2   # a notebook with its defaults
     ddkit sweep params/paper/03_iid/dm_table1.yaml --scheduler tcp://10.0.0.5:8786
     ddkit sweep params/paper/03_iid/dm_table1.yaml --set iterations=100 --only ipc10 --results-dir /scratch/results
     ddkit sweep params/paper/03_iid/dm_table1.yaml --workers 2 --gpus 0,1   # one run per GPU
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -34,6 +37,19 @@ def _kv(text: str) -> tuple[str, object]:
     return k.strip(), value
 
 
+def _number(kind: type, what: str, low: float, exclusive: bool = False):
+    """An argparse type: a ``kind`` number ``>= low`` (``> low`` when ``exclusive``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value < low or (exclusive and value == low):
+            raise argparse.ArgumentTypeError(f"{what} must be {'>' if exclusive else '>='} {low}, got {text}")
+        return value
+    return parse
+
+
 def _resources(text: str) -> dict:
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -42,6 +58,10 @@ def _resources(text: str) -> dict:
             raise argparse.ArgumentTypeError(f"resource {k!r} needs a number, got {v!r}")
         out[k] = v
     return out
+
+
+RESULTS_HELP = ("default: $DDKIT_RESULTS, else <repo>/results when run inside the repository, else ./results "
+                "(ddkit.results.resolve_results_dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand grid files into runs and execute the unfinished ones with papermill "
         "into <results-dir>/<notebook>/<run>/. Grid syntax: params/README.md.",
     )
-    s.add_argument("grid", nargs="+", help="grid or params YAML file(s)")
-    s.add_argument("-w", "--workers", type=int, default=1, help="local parallel runs (default 1)")
+    s.add_argument("grid", nargs="+", help="grid or params YAML file(s), folders of them, or notebooks (one run "
+                   "with the notebook's defaults)")
+    s.add_argument("-w", "--workers", type=_number(int, "--workers", 1), default=1,
+                   help="local parallel runs (default 1)")
     s.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
-    s.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else ./results")
+    s.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     s.add_argument("--notebooks-dir", default=None, help="default: <repo>/notebooks")
     s.add_argument("--set", dest="overrides", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="override a parameter in every run (YAML value), repeatable")
@@ -68,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
     s.add_argument("--force", action="store_true", help="re-run finished runs too")
     s.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
-    s.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
-    s.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per run (default cores // workers)")
+    s.add_argument("--timeout", type=_number(float, "--timeout", 0, exclusive=True), default=None,
+                   help="per-cell timeout in seconds (> 0; default: none)")
+    s.add_argument("--threads", type=_number(int, "--threads", 1), default=None,
+                   help="OMP_NUM_THREADS per run (default cores // workers)")
     s.add_argument("--gpus", default=None, metavar="0,1",
                    help="local: pin worker i to GPU i mod len (CUDA_VISIBLE_DEVICES); use with --workers")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,23 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect every result.json under --results-dir; write Table-1 style, "
         "cross-architecture and ablation tables (Markdown/LaTeX/CSV) and seaborn plots.",
     )
-    r.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else ./results")
+    r.add_argument("--results-dir", default=None, help=RESULTS_HELP + " (must exist when given)")
     r.add_argument("--out", default=None, help="output folder (default: <results-dir>/report)")
-    r.add_argument("--formats", default="md,tex,csv", help="comma list of md, tex, csv")
+    r.add_argument("--formats", default="md,tex,csv",
+                   help="comma list of md, tex, csv: the files written (report.md with md; runs.csv and "
+                   "compare.csv with csv); default md,tex,csv")
     r.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
-    r.add_argument("--published", default=None, help="CSV of published numbers (default: ddkit/published.csv)")
+    r.add_argument("--published", default=None,
+                   help="CSV of published numbers, the columns of ddkit/published.csv (default: that file)")
     r.add_argument("--no-plots", action="store_true", help="tables only")
-    r.add_argument("--eval-model", default=None, help="evaluation model of the main table (default: the most common)")
+    r.add_argument("--eval-model", default=None,
+                   help="evaluation model of the main table (default: ConvNet when some run used it, else the "
+                   "most common)")
     r.add_argument("--include-test", action="store_true",
                    help="also show runs marked run_kind test/tiny (CI-sized configurations; left out by default)")
     u = sub.add_parser("run", help="run a params file's runs (or a script) on N processes under torchrun",
                        description="Data-parallel: every run of the params file executes on --nproc processes "
                        "(one per GPU; gloo on CPU); distill shards classes, evaluate_synset networks. See ddkit.launch.")
     u.add_argument("target", help="params/grid YAML file or Python script")
-    u.add_argument("--nproc", type=int, default=1, help="processes (torchrun --nproc_per_node), default 1")
+    u.add_argument("--nproc", type=_number(int, "--nproc", 1), default=1,
+                   help="processes (torchrun --nproc_per_node), default 1")
     u.add_argument("--set", dest="overrides", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="override a parameter in every run (YAML value), repeatable")
-    u.add_argument("--results-dir", default=None, help="default: $DDKIT_RESULTS, else <repo>/results")
+    u.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     u.add_argument("--force", action="store_true", help="re-run finished runs too")
     u.add_argument("args", nargs=argparse.REMAINDER, help="after --: the script's arguments")
     return p
@@ -158,12 +188,23 @@ def cmd_report(a: argparse.Namespace) -> int:
     if bad:
         print(f"ddkit report: unknown format(s) {', '.join(bad)} (md, tex, csv)", file=sys.stderr)
         return 2
+    if a.results_dir and not Path(a.results_dir).is_dir():
+        print(f"ddkit report: error: --results-dir {a.results_dir}: no such folder", file=sys.stderr)
+        return 2
+    published = None
+    if a.published and not a.no_paper:
+        try:
+            published = rp.load_published(a.published)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"ddkit report: error: --published {a.published}: cannot read it as a published-numbers CSV "
+                  f"({type(exc).__name__}: {exc}); the columns are those of ddkit/published.csv", file=sys.stderr)
+            return 2
     rep = rp.build_report(
         results_dir=a.results_dir,
         out_dir=a.out,
         formats=formats,
         paper=not a.no_paper,
-        published=a.published,
+        published=published,
         plots=not a.no_plots,
         eval_model=a.eval_model,
         include_test=a.include_test,
@@ -172,8 +213,18 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; ``ddkit run <params.yaml> --set k=v`` takes its options after the
+    target too (a Python script keeps what follows it as its own arguments)."""
     args = build_parser().parse_args(argv)
+    if args.command == "run" and args.args and args.args[0] != "--" and not args.target.endswith(".py"):
+        at = len(argv) - len(args.args) - 1  # the target; what follows it are run options
+        args = build_parser().parse_args([*argv[:at], *argv[at + 1:], args.target])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     if args.command == "sweep":
         return cmd_sweep(args)
     if args.command == "run":

@@ -54,8 +54,15 @@ def torchrun_command(target: str, nproc: int, args=(), overrides: dict | None = 
 
 
 def run(target: str, nproc: int, args=(), **kw) -> int:
-    """Run ``target`` on ``nproc`` processes; returns torchrun's exit status."""
-    return subprocess.call(torchrun_command(target, nproc, args, **kw))
+    """Run ``target`` on ``nproc`` processes; returns torchrun's exit status. A params file's runs
+    are validated first (:func:`ddkit.sweep_grid.expand`: keys, values, the notebooks' own checks),
+    so a bad setting is a ``ValueError`` before torchrun starts."""
+    cmd = torchrun_command(target, nproc, args, **kw)
+    if Path(target).suffix != ".py":
+        from ddkit.sweep_grid import expand
+
+        expand(target, kw.get("results_dir"), None, kw.get("overrides") or None)
+    return subprocess.call(cmd)
 
 
 def _run_params(path: str, overrides: dict, results_dir, force: bool, scratch: str | None, rank: int) -> None:

@@ -4,7 +4,7 @@ Every function takes plain tensors (any device, no CUDA assumption) and implemen
 paper's equation with the paper's reduction: a sum in the paper is a sum here, other forms
 are selected with ``reduction``. Where the public reference code of a method differs from
 its paper, the code's variant is an option and the docstring says which one the paper's
-numbers most likely came from (see ``shared/REFERENCE_NOTES.md``).
+numbers most likely came from (see ``docs/sources.md``).
 
 Shapes: ``f`` (N, D) features, ``fmap`` (N, C, h, w) feature maps, ``y`` (N,) integer
 labels in ``[0, num_classes)``, logits (N, K).

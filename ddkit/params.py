@@ -93,7 +93,7 @@ COMMON = {
     "eval_epochs": Param(int, min=1),
     "num_eval": Param(int, min=1, help="networks trained in evaluation"),
     "run_name": Param(str, check=_run_name_check, help="'' = automatic"),
-    "results_dir": Param(str, help="'' = $DDKIT_RESULTS, else ./results (ddkit.results.resolve_results_dir)"),
+    "results_dir": Param(str, help="'' = $DDKIT_RESULTS, else the repository's results/ (ddkit.results.resolve_results_dir)"),
 }
 #: DM-family notebooks add these.
 DM_FAMILY = {

@@ -137,8 +137,9 @@ class Report:
         return "\n".join(parts) + "\n"
 
     def summary(self) -> str:
-        lines = [f"report: {self.n_runs} run(s), {len(self.runs)} evaluated set(s)"
-                 + ("" if self.n_runs else " - no runs found, paper rows only")]
+        root = self.runs.attrs.get("results_dir", "results")
+        lines = [f"report: {self.n_runs} run(s), {len(self.runs)} evaluated set(s) from {root}"
+                 + ("" if self.n_runs else " - no runs found there, paper rows only")]
         lines += [f"  wrote {p}" for p in self.files]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -158,7 +159,8 @@ def build_report(
     """Collect, tabulate, plot and write everything into ``out_dir`` (default
     ``<results_dir>/report``): ``table1.*``, ``cross_arch.*``, ``ablation.*``, ``selection.*``,
     ``robust.*``, ``ledger.*``, ``compare.csv``, ``runs.csv``, ``acc_vs_ipc.png``,
-    ``acc_vs_iterations.png``, ``cross_arch_heatmap.png``, ``report.md``. Empty results are fine:
+    ``acc_vs_iterations.png``, ``cross_arch_heatmap.png``, ``report.md``, each table in ``formats``
+    (``report.md`` only with "md", ``runs.csv`` and ``compare.csv`` only with "csv"). Empty results are fine:
     the paper rows are still shown. Test/tiny runs only with ``include_test``."""
     formats = list(formats)
     runs = collect(results_dir, include_test=include_test)
@@ -178,15 +180,17 @@ def build_report(
                 (out / f"{name}.{fmt}").unlink(missing_ok=True)
         else:
             rep.files += write_table(t, out, name, formats)
-    write_text(out / "compare.csv", rep.compare.drop(columns=["diffs"]).to_csv(index=False))
-    flat = runs.drop(columns=["params", "curve", "protocol", "selection", "ledger"]).copy()
-    flat["accs"] = [json.dumps(a) for a in flat["accs"]]
-    write_text(out / "runs.csv", flat.to_csv(index=False))
-    rep.files += [out / "compare.csv", out / "runs.csv"]
+    if "csv" in formats:
+        write_text(out / "compare.csv", rep.compare.drop(columns=["diffs"]).to_csv(index=False))
+        flat = runs.drop(columns=["params", "curve", "protocol", "selection", "ledger"]).copy()
+        flat["accs"] = [json.dumps(a) for a in flat["accs"]]
+        write_text(out / "runs.csv", flat.to_csv(index=False))
+        rep.files += [out / "compare.csv", out / "runs.csv"]
     if plots:
         rep.files += _write_plots(rep, out, eval_model, close_figures)
-    write_text(out / "report.md", rep.markdown())
-    rep.files.append(out / "report.md")
+    if "md" in formats:
+        write_text(out / "report.md", rep.markdown())
+        rep.files.append(out / "report.md")
     return rep
 
 

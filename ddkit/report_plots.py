@@ -9,7 +9,7 @@ import pandas as pd
 from .report_collect import canonical_method, protocol_title
 from .report_tables import cross_arch_table, ipc_label, main_eval_model
 
-__all__ = ["plot_accuracy_vs_ipc", "plot_accuracy_vs_iterations", "plot_cross_arch", "iterations_long"]
+__all__ = ["plot_accuracy_vs_ipc", "panel_grid", "plot_accuracy_vs_iterations", "plot_cross_arch", "iterations_long"]
 
 
 def _accuracy_long(df: pd.DataFrame, published: pd.DataFrame | None, eval_model: str | None) -> pd.DataFrame:
@@ -26,21 +26,40 @@ def _accuracy_long(df: pd.DataFrame, published: pd.DataFrame | None, eval_model:
     return pd.DataFrame(rows, columns=["series", "panel", "ipc", "accuracy", "source"])
 
 
+#: at most this many panels side by side; panel size in inches (the figure stays within about 3:1)
+MAX_COLUMNS = 3
+PANEL_SIZE = (4.2, 3.4)
+LEGEND_HEIGHT = 0.5  # inches below the panels for the shared legend
+
+
+def panel_grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for ``n`` panels: at most :data:`MAX_COLUMNS` side by side."""
+    cols = max(1, min(MAX_COLUMNS, n))
+    return -(-n // cols), cols
+
+
 def plot_accuracy_vs_ipc(df: pd.DataFrame, published: pd.DataFrame | None = None, eval_model: str | None = None):
     """Accuracy vs IPC, one panel per (dataset, protocol): ours solid (± std over the evaluated
     networks), the papers' numbers dashed in the panel of their own protocol, so every panel
-    compares like with like. ``None`` when there is nothing to draw."""
+    compares like with like. Only panels holding a run of ours are drawn (all the papers' panels
+    when there is no run yet), in a grid at most :data:`MAX_COLUMNS` wide with one legend below,
+    so the figure reads at notebook width. ``None`` when there is nothing to draw."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     data = _accuracy_long(df, published, eval_model)
+    ours = data[data["source"] == "ours"]
+    if not ours.empty:
+        data = data[data["panel"].isin(set(ours["panel"]))]
     if data.empty:
         return None
     panels = sorted(data["panel"].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4), squeeze=False)
+    rows, cols = panel_grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + LEGEND_HEIGHT),
+                             squeeze=False)
     series = sorted(data["series"].unique(), key=str.lower)
     palette = dict(zip(series, sns.color_palette("tab10" if len(series) <= 10 else "tab20", len(series))))
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes.flat, panels):
         sub = data[data["panel"] == panel]
         sns.lineplot(data=sub, x="ipc", y="accuracy", hue="series", style="source", style_order=["ours", "paper"],
                      dashes={"ours": "", "paper": (4, 2)}, markers={"ours": "o", "paper": "X"}, errorbar="sd",
@@ -51,11 +70,29 @@ def plot_accuracy_vs_ipc(df: pd.DataFrame, published: pd.DataFrame | None = None
         ax.set_xticks(ipcs)
         ax.set_xticklabels([ipc_label(i) for i in ipcs])
         ax.minorticks_off()
-        ax.set(title=panel, xlabel="images per class (IPC)", ylabel="test accuracy (%)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle("Accuracy vs IPC per protocol (solid: ours, dashed: paper under the same protocol)")
-    fig.tight_layout()
+        ax.set(xlabel="images per class (IPC)", ylabel="test accuracy (%)")
+        ax.set_title(panel, fontsize=9)
+    _shared_legend(fig, axes)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    fig.suptitle("Accuracy vs IPC (solid: ours, dashed: paper, same protocol)", fontsize=10)
+    fig.tight_layout(rect=(0, LEGEND_HEIGHT / fig.get_figheight(), 1, 1))
     return fig
+
+
+def _shared_legend(fig, axes) -> None:
+    """One legend below the panels, gathering every panel's entries (each panel's own removed)."""
+    entries: dict = {}
+    for ax in axes.flat:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in ("series", "source"):
+                entries.setdefault(label, handle)
+        legend.remove()
+    fig.legend(entries.values(), entries.keys(), loc="lower center", ncol=min(6, max(1, len(entries))),
+               fontsize=7, frameon=False)
 
 
 def iterations_long(df: pd.DataFrame, eval_model: str | None = None) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment_info, \
+from .utils import REPO_ROOT, atomic_torch_save, atomic_write_bytes, atomic_write_json, environment_info, \
     safe_torch_load
 
 REQUIRED_KEYS = ("method", "dataset", "ipc", "model", "params", "accs", "mean", "std", "seconds",
@@ -31,16 +31,28 @@ def notebook_key(stem: str) -> str:
 
 def resolve_results_dir(results_dir: str | Path | None = "") -> Path:
     """The results folder, the one rule every ddkit module uses: ``results_dir`` when given, else
-    ``$DDKIT_RESULTS``, else ``./results`` of the current working directory (never a folder found
-    from the package's own location, which after ``pip install`` is site-packages). Relative paths
-    are taken from the current directory. Jupyter starts a notebook's kernel in ``notebooks/``, so an
-    interactive run writes ``notebooks/results`` unless ``$DDKIT_RESULTS`` or ``results_dir`` says
-    otherwise; sweeps pass their (absolute) ``--results-dir``."""
+    ``$DDKIT_RESULTS``, else the repository's ``results/`` when the current directory lies inside the
+    ddkit checkout this package runs from (the repository root, ``notebooks/`` where Jupyter and
+    papermill start a notebook's kernel, or any other subfolder), else ``./results`` of the current
+    directory (after ``pip install`` the package lives in site-packages: no checkout). So the CLI,
+    sweeps and notebooks opened in JupyterLab all write and read one folder. Relative paths are taken
+    from the current directory."""
     if results_dir:
         return Path(results_dir)
     if os.environ.get(RESULTS_ENV):
         return Path(os.environ[RESULTS_ENV])
-    return Path.cwd() / "results"
+    root = checkout_root()
+    cwd = Path.cwd().resolve()
+    if root is not None and (cwd == root or root in cwd.parents):
+        return root / "results"
+    return cwd / "results"
+
+
+def checkout_root() -> Path | None:
+    """The ddkit repository this package runs from (its ``pyproject.toml`` and ``notebooks/`` beside
+    the package), or None for an installed copy."""
+    root = REPO_ROOT.resolve()
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 
 
 def current_run_kind(run_kind: str | None = None) -> str:

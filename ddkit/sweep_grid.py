@@ -59,11 +59,17 @@ A flat parameter file (a mapping of notebook keys only, no ``notebook:`` key), s
 notebook is taken from the path (``params/cpu/<stem>.yaml``,
 ``params/paper/<stem>/*.yaml``).
 
+A folder stands for its ``*.yaml`` files (``ddkit sweep params/cpu`` runs them all); a notebook
+(``ddkit sweep notebooks/00_quickstart.ipynb``) is one run named ``defaults`` with its own
+defaults (``--set`` changes them).
+
 Validation happens for every document of every file before any run starts: unknown
-notebook, unknown key (not in the notebook's ``parameters`` cell, read with
-``papermill.inspect_notebook``), a value the notebook's own ``SPEC`` rejects (the same
+notebook, unknown key (not in the notebook's ``parameters`` cell,
+``ddkit.notebook_params.notebook_parameters``), a value the notebook's own ``SPEC`` rejects (the same
 ``ddkit.params.Param`` checks ``check_params`` applies in the notebook: type, range,
-choices; ``ddkit.notebook_params.notebook_spec``), empty grid lists, duplicate run names
+choices; ``ddkit.notebook_params.notebook_spec``), a combination the notebook's own checks
+refuse (its ``require(...)`` / ``check_...(...)`` statements, ``notebook_params.check_run``), a
+``.npz`` dataset that does not exist, empty grid lists, duplicate run names
 and malformed YAML raise ``ValueError`` naming the file and the key.
 
 Python::
@@ -82,7 +88,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from .notebook_params import check_key, check_value, default_notebooks_dir, notebook_parameters, notebook_spec
+from .notebook_params import check_key, check_run, check_value, default_notebooks_dir, notebook_parameters, \
+    notebook_spec
 from .results import notebook_key, resolve_results_dir
 
 __all__ = ["SweepRun", "expand", "load_grid_documents", "resolve_notebook", "validate_params_file"]
@@ -220,6 +227,7 @@ def _expand_document(
     overrides: dict | None,
     resources: dict | None,
     flat: bool,
+    check_files: bool = True,
 ) -> list[SweepRun]:
     if flat:
         nb = _infer_notebook(path, notebooks_dir)
@@ -299,6 +307,7 @@ def _expand_document(
             ) from None
         except (ValueError, IndexError, TypeError) as exc:
             raise ValueError(f"{where}: bad run-name template {template!r}: {exc}") from None
+        check_run(nb, {**defaults, **values}, f"{where}: run {_sanitize(name)}", check_files)
         runs.append(
             SweepRun(
                 notebook=str(nb),
@@ -354,14 +363,33 @@ def _is_flat(doc: dict) -> bool:
     return "notebook" not in doc and not ({"params", "grid"} & set(doc))
 
 
+def _grid_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files to expand: a folder stands for its ``*.yaml`` / ``*.yml`` files (sorted), a
+    notebook (``.ipynb``) for one run with its defaults; ``ValueError`` for a folder without any."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise ValueError(f"{p} is a folder without grid files (*.yaml); give a grid or params file")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
 def expand(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     results_dir: str | os.PathLike | None = None,
     notebooks_dir: str | os.PathLike | None = None,
     overrides: dict | None = None,
     resources: dict | None = None,
+    check_files: bool = True,
 ) -> list[SweepRun]:
     """Read and validate grid files; return every run (nothing is executed).
+
+    ``check_files=False`` skips the existence check of ``.npz`` datasets (files a user makes
+    before running, e.g. the evidence subsets), for validating the files themselves.
 
     Raises ``ValueError`` naming the file (and key) for malformed files, unknown
     notebooks, unknown keys, wrong types, empty grids and duplicate run names.
@@ -373,8 +401,11 @@ def expand(
     results_dir = resolve_results_dir(results_dir).expanduser().resolve()
     nbdir = Path(notebooks_dir).expanduser().resolve() if notebooks_dir else None
     runs: list[SweepRun] = []
-    for p in paths:
-        p = Path(p)
+    for p in _grid_files(paths):
+        if p.suffix == ".ipynb":
+            runs += _expand_document({"notebook": str(p.resolve()), "name": "defaults"}, p, str(p), results_dir,
+                                     nbdir, overrides, resources, False, check_files)
+            continue
         docs = load_grid_documents(p)
         shared: dict = {}
         for i, doc in enumerate(docs):
@@ -384,7 +415,8 @@ def expand(
                 continue
             if shared and not _is_flat(doc):
                 doc = _merge_defaults(shared, doc)
-            runs += _expand_document(doc, p, where, results_dir, nbdir, overrides, resources, _is_flat(doc))
+            runs += _expand_document(doc, p, where, results_dir, nbdir, overrides, resources, _is_flat(doc),
+                                     check_files)
     seen: dict[str, SweepRun] = {}
     for r in runs:
         if r.label in seen:
@@ -398,5 +430,5 @@ def expand(
 
 def validate_params_file(path: str | os.PathLike, notebooks_dir: str | os.PathLike | None = None) -> list[SweepRun]:
     """Check that a params/grid file only uses keys (and types) its notebook declares."""
-    return expand([path], results_dir=Path("/nonexistent-results"), notebooks_dir=notebooks_dir)
+    return expand([path], results_dir=Path("/nonexistent-results"), notebooks_dir=notebooks_dir, check_files=False)
 

@@ -6,7 +6,7 @@ tests (and curious users) can read the drawn data without a browser::
 
     v = SyntheticSetViewer(x, y, dataset=ds)      # y: (N,) ints or (N, K) soft labels
     v.class_slider.value = 3; v.image_slider.value = 1
-    v.figure.axes[0].images[0].get_array()         # the displayed (denormalised) image
+    v.figure.axes[0].images[0].get_array()         # the class's images as one grid (v.mosaic(3))
     v                                              # in a notebook: shows the widget
 
     g = GeneratorViewer(generator, num_classes=10) # .generate(labels, z=None) or a callable
@@ -102,17 +102,20 @@ class _Viewer:
 
 
 class SyntheticSetViewer(_Viewer):
-    """Browse a synthetic set class by class.
+    """Browse a synthetic set class by class: every image of the selected class at once, as a grid.
 
     ``x``: (N, C, H, W) images in the dataset's normalised space; ``y``: (N,) int labels
-    or (N, K) soft labels (a bar chart of the sample's label distribution is drawn next
-    to the image). ``classes``: per-sample class used for browsing (default: ``y`` or its
-    argmax). Display: ``denormalize`` (callable), else ``dataset.mean/std`` (or
-    ``mean``/``std``), else min-max per image.
+    or (N, K) soft labels (then a heat map of the class's soft labels, one row per image in
+    grid order, is drawn beside the grid). ``classes``: per-sample class used for browsing
+    (default: ``y`` or its argmax). The ``image`` slider picks one image of the class: it is
+    framed in the grid (and its soft-label row), and the text line gives its index and label.
+    Display: ``denormalize`` (callable), else ``dataset.mean/std`` (or ``mean``/``std``), else
+    min-max per image. ``columns``: images per grid row; ``tile``: inches per image.
     """
 
     def __init__(self, x, y, dataset=None, classes=None, class_names: Sequence[str] | None = None,
-                 denormalize: Callable | None = None, mean=None, std=None, figsize=(6.4, 3.0)):
+                 denormalize: Callable | None = None, mean=None, std=None, columns: int = 10,
+                 tile: float = 0.6):
         import ipywidgets as W
 
         self.x = _np(x)
@@ -122,6 +125,8 @@ class SyntheticSetViewer(_Viewer):
         self.soft = y_np.ndim == 2
         if len(y_np) != len(self.x):
             raise ValueError(f"x has {len(self.x)} images but y has {len(y_np)} labels")
+        if columns < 1 or tile <= 0:
+            raise ValueError(f"columns={columns} must be >= 1 and tile={tile} > 0 (inches per image)")
         self.probs = soft_label_probs(y_np) if self.soft else None
         if classes is not None:
             self.classes = _np(classes).astype(int)
@@ -134,7 +139,7 @@ class SyntheticSetViewer(_Viewer):
         names = class_names or (getattr(dataset, "classes", None) if dataset is not None else None)
         self.class_names = [str(c) for c in names] if names is not None and len(names) >= k else [str(i) for i in range(k)]
         self.denorm = _denormalizer(denormalize, dataset, mean, std)
-        self.figsize = figsize
+        self.columns, self.tile = int(columns), float(tile)
         self.class_slider = W.IntSlider(value=0, min=0, max=max(k - 1, 0), description="class",
                                         continuous_update=False)
         self.image_slider = W.IntSlider(value=0, min=0, max=max(len(self.members(0)) - 1, 0),
@@ -164,9 +169,25 @@ class SyntheticSetViewer(_Viewer):
 
     @property
     def index(self) -> int | None:
-        """Index into ``x`` of the displayed image (None when the class is empty)."""
+        """Index into ``x`` of the selected image (None when the class is empty)."""
         m = self.members(self.class_slider.value)
         return int(m[min(self.image_slider.value, len(m) - 1)]) if len(m) else None
+
+    def grid_shape(self, n: int) -> tuple[int, int]:
+        """(rows, columns) of the grid of ``n`` images."""
+        cols = max(1, min(self.columns, n))
+        return -(-n // cols), cols
+
+    def mosaic(self, c: int) -> np.ndarray:
+        """The class's images tiled row by row (1-pixel white gaps): (rows*(H+1)-1, cols*(W+1)-1[, 3])."""
+        tiles = to_display(self.x[self.members(c)], self.denorm)
+        rows, cols = self.grid_shape(len(tiles))
+        h, w = tiles.shape[1:3]
+        out = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, *tiles.shape[3:]), dtype=np.float32)
+        for j, t in enumerate(tiles):
+            r, q = divmod(j, cols)
+            out[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = t
+        return out
 
     def _on_class(self, _change) -> None:
         n = len(self.members(self.class_slider.value))
@@ -180,38 +201,58 @@ class SyntheticSetViewer(_Viewer):
 
     def render(self):
         from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
 
         c = self.class_slider.value
-        i = self.index
-        fig = Figure(figsize=self.figsize if self.soft else (self.figsize[1], self.figsize[1]))
-        axes = fig.subplots(1, 2 if self.soft else 1, squeeze=False)[0]
-        ax = axes[0]
-        if i is None:
-            ax.text(0.5, 0.5, f"no images of class {self.class_names[c]}", ha="center", va="center")
+        members = self.members(c)
+        name = self.class_names[c]
+        if not len(members):
+            fig = Figure(figsize=(3.0, 1.0))
+            ax = fig.subplots()
+            ax.text(0.5, 0.5, f"no images of class {name}", ha="center", va="center")
             ax.axis("off")
-            self.info.value = f"class {c} ({self.class_names[c]}): no images"
+            self.info.value = f"class {c} ({name}): no images"
             self._show(fig)
             return fig
-        img = to_display(self.x[i:i + 1], self.denorm)[0]
+        rows, cols = self.grid_shape(len(members))
+        grid_w, grid_h = max(cols * self.tile, 1.2), max(rows * self.tile, 1.2)
+        soft_w = 0.25 * self.num_classes + 1.0 if self.soft else 0.0
+        fig = Figure(figsize=(grid_w + soft_w, grid_h + 0.5))
+        axes = fig.subplots(1, 2, width_ratios=[grid_w, soft_w], squeeze=False)[0] if self.soft \
+            else fig.subplots(1, 1, squeeze=False)[0]
+        img = self.mosaic(c)
+        ax = axes[0]
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{self.class_names[c]} #{self.image_slider.value} (index {i})", fontsize=9)
+        h, w = self.x.shape[2:]
+        r, q = divmod(self.image_slider.value, cols)
+        ax.add_patch(Rectangle((q * (w + 1) - 0.5, r * (h + 1) - 0.5), w, h, fill=False, edgecolor="tab:red", lw=1.5))
+        ax.set_title(f"class {name}: {len(members)} image(s)", fontsize=9)
         ax.axis("off")
-        n = len(self.members(c))
-        text = f"class {c} ({self.class_names[c]}): image {self.image_slider.value + 1} of {n}"
+        text = f"class {c} ({name}): {len(members)} image(s); framed: image {self.image_slider.value + 1} " \
+               f"(index {self.index})"
         if self.soft:
-            p = self.probs[i]
-            bx = axes[1]
-            bars = bx.bar(np.arange(len(p)), p, color="tab:blue")
-            bars[int(p.argmax())].set_color("tab:orange")
-            bx.set_xticks(np.arange(len(p)))
-            bx.set_xticklabels(self.class_names[: len(p)], rotation=90 if len(p) > 10 else 0, fontsize=7)
-            bx.set_ylim(0, 1)
-            bx.set_title("soft label", fontsize=9)
-            text += f"; soft label max p = {p.max():.2f} ({self.class_names[int(p.argmax())]})"
+            self._soft_panel(axes[1], members)
+            p = self.probs[self.index]
+            text += f"; its soft label max p = {p.max():.2f} ({self.class_names[int(p.argmax())]})"
         fig.tight_layout()
         self.info.value = text
         self._show(fig)
         return fig
+
+    def _soft_panel(self, ax, members: np.ndarray) -> None:
+        """Heat map of the soft labels of ``members`` (rows in grid order), the selected row framed."""
+        from matplotlib.patches import Rectangle
+
+        p = self.probs[members]
+        ax.imshow(p, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_xticks(np.arange(p.shape[1]))
+        ax.set_xticklabels(self.class_names[: p.shape[1]], rotation=90 if p.shape[1] > 10 else 0, fontsize=7)
+        step = max(1, len(p) // 10)
+        ax.set_yticks(np.arange(0, len(p), step))
+        ax.set_yticklabels([str(i + 1) for i in range(0, len(p), step)], fontsize=7)
+        ax.add_patch(Rectangle((-0.5, self.image_slider.value - 0.5), p.shape[1], 1, fill=False,
+                               edgecolor="tab:red", lw=1.5))
+        ax.set_title("soft labels (row = image)", fontsize=9)
 
 
 class GeneratorViewer(_Viewer):

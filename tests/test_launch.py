@@ -50,7 +50,9 @@ def test_torchrun_command_and_bad_input(tmp_path):
     # an option typed after a params file would be swallowed as script arguments: refused, named
     with pytest.raises(ValueError, match=r"extra arguments \['--results-dir', 'out'\]"):
         torchrun_command(str(grid), 2, ["--results-dir", "out"])
-    assert main(["run", "--nproc", "2", str(grid), "--results-dir", "out"]) == 2
+    from ddkit.cli import _parse  # the CLI takes a params file's options after the target too
+    a = _parse(["run", "--nproc", "2", str(grid), "--results-dir", "out", "--set", "ipc=3"])
+    assert (a.nproc, a.results_dir, a.overrides, a.args) == (2, "out", [("ipc", 3)], [])
 
 
 def test_failing_rank_fails_the_run_with_its_error(tmp_path):

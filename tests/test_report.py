@@ -257,14 +257,36 @@ def test_empty_results_show_paper_rows(tmp_path, capsys):
     from ddkit.cli import main
 
     out = tmp_path / "rep"
+    (tmp_path / "nothing").mkdir()
     assert main(["report", "--results-dir", str(tmp_path / "nothing"), "--out", str(out)]) == 0
-    assert "no runs found" in capsys.readouterr().out
+    assert f"from {tmp_path / 'nothing'} - no runs found" in capsys.readouterr().out
     md = (out / "table1.md").read_text()
     assert "DSDM (paper) · dsdm, best_test" in md and "93.5" in md
     assert (out / "acc_vs_ipc.png").is_file() and not (out / "acc_vs_iterations.png").exists()
     assert "No runs found" in (out / "report.md").read_text()
     rep = rp.build_report(tmp_path / "nothing", out, paper=False, plots=False)
     assert rep.table1.empty and rep.n_runs == 0
+
+
+def test_cli_refuses_a_missing_results_folder_and_an_unreadable_published_file(tmp_path, capsys):
+    from ddkit.cli import main
+
+    assert main(["report", "--results-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "rep")]) == 2
+    assert str(tmp_path / "typo") in capsys.readouterr().err and not (tmp_path / "rep").exists()
+    assert main(["report", "--results-dir", str(tmp_path), "--published", "nope.csv", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "--published nope.csv" in err and "Traceback" not in err
+
+
+def test_cli_formats_write_only_the_asked_files(tmp_path, capsys):
+    from ddkit.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["report", "--results-dir", str(tmp_path), "--out", str(out), "--formats", "csv", "--no-plots"]) == 0
+    assert {p.suffix for p in out.iterdir()} == {".csv"} and (out / "table1.csv").is_file()
+    assert main(["report", "--results-dir", str(tmp_path), "--out", str(tmp_path / "md"), "--formats", "md",
+                 "--no-plots"]) == 0
+    assert {p.suffix for p in (tmp_path / "md").iterdir()} == {".md"}
 
 
 def test_cli_include_test(tmp_path, capsys):
@@ -327,3 +349,34 @@ def test_quickstart_notebook_writes_entries_the_report_reads(tmp_path):
     at_ipc1 = ledger[ledger.index.str.contains("IPC 1 ")]
     assert len(at_ipc1) == 3 and (at_ipc1["images / class / epoch"] == "1").all()
     assert (at_ipc1["stored (KiB)"] == f"{10 * 784 * 4 / 1024:.1f}").all()
+
+
+def _shape(fig) -> tuple[int, float, float]:
+    """(panels drawn, width in inches, width / height)."""
+    w, h = fig.get_size_inches()
+    return len(fig.axes), float(w), float(w / h)
+
+
+def test_accuracy_vs_ipc_draws_only_our_panels_in_a_readable_grid(tmp_path):
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "results"
+    put(root, "quickstart", "one", "DM", [("DM", [90.0, 91.0], {}), ("Random", [80.0], {})], ipc=1)
+    pub = rp.load_published()
+    panels_in_paper = {(r.dataset, r.protocol, r.selection) for r in pub.itertuples() if r.ipc == r.ipc}
+    assert len(panels_in_paper) > 3  # the paper rows alone fill a wide strip
+    fig = rp.plot_accuracy_vs_ipc(rp.collect(root), pub)
+    n, width, ratio = _shape(fig)
+    assert n == 1 and fig.axes[0].get_title().startswith("mnist5k · standard") and ratio <= 3
+    plt.close(fig)
+    for i, ds in enumerate(("fashion_mnist", "cifar10", "mnist", "svhn")):  # five panels of ours: 2 rows x 3
+        put(root, "quickstart", f"r{i}", "DM", [("DM", [60.0 + i], {})], dataset=ds)
+    fig = rp.plot_accuracy_vs_ipc(rp.collect(root), pub)
+    n, width, ratio = _shape(fig)
+    assert n == 5 and width <= 13 and ratio <= 3
+    assert len({round(ax.get_position().x0, 2) for ax in fig.axes}) == 3  # three columns
+    plt.close(fig)
+    fig = rp.plot_accuracy_vs_ipc(rp.collect(tmp_path / "none"), pub)  # no runs: the papers' panels, gridded
+    n, width, ratio = _shape(fig)
+    assert n == len(panels_in_paper) and width <= 13 and ratio <= 3
+    plt.close(fig)

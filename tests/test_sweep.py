@@ -106,6 +106,7 @@ def test_expand_cartesian_product_and_names(env):
 
 
 def test_default_names_list_grid_multidoc_and_flat_files(env):
+    (env["tmp"] / "foo.npz").write_bytes(b"")  # a dataset file must exist (the sweep checks it)
     g = write(env["tmp"] / "abl.yaml", """
 notebook: 90_fixture
 grid:
@@ -114,8 +115,8 @@ grid:
 ---
 notebook: 90_fixture.ipynb
 name: "other{index}"
-params: {dataset: /data/foo.npz}
-""")
+params: {dataset: DATA}
+""".replace("DATA", str(env["tmp"] / "foo.npz")))
     runs = sw.expand(g, results_dir=env["results"], notebooks_dir=env["nbdir"])
     assert [r.run_name for r in runs] == ["abl_lr_img0.5_iterations3", "abl_lr_img2.0_iterations4", "other0"]
     # flat params file: the notebook comes from the path params/cpu/<stem>.yaml

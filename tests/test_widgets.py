@@ -29,25 +29,49 @@ def shown(viewer, ax=0):
     return np.asarray(viewer.figure.axes[ax].images[0].get_array())
 
 
-def test_synset_viewer_sliders_and_denormalisation():
+def tile(viewer, j, ax=0):
+    """Image ``j`` of the displayed class, cut from the drawn grid."""
+    h, w = viewer.x.shape[2:]
+    cols = viewer.grid_shape(len(viewer.members(viewer.class_slider.value)))[1]
+    r, q = divmod(j, cols)
+    return shown(viewer, ax)[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w]
+
+
+def test_synset_viewer_shows_the_whole_class_as_a_grid():
     x, y = synset()
     v = SyntheticSetViewer(x, y, dataset=DS())
     assert v.class_slider.max == 2 and v.image_slider.max == 1
-    np.testing.assert_allclose(shown(v), np.clip(x[0, 0].numpy() * STD + MEAN, 0, 1), atol=1e-6)
+    assert shown(v).shape == (4, 5 * 2 + 1), "class 0: two 4x5 images side by side, 1-pixel gap"
+    for j in range(2):
+        np.testing.assert_allclose(tile(v, j), np.clip(x[j, 0].numpy() * STD + MEAN, 0, 1), atol=1e-6)
     png = v.image.value
     assert png[:4] == b"\x89PNG"
     v.class_slider.value = 1
     assert v.image_slider.max == 2 and v.image_slider.value == 0 and v.index == 2
+    for j in range(3):
+        np.testing.assert_allclose(tile(v, j), np.clip(x[2 + j, 0].numpy() * STD + MEAN, 0, 1), atol=1e-6)
     v.image_slider.value = 2
-    assert v.index == 4
-    np.testing.assert_allclose(shown(v), np.clip(x[4, 0].numpy() * STD + MEAN, 0, 1), atol=1e-6)
-    assert v.image.value != png and "image 3 of 3" in v.info.value and "one" in v.info.value
+    assert v.index == 4 and "framed: image 3" in v.info.value and "3 image(s)" in v.info.value
+    frame = v.figure.axes[0].patches[0]
+    assert frame.get_xy() == (2 * 6 - 0.5, -0.5), "the selected image is framed in the grid"
+    assert v.image.value != png and "one" in v.info.value
     v.class_slider.value = 2  # one image: the slider range shrinks, the value resets
     assert v.image_slider.max == 0 and v.index == 5
-    assert len(v.figure.axes) == 1, "no bar chart for hard labels"
+    assert len(v.figure.axes) == 1, "no soft-label panel for hard labels"
 
 
-def test_synset_viewer_soft_labels_bar_chart_and_rgb():
+def test_synset_viewer_wraps_rows_and_stays_small():
+    x, y = synset((23, 1, 1))
+    v = SyntheticSetViewer(x, y, dataset=DS(), columns=10, tile=0.5)
+    assert v.grid_shape(23) == (3, 10) and shown(v).shape == (3 * 5 - 1, 10 * 6 - 1)
+    np.testing.assert_allclose(tile(v, 22), np.clip(x[22, 0].numpy() * STD + MEAN, 0, 1), atol=1e-6)
+    w, h = v.figure.get_size_inches()
+    assert w <= 10 * 0.5 + 0.1 and h <= 3 * 0.5 + 0.6, "about half an inch per image, not the cell width"
+    with pytest.raises(ValueError, match="columns=0"):
+        SyntheticSetViewer(x, y, columns=0)
+
+
+def test_synset_viewer_soft_labels_beside_the_grid_and_rgb():
     x = torch.rand(4, 3, 6, 6)
     logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 4.0, 0.0]])
     v = SyntheticSetViewer(x, logits, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
@@ -55,15 +79,15 @@ def test_synset_viewer_soft_labels_bar_chart_and_rgb():
     v.class_slider.value = 1
     v.image_slider.value = 1  # sample 3 (argmax 1)
     assert v.index == 3
-    heights = [b.get_height() for b in v.figure.axes[1].patches]
-    np.testing.assert_allclose(heights, torch.softmax(logits[3], 0).numpy(), atol=1e-6)
-    assert shown(v).shape == (6, 6, 3)
-    np.testing.assert_allclose(shown(v), x[3].permute(1, 2, 0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(shown(v, 1), torch.softmax(logits[[1, 3]], 1).numpy(), atol=1e-6)
+    assert shown(v).shape == (6, 13, 3)
+    np.testing.assert_allclose(tile(v, 1), x[3].permute(1, 2, 0).numpy(), atol=1e-6)
+    assert "max p = " in v.info.value
     # browsing by given classes (e.g. EAD's init classes), probabilities kept as they are
     probs = torch.tensor([[0.2, 0.8, 0.0]] * 4)
     v2 = SyntheticSetViewer(x, probs, classes=[0, 0, 2, 2], class_names=["a", "b", "c"])
     assert v2.image_slider.max == 1
-    np.testing.assert_allclose([b.get_height() for b in v2.figure.axes[1].patches], [0.2, 0.8, 0.0])
+    np.testing.assert_allclose(shown(v2, 1), probs[:2].numpy())
 
 
 def test_synset_viewer_rejects_bad_shapes():

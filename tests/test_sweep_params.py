@@ -1,0 +1,103 @@
+"""Every parameter a notebook declares is reachable from ``ddkit sweep --set``, and the sweep refuses
+before any run what the notebook (or the command line) would refuse."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ddkit.cli import main
+from ddkit.notebook_params import notebook_parameters, papermill_blind_spots
+from ddkit.sweep_grid import SWEEP_KEYS, expand
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+#: the notebooks a sweep runs (the report notebook has no run_name: nothing to sweep)
+SWEEPABLE = [nb for nb in NOTEBOOKS if set(SWEEP_KEYS) <= set(notebook_parameters(nb))]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_papermill_sees_every_parameter_ddkit_reads(nb):
+    """papermill drops a parameters-cell line holding two '=' (one in a comment): none may."""
+    assert papermill_blind_spots(nb) == []
+
+
+def test_the_method_notebooks_are_sweepable():
+    assert len(SWEEPABLE) == len(NOTEBOOKS) - 1 >= 6
+
+
+@pytest.mark.parametrize("nb", SWEEPABLE, ids=[p.name for p in SWEEPABLE])
+def test_every_declared_parameter_is_settable_by_sweep_set(nb, tmp_path):
+    params = notebook_parameters(nb)
+    overrides = {k: i.default for k, i in params.items() if k not in SWEEP_KEYS}
+    (run,) = expand([nb], tmp_path, None, overrides)
+    assert run.params == overrides and run.run_name == "defaults"
+
+
+def test_the_reader_takes_any_comment(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell('# a = 1 is a comment\nx = "off"  # (off = float32, a == b)\n'
+                                     'y: float = 2  # typed\nz = [1,\n     2]  # spans lines\nrun_name = "é"  # ünïcode\n')
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    got = notebook_parameters(path)
+    assert {k: (i.default, i.type) for k, i in got.items()} == {
+        "x": ("off", str), "y": (2, float), "z": ([1, 2], list), "run_name": ("é", str)}
+    assert got["x"].help == "(off = float32, a == b)" and got["z"].help == "spans lines"
+    assert got["run_name"].help == "ünïcode"
+    assert papermill_blind_spots(path) == ["x"]
+
+
+def test_sweep_set_reaches_eval_amp(capsys):
+    assert main(["sweep", "params/demo.yaml", "--set", "eval_amp=bf16", "--dry-run", "--no-progress",
+                 "--results-dir", "/nonexistent-ddkit-results"]) == 0
+    assert "eval_amp='bf16'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "ipc=1", "params/cpu/03_iid.yaml"], "covariance matching term needs at least 2"),
+    (["--set", "dataset=missing.npz", "params/cpu/03_iid.yaml"], "'missing.npz': no such file"),
+    (["--set", "ipc=1", "params/cpu/04_dsdm.yaml", "--set", "factor=1"], "semantic diversity"),
+    (["--set", "gan_betas=[1.5, 0.9]", "params/cpu/01_gan_global_local.yaml"], "gan_betas"),
+])
+def test_dry_run_applies_the_notebooks_own_checks(argv, message, capsys, tmp_path):
+    assert main(["sweep", *argv, "--dry-run", "--results-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--workers=0", "--workers=-3", "--threads=0", "--timeout=-5", "--timeout=0"])
+def test_bad_numbers_are_refused(option, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", "params/demo.yaml", option, "--dry-run"])
+    assert done.value.code == 2
+    assert option.split("=")[0] in capsys.readouterr().err
+
+
+def test_a_folder_runs_every_params_file_and_a_notebook_its_defaults(tmp_path, capsys):
+    assert main(["sweep", "params/cpu", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    assert f"dry run: {len(list((REPO / 'params' / 'cpu').glob('*.yaml')))} runs" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["sweep", str(tmp_path / "empty"), "--dry-run"]) == 2
+    assert "folder without grid files" in capsys.readouterr().err
+    assert main(["sweep", "notebooks/00_quickstart.ipynb", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    assert "quickstart/defaults" in capsys.readouterr().out
+
+
+def test_ddkit_run_validates_before_torchrun(monkeypatch, capsys):
+    """One line on stderr and exit 2; torchrun never starts."""
+    import ddkit.launch
+
+    def no_torchrun(cmd):
+        raise AssertionError(f"torchrun started: {cmd}")
+
+    monkeypatch.setattr(ddkit.launch.subprocess, "call", no_torchrun)
+    assert main(["run", "--nproc", "1", "--set", "ipcc=1", "params/cpu/00_quickstart.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "unknown key 'ipcc' (did you mean ipc?)" in err
+    assert main(["run", "--nproc", "1", "params/cpu/03_iid.yaml", "--set", "ipc=1"]) == 2
+    assert "covariance matching term" in capsys.readouterr().err
