@@ -47,7 +47,7 @@ from .distributed import ClassShard
 from .losses import mean_embedding_loss
 from .models import has_batchnorm
 from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_channels_last, resolve_compile
-from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
+from .utils import atomic_torch_save, check_same_device, make_generator, resolve_device, safe_torch_load
 
 
 @dataclass
@@ -211,6 +211,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     check_int("batch_real", batch_real)
     check_amp(amp)
     dev = resolve_device(device)
+    check_same_device(dev, "distill", syn=syn.images, pool=pool)
     data = dataset.to(dev)
     aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
                                                       DSA(dsa) if isinstance(dsa, str) else dsa)

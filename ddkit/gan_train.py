@@ -32,7 +32,7 @@ from .gan_nets import CONDITIONINGS, GEN_ARCHS, as_hw, check_choice, positive_in
 from .models import MODEL_NAMES, get_model, reinit_
 from .results import resolve_results_dir
 from .train import sgd
-from .utils import make_generator
+from .utils import make_generator, resolve_device
 
 __all__ = ["DEFAULT_POOL", "STEP_ORDERS", "D_LABELS", "STAGE1_KEYS", "GANModelPool", "siamese_augment",
            "train_gan", "stage1_key", "default_cache_dir", "stage1", "stage2_schedule", "match_generator",
@@ -91,7 +91,7 @@ class GANModelPool:
             raise ValueError(f"unknown pool model(s) {bad}; expected names from {MODEL_NAMES}")
         self.names = [lookup[str(n).lower()] for n in names]
         self.args = (channels, num_classes, as_hw(im_size))
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device)
         self.mid_override, self.lr, self.batch_size, self.model_kw = mid_layer, lr, batch_size, model_kw
         self.dsa = as_dsa(dsa)
         self._models: dict[str, nn.Module] = {}
@@ -515,7 +515,7 @@ def stage2(state: GANState, dataset, objective, *, cache_dir=None, use_cache: bo
     (``<stage-1 key>__s2_<hash>.pt``, :func:`stage2_key`): the same objective code with the same
     settings is trained once (e.g. the DiM baseline shared by notebooks 01 and 02); an edited
     objective is a cache miss."""
-    device = torch.device(device) if device is not None else dataset.device
+    device = resolve_device(device)
     pool = GANModelPool(pool_models, dataset.channels, dataset.num_classes, dataset.im_size,
                         device=device, mid_layer=mid_layer, batch_size=pool_batch_size, lr=pool_lr,
                         dsa=pool_dsa)
