@@ -91,7 +91,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def _canonical(device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
-        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
     return dev
 
 
