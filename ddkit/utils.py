@@ -121,7 +121,7 @@ def _device_of(obj):
 
 
 #: The settings :func:`set_deterministic` changes, with PyTorch's defaults (``deterministic=False``).
-_DETERMINISM_DEFAULTS = {"use_deterministic_algorithms": False, "cudnn_deterministic": False,
+_DETERMINISM_DEFAULTS = {"use_deterministic_algorithms": False, "warn_only": False, "cudnn_deterministic": False,
                          "cudnn_benchmark": False, "tf32_matmul": False, "tf32_cudnn": True,
                          "cublas_workspace_config": None}
 
@@ -129,6 +129,7 @@ _DETERMINISM_DEFAULTS = {"use_deterministic_algorithms": False, "cudnn_determini
 def determinism_settings() -> dict:
     """The process's settings that decide whether CUDA results repeat bitwise (for result records)."""
     return {"use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
@@ -144,7 +145,7 @@ def is_deterministic() -> bool:
 
 
 def _apply_determinism(s: dict) -> None:
-    torch.use_deterministic_algorithms(s["use_deterministic_algorithms"])
+    torch.use_deterministic_algorithms(s["use_deterministic_algorithms"], warn_only=s["warn_only"])
     torch.backends.cudnn.deterministic = s["cudnn_deterministic"]
     torch.backends.cudnn.benchmark = s["cudnn_benchmark"]
     torch.backends.cuda.matmul.allow_tf32 = s["tf32_matmul"]
@@ -158,16 +159,19 @@ def _apply_determinism(s: dict) -> None:
 def set_deterministic(flag: bool = True) -> dict:
     """Same seed, same numbers on CUDA too (``flag=True``), or PyTorch's defaults back (``False``).
 
-    On: ``torch.use_deterministic_algorithms(True)`` (an op without a deterministic kernel raises),
-    cuDNN deterministic with autotuning off, TF32 off for matmuls and convolutions (PyTorch's default
+    On: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic with
+    autotuning off, TF32 off for matmuls and convolutions (PyTorch's default
     runs CUDA convolutions in TF32: ~1e-3 relative error), and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
     (cuBLAS needs it for repeatable matmuls; set it before the first CUDA matmul of the process).
+    The few CUDA ops without a deterministic kernel warn instead of raising: the backward of
+    ``grid_sample`` (DSA's scale and rotate, when the images take a gradient) accumulates with atomic
+    adds, so a distillation with those transforms repeats up to float rounding, not bit for bit.
     Slower on CUDA; changes nothing on the CPU, whose kernels already repeat. Returns the settings
     that were in force before (for :func:`deterministic`, which restores them)."""
     if not isinstance(flag, bool):
         raise ValueError(f"deterministic={flag!r}; expected True or False")
     before = determinism_settings()
-    _apply_determinism({"use_deterministic_algorithms": True, "cudnn_deterministic": True,
+    _apply_determinism({"use_deterministic_algorithms": True, "warn_only": True, "cudnn_deterministic": True,
                         "cudnn_benchmark": False, "tf32_matmul": False, "tf32_cudnn": False,
                         "cublas_workspace_config": ":4096:8"} if flag else _DETERMINISM_DEFAULTS)
     return before

@@ -379,7 +379,7 @@ def _iid_on_idm_run(ds, iterations, checkpoint=None):
     return syn.images.detach().clone(), hist
 
 
-def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path):
+def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path, deterministic):
     """Notebook 03's loop (IDM queue, per-class steps, L_CC draws from a checkpointed generator)
     stopped after 2 iterations and resumed equals the 4-iteration run."""
     ds = tiny_dataset()
@@ -414,7 +414,7 @@ def _dsdm_run(ds, iterations, checkpoint=None):
     return syn.images.detach().clone(), hist, bank.value.clone(), curve.points
 
 
-def test_dsdm_resumes_to_the_uninterrupted_run_bank_and_curve_included(tmp_path):
+def test_dsdm_resumes_to_the_uninterrupted_run_bank_and_curve_included(tmp_path, deterministic):
     ds = tiny_dataset()
     full, h_full, bank_full, curve_full = _dsdm_run(ds, 4)
     ck = tmp_path / "ck.pt"
