@@ -426,7 +426,7 @@ def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float,
 #: the evaluation settings count only when ``eval_every`` records a curve inside the loop).
 LOOP_NEUTRAL_KEYS = ("iterations", "run_name", "results_dir", "device", "resume", "checkpoint_every", "compile",
                      "tsne", "tsne_class", "compare_dm", "compare_no_h", "eval_no_h", "eval_init", "eval_models",
-                     "baselines")
+                     "baselines", "deterministic")
 EVAL_KEYS = ("eval_model", "eval_epochs", "num_eval", "eval_protocol")
 
 
