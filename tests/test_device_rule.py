@@ -187,3 +187,29 @@ def test_builders_place_their_objects_where_the_rule_says(name, tiny_ds, traj, g
     monkeypatch.setattr(utils, "_auto_device", lambda: torch.device("meta"))
     ctx = dict(ds=tiny_ds, traj=traj, gan=gan, tmp=tmp_path)
     assert WALK[name](ctx) == torch.device("meta")
+
+
+# ------------------------------------------------------------------------------ determinism
+def test_deterministic_turns_everything_on_restores_it_and_is_recorded(monkeypatch):
+    from ddkit.utils import deterministic, determinism_settings, environment_info, set_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = determinism_settings()
+    assert not before["use_deterministic_algorithms"] and before["cublas_workspace_config"] is None
+    with deterministic():
+        on = determinism_settings()
+        assert on["use_deterministic_algorithms"] and on["warn_only"] and on["cudnn_deterministic"]
+        assert not on["cudnn_benchmark"] and not on["tf32_matmul"] and not on["tf32_cudnn"]
+        assert on["cublas_workspace_config"] == ":4096:8"
+        rec = environment_info("cpu")
+        assert rec["deterministic"] is True and rec["determinism"] == on
+        with deterministic(False):  # PyTorch's defaults: TF32 convolutions back on
+            off = determinism_settings()
+            assert not off["use_deterministic_algorithms"] and off["tf32_cudnn"] and not off["tf32_matmul"]
+            assert environment_info("cpu")["deterministic"] is False
+        assert determinism_settings() == on
+    assert determinism_settings() == before
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match=r"deterministic=.*expected True or False"):
+            set_deterministic(bad)
+    assert determinism_settings() == before
