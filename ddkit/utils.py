@@ -106,8 +106,8 @@ def check_same_device(device, where: str, **objects) -> None:
     for name, obj in objects.items():
         have = _device_of(obj)
         if have is not None and not same_device(have, device):
-            raise ValueError(f"{where} runs on {device} but {name} is on {have}: build it with device={str(device)!r} "
-                             f"(or device=None, which resolves the same way), or pass device={str(have)!r}")
+            raise ValueError(f"{where} runs on {device} but {name} is on {have}: build {name} with "
+                             f"device={str(device)!r}, or pass device={str(have)!r} to {where}")
 
 
 def _device_of(obj):
