@@ -193,7 +193,8 @@ def _public_dm_result(tmp: Path) -> dict | None:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(OUT), help="JSON results file (default: %(default)s)")
-    ap.add_argument("--budget", type=float, default=BUDGET_SECONDS, help="seconds for everything (default: %(default)s)")
+    ap.add_argument("--budget", type=float, default=BUDGET_SECONDS,
+                    help="seconds for everything (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=4, help="checks running at once (default: %(default)s)")
     ap.add_argument("--shards", type=int, default=3, help="pytest processes of the unit suite (default: %(default)s)")
     ap.add_argument("--public-dm", default=os.environ.get("PUBLIC_DM") or None, metavar="PATH",
