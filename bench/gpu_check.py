@@ -48,6 +48,7 @@ class Check:
     env: dict = field(default_factory=dict)
     needs: tuple = ()        # names of checks that must have finished first
     alone: bool = False      # runs with nothing else on the GPU
+    verify: object = None    # after exit status 0: a callable giving why the check failed anyway, or None
 
 
 def no_gpu_message() -> str | None:
@@ -105,7 +106,7 @@ def plan(tmp: Path, public_dm: str | None = None, shards: int = 3) -> list:
     if public_dm:
         out.append(Check("public DM code vs ddkit (both on CUDA, quick)", "public_dm",
                          [py, "-m", "bench", "--only", "public_dm", "--quick", "--public-dm", str(public_dm),
-                          "--out", str(tmp / "bench")], alone=True))
+                          "--out", str(tmp / "bench")], alone=True, verify=lambda: public_dm_problem(tmp)))
     return out
 
 
@@ -137,6 +138,9 @@ def run_checks(checks: list, budget: float, jobs: int, env: dict, report=print) 
     results, waiting, running = {}, list(checks), {}
 
     def finish(check, res):
+        why = check.verify() if res["status"] == "pass" and check.verify is not None else None
+        if why:
+            res = {**res, "status": "fail", "tail": why}
         results[check.name] = {"name": check.name, "kind": check.kind, "command": " ".join(map(str, check.cmd)),
                                **res}
         line = f"{res['status'].upper():7s} {check.name} ({res['seconds']:.0f} s)"
@@ -185,9 +189,20 @@ def write_report(path: Path, info: dict, results: list, budget: float, seconds: 
     return record
 
 
-def _public_dm_result(tmp: Path) -> dict | None:
+def public_dm_record(tmp: Path) -> dict | None:
+    """The comparison's JSON, as ``python -m bench`` wrote it (None when it wrote none)."""
     f = tmp / "bench" / "public_dm.json"
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+def public_dm_problem(tmp: Path) -> str | None:
+    """Why a comparison that exited 0 still failed: ``python -m bench`` exits 0 when a benchmark
+    raised or skipped, its JSON then holds ``error`` or ``skipped``."""
+    record = public_dm_record(tmp)
+    if record is None:
+        return "no public_dm.json written"
+    why = record.get("error") or record.get("skipped")
+    return None if not why else str(why)
 
 
 def parse_args(argv=None):
@@ -223,8 +238,8 @@ def main(argv=None) -> int:
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
         results = run_checks(plan(tmp, args.public_dm, args.shards), args.budget, args.jobs, env,
                              report=lambda line: print(line, flush=True))
-        record = write_report(Path(args.out), info, results, args.budget, time.perf_counter() - start,
-                              _public_dm_result(tmp))
+        public = public_dm_record(tmp) if args.public_dm else None
+        record = write_report(Path(args.out), info, results, args.budget, time.perf_counter() - start, public)
     failed = [r["name"] for r in results if r["status"] != "pass"]
     print(f"gpu-check: {'all passed' if not failed else f'{len(failed)} not passed'} in {record['seconds']:.0f} s; "
           f"{args.out}")

@@ -103,6 +103,7 @@ def test_main_writes_the_json_and_fails_when_a_check_fails(monkeypatch, tmp_path
     monkeypatch.setattr(gc, "execute", execute)
     monkeypatch.setattr(gc, "no_gpu_message", lambda: None)
     monkeypatch.setattr(gc, "gpu_info", lambda: {"gpu": "NVIDIA H200", "gpus": 1, "torch": "2.x", "cuda": "13.0"})
+    monkeypatch.delenv("PUBLIC_DM", raising=False)
     out = tmp_path / "gc.json"
     assert gc.main(["--out", str(out), "--budget", "300"]) == 1
     rec = json.loads(out.read_text())
@@ -130,3 +131,34 @@ def test_bad_options_are_refused(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         gc.parse_args(argv)
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("written, status, tail", [
+    ({"arms": {"dm": {"ratio": 10.2}}}, "pass", None),
+    ({"error": "RuntimeError: boom"}, "fail", "RuntimeError: boom"),
+    ({"skipped": "no --public-dm PATH"}, "fail", "no --public-dm PATH"),
+    (None, "fail", "no public_dm.json written"),
+])
+def test_the_public_code_comparison_fails_on_an_error_in_its_json_and_is_copied(monkeypatch, tmp_path, written,
+                                                                               status, tail):
+    """``python -m bench`` exits 0 when a benchmark raised: the JSON it writes decides."""
+    public = tmp_path / "DatasetCondensation"
+    public.mkdir()
+    (public / "main_DM.py").write_text("")
+
+    def execute(check, timeout, env):
+        if check.kind == "public_dm" and written is not None:
+            out = Path(check.cmd[check.cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / "public_dm.json").write_text(json.dumps(written))
+        return {"status": "pass", "returncode": 0, "seconds": 1.0, "tail": ""}
+
+    monkeypatch.setattr(gc, "execute", execute)
+    monkeypatch.setattr(gc, "no_gpu_message", lambda: None)
+    monkeypatch.setattr(gc, "gpu_info", lambda: {"gpu": "G", "gpus": 1, "torch": "t", "cuda": "c"})
+    out = tmp_path / "gc.json"
+    assert gc.main(["--out", str(out), "--public-dm", str(public)]) == (0 if status == "pass" else 1)
+    rec = json.loads(out.read_text())
+    last = rec["checks"][-1]
+    assert last["kind"] == "public_dm" and last["status"] == status and (tail is None or last["tail"] == tail)
+    assert rec.get("public_dm") == written
