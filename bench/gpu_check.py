@@ -120,7 +120,11 @@ def execute(check: Check, timeout: float, env: dict) -> dict:
         status = "pass" if proc.returncode == 0 else "fail"
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        text, _ = proc.communicate()
+        try:  # a process outside the group (a notebook's kernel) may hold the pipe until it exits
+            text, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.stdout.close()
+            text = ""
         status = "timeout"
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     tail = f"timed out after {timeout:.0f} s" if status == "timeout" else (lines[-1] if lines else "no output")
