@@ -125,6 +125,7 @@ def execute(check: Check, timeout: float, env: dict) -> dict:
         except subprocess.TimeoutExpired:
             proc.stdout.close()
             text = ""
+            proc.wait()
         status = "timeout"
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     tail = f"timed out after {timeout:.0f} s" if status == "timeout" else (lines[-1] if lines else "no output")
