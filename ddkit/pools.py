@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .models import get_model, reinit_
-from .utils import resolve_device
+from .utils import on_device, resolve_device
 
 
 def freeze_(model: nn.Module) -> nn.Module:
@@ -187,6 +187,7 @@ class IDMQueue:
     def after_iteration(self, dataset, generator: torch.Generator | None = None) -> None:
         """Train ``train_nets`` random nets ``train_steps`` SGD steps on real batches, then advance."""
         if self.train_steps > 0 and self.nets:
+            dataset = on_device(dataset, self.device)
             for i in _pick(len(self.nets), self.train_nets, generator):
                 net = _unfreeze(self.nets[i])
                 self.optimizers[i] = train_steps(

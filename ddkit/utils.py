@@ -100,6 +100,12 @@ def same_device(a, b) -> bool:
     return _canonical(a) == _canonical(b)
 
 
+def on_device(dataset, device):
+    """``dataset`` itself when it already lives on ``device`` (``cuda`` and ``cuda:0`` are one), else
+    ``dataset.to(device)``: a pool handed data on another device trains on its own device."""
+    return dataset if same_device(dataset.device, device) else dataset.to(device)
+
+
 def check_same_device(device, where: str, **objects) -> None:
     """``ValueError`` naming each object (a tensor, a module, or anything with a ``device``
     attribute) that does not live on ``device``, before ``where`` computes anything."""

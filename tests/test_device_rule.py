@@ -213,3 +213,16 @@ def test_deterministic_turns_everything_on_restores_it_and_is_recorded(monkeypat
         with pytest.raises(ValueError, match=r"deterministic=.*expected True or False"):
             set_deterministic(bad)
     assert determinism_settings() == before
+
+
+def test_a_gan_pool_on_another_device_is_refused_and_data_follows_the_pool(tiny_ds, gan):
+    from ddkit.gan_train import match_generator
+    from ddkit.utils import on_device
+
+    pool = GANModelPool(["ConvNet"], 1, 4, (28, 28), device=gan.G.device)
+    pool.device = torch.device("meta")  # stands for a pool built on another GPU
+    with pytest.raises(ValueError, match=r"match_generator runs on .* but pool is on meta"):
+        match_generator(gan, tiny_ds, dim_objective(0.01), pool=pool, epochs=1, progress=False)
+    assert on_device(tiny_ds, tiny_ds.device) is tiny_ds  # no copy when the data is already there
+    moved = on_device(tiny_ds, torch.device("meta"))
+    assert moved is not tiny_ds and moved.x_train.device == torch.device("meta")

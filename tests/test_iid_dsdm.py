@@ -64,7 +64,7 @@ def tiny_dataset(classes=3, n=16, size=12, seed=0):
 def make_batch(ds, net, per_class=4, real_per_class=8, seed=0):
     g = make_generator(seed)
     x_real, y_real = ds.sample_classes(real_per_class, generator=g)
-    syn = init_synthetic(ds, per_class, generator=g)
+    syn = init_synthetic(ds, per_class, generator=g, device=ds.device)  # beside the real batch and the net
     return syn, (lambda it=0: MatchBatch(net, x_real, y_real, syn.images, syn.labels, it, ds.num_classes))
 
 
@@ -144,7 +144,7 @@ def test_iid_idm_variant_with_class_aware_ce_uses_queue_accuracy():
     ds = tiny_dataset()
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     q = IDMQueue("ConvNet", ds.channels, ds.num_classes, ds.im_size, initial_nets=1, train_steps=2,
-                 batch_size=8, track_accuracy=True, width=16, generator=make_generator(0))
+                 batch_size=8, track_accuracy=True, width=16, generator=make_generator(0), device=ds.device)
     g = make_generator(0)
     net = q.draw(g)
     q.after_iteration(ds, g)
