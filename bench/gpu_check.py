@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_SECONDS = 480
@@ -48,7 +49,7 @@ class Check:
     env: dict = field(default_factory=dict)
     needs: tuple = ()        # names of checks that must have finished first
     alone: bool = False      # runs with nothing else on the GPU
-    verify: object = None    # after exit status 0: a callable giving why the check failed anyway, or None
+    verify: Callable[[], str | None] | None = None  # after exit status 0: why the check failed anyway
 
 
 def no_gpu_message() -> str | None:
@@ -71,7 +72,7 @@ def _notebook_takes_device(path: Path) -> bool:
     return bool(cells) and any(line.split("=")[0].strip() == "device" for line in cells[0].source.splitlines())
 
 
-def test_shards(n: int) -> list:
+def unit_shards(n: int) -> list:
     """The unit-test files split into ``n`` lists of about equal size (largest file first, greedy)."""
     files = sorted((*(REPO / "tests").glob("test_*.py"), *(REPO / "notebooks").glob("test_*.py")),
                    key=lambda p: (-p.stat().st_size, p.name))
@@ -88,7 +89,7 @@ def plan(tmp: Path, public_dm: str | None = None, shards: int = 3) -> list:
     """Every :class:`Check`, in the order they are started."""
     py = sys.executable
     out = []
-    for i, files in enumerate(test_shards(shards)):
+    for i, files in enumerate(unit_shards(shards)):
         out.append(Check(f"unit tests {i + 1}/{shards} (DDKIT_TEST_DEVICES=cuda)", "unit",
                          [py, "-m", "pytest", *map(str, files), "-q", "-p", "no:cacheprovider"],
                          {"DDKIT_TEST_DEVICES": "cuda", "DDKIT_RESULTS": str(tmp / f"results_unit{i + 1}")}))
