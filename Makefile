@@ -37,9 +37,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(PUBLIC_DM),--public-dm $(PUBLIC_DM))
 
-## On a CUDA machine: every notebook at its tiny defaults with device=cuda, the device-taking unit tests, bench --quick (< 10 min).
+## On a CUDA machine (<= 8 min): the unit suite on CUDA, every notebook at its tiny defaults with device=cuda, and with
+## PUBLIC_DM=/path/to/DatasetCondensation the comparison with the public DM code; JSON in results/bench/gpu_check.json.
 gpu-check: $(STAMP)
-	$(BIN)/python -m bench.gpu_check
+	$(BIN)/python -m bench.gpu_check $(if $(PUBLIC_DM),--public-dm $(PUBLIC_DM))
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -50,7 +50,7 @@ from .losses import mean_embedding_loss
 from .models import has_batchnorm
 from .storage import ImageStore
 from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_channels_last, resolve_compile
-from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
+from .utils import atomic_torch_save, check_same_device, make_generator, resolve_device, safe_torch_load
 
 
 @dataclass
@@ -233,6 +233,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     check_interval("momentum", momentum, 0, 1)
     check_amp(amp)
     dev = resolve_device(device)
+    check_same_device(dev, "distill", syn=syn.images, pool=pool)
     data = dataset.to(dev)
     aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
                                                       DSA(dsa) if isinstance(dsa, str) else dsa)

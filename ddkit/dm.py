@@ -20,7 +20,7 @@ from .params import Param
 from .pools import IDMQueue, PretrainedPool, RandomPool
 from .results import evaluation_entry, save_synset, write_result
 from .train import embed_all  # noqa: F401  (re-exported: the notebooks import it from here)
-from .utils import make_generator
+from .utils import make_generator, resolve_device
 
 #: Pool kinds a notebook can ask for.
 POOL_KINDS = ("random", "idm", "pretrained")
@@ -101,6 +101,7 @@ def dsdm_lr(ipc: int, dataset=None, base: float = 0.1) -> float:
 
 def pixel_bounds(dataset, device=None):
     """Per-channel (lo, hi) tensors (1, C, 1, 1) of the normalised images of [0, 1] pixels."""
+    device = resolve_device(device)
     mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
     return (0 - mean) / std, (1 - mean) / std
@@ -425,7 +426,7 @@ def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float,
 #: the evaluation settings count only when ``eval_every`` records a curve inside the loop).
 LOOP_NEUTRAL_KEYS = ("iterations", "run_name", "results_dir", "device", "resume", "checkpoint_every", "compile",
                      "tsne", "tsne_class", "compare_dm", "compare_no_h", "eval_no_h", "eval_init", "eval_models",
-                     "baselines")
+                     "baselines", "deterministic")
 EVAL_KEYS = ("eval_model", "eval_epochs", "num_eval", "eval_protocol")
 
 

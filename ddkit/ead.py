@@ -45,7 +45,7 @@ from .losses import (effect_alignment_loss, effect_alignment_squared_loss, effec
                      replacement_alpha)
 from .train import soft_cross_entropy
 from .trajectory import SCHEDULES, lr_at
-from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
+from .utils import atomic_torch_save, check_same_device, make_generator, resolve_device, safe_torch_load
 
 
 # =============================================================================== coefficient
@@ -117,7 +117,7 @@ class EADSynSet:
         small = [c for c in range(dataset.num_classes) if len(dataset.class_indices(c)) < ipc]
         if small:
             raise ValueError(f"ipc={ipc} exceeds the training images of classes {small}")
-        dev = resolve_device(device) if device is not None else dataset.device
+        dev = resolve_device(device)
         x, y = dataset.sample_classes(ipc, generator=generator)
         x, y = x.to(dev), y.to(dev)
         with torch.no_grad():
@@ -403,7 +403,8 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     n_real = len(dataset.x_train)
     if batch_real + batch_probe > n_real:
         raise ValueError(f"batch_real + batch_probe = {batch_real + batch_probe} exceeds the {n_real} training images")
-    dev = resolve_device(device) if device is not None else syn.images.device
+    dev = resolve_device(device)
+    check_same_device(dev, "distill_ead", syn=syn.images)
     data = dataset.to(dev)
     net = trajectory.build_model(device=dev).train()  # a template: only its structure is used
     for p in net.parameters():

@@ -17,7 +17,7 @@ import torch
 from .gan_losses import check_gan_loss
 from .gan_nets import ConditionalGenerator, Discriminator, as_hw
 from .models import reinit_
-from .utils import atomic_torch_save, make_generator, safe_torch_load
+from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 __all__ = ["CHECKPOINT_FORMAT", "GANState", "checkpoint_meta", "build_gan", "save_checkpoint", "check_checkpoint",
            "load_checkpoint", "plain"]
@@ -73,7 +73,7 @@ def build_gan(dataset, *, z_dim: int = 100, gen_width: int = 196, disc_width: in
     (DiM: lr 1e-4, betas (0, 0.9)); ``gen_arch`` / ``gen_conditioning``: see
     :class:`ConditionalGenerator`."""
     check_gan_loss(gan_loss)
-    device = torch.device(device) if device is not None else dataset.device
+    device = resolve_device(device)
     G = ConditionalGenerator(dataset.num_classes, dataset.channels, dataset.im_size, z_dim,
                              gen_width, dataset.mean, dataset.std, arch=gen_arch, conditioning=gen_conditioning)
     D = Discriminator(dataset.num_classes, dataset.channels, dataset.im_size, disc_width,

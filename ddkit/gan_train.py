@@ -32,7 +32,7 @@ from .gan_nets import CONDITIONINGS, GEN_ARCHS, as_hw, check_choice, positive_in
 from .models import MODEL_NAMES, get_model, reinit_
 from .results import resolve_results_dir
 from .train import sgd
-from .utils import make_generator
+from .utils import check_same_device, make_generator, on_device, resolve_device
 
 __all__ = ["DEFAULT_POOL", "STEP_ORDERS", "D_LABELS", "STAGE1_KEYS", "GANModelPool", "siamese_augment",
            "train_gan", "stage1_key", "default_cache_dir", "stage1", "stage2_schedule", "match_generator",
@@ -91,7 +91,7 @@ class GANModelPool:
             raise ValueError(f"unknown pool model(s) {bad}; expected names from {MODEL_NAMES}")
         self.names = [lookup[str(n).lower()] for n in names]
         self.args = (channels, num_classes, as_hw(im_size))
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device)
         self.mid_override, self.lr, self.batch_size, self.model_kw = mid_layer, lr, batch_size, model_kw
         self.dsa = as_dsa(dsa)
         self._models: dict[str, nn.Module] = {}
@@ -143,6 +143,7 @@ class GANModelPool:
         if self.current is None:
             raise RuntimeError("draw a model first")
         if steps > 0:
+            dataset = on_device(dataset, self.device)
             self._freeze(False)
             self.optimizer = self.optimizer or sgd(self.current, self.lr)
             n = len(dataset.x_train)
@@ -221,10 +222,12 @@ def train_gan(state: GANState, dataset, *, epochs: int, batch_size: int = 128, i
     discriminator updates (the first on the iteration's real batch, the others on new ones) and
     one generator update on fakes with the real batch's labels. ``step_order="d_first"``: D then G;
     ``"g_first"``: G then D (DiM's loop). ``d_labels``/``fake_aux``: see :func:`_gan_step` and
-    :func:`discriminator_loss`. ``iters_per_epoch=0`` = one pass over the training set."""
+    :func:`discriminator_loss`. ``iters_per_epoch=0`` = one pass over the training set. Runs on the
+    generator's device (``dataset`` is moved there)."""
     gan_loss = gan_loss or state.meta["gan_loss"]
     check_gan_loss(gan_loss)
     _check_gan_schedule(step_order, d_labels)
+    dataset = on_device(dataset, state.G.device)
     G, D = state.G, state.D
     g = make_generator(seed)
     if state.rng_state is not None:
@@ -376,10 +379,13 @@ def match_generator(state: GANState, dataset, objective: Callable[[GeneratorBatc
     augments both with one shared draw (:func:`siamese_augment`) before the objective.
     ``objective(GeneratorBatch) -> {"loss": tensor, <term>: tensor, ...}``; every term is logged in
     ``history`` (``match_<term>``), with ``w_gan = gan_weight * g_loss``, the weighted GAN term.
-    ``iterations``: total generator updates (:func:`stage2_schedule`; 0 = full passes)."""
+    ``iterations``: total generator updates (:func:`stage2_schedule`; 0 = full passes). Runs on the
+    generator's device (``dataset`` is moved there; ``pool`` must live there)."""
     gan_loss = gan_loss or state.meta["gan_loss"]
     check_gan_loss(gan_loss)
     _check_gan_schedule(step_order, d_labels)
+    check_same_device(state.G.device, "match_generator", pool=pool)
+    dataset = on_device(dataset, state.G.device)
     if gan_weight < 0:
         raise ValueError(f"gan_weight must be >= 0, got {gan_weight}")
     check_betas("match_betas", betas)
@@ -515,7 +521,8 @@ def stage2(state: GANState, dataset, objective, *, cache_dir=None, use_cache: bo
     (``<stage-1 key>__s2_<hash>.pt``, :func:`stage2_key`): the same objective code with the same
     settings is trained once (e.g. the DiM baseline shared by notebooks 01 and 02); an edited
     objective is a cache miss."""
-    device = torch.device(device) if device is not None else dataset.device
+    device = resolve_device(device)
+    check_same_device(device, "stage2", generator=state.G)
     pool = GANModelPool(pool_models, dataset.channels, dataset.num_classes, dataset.im_size,
                         device=device, mid_layer=mid_layer, batch_size=pool_batch_size, lr=pool_lr,
                         dsa=pool_dsa)

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .models import get_model, reinit_
+from .utils import on_device, resolve_device
 
 
 def freeze_(model: nn.Module) -> nn.Module:
@@ -30,8 +31,8 @@ class RandomPool:
 
     def __init__(self, model_name: str, channels: int, num_classes: int, im_size, device=None, **model_kw):
         self.model_name = model_name
-        self.net = freeze_(get_model(model_name, channels, num_classes, im_size, **model_kw)).to(
-            device or "cpu")
+        self.device = resolve_device(device)
+        self.net = freeze_(get_model(model_name, channels, num_classes, im_size, **model_kw)).to(self.device)
 
     @classmethod
     def for_dataset(cls, model_name: str, dataset, device=None, **model_kw) -> "RandomPool":
@@ -56,7 +57,7 @@ from .augment import DSA  # noqa: E402
 from .resume import dataset_fingerprint  # noqa: E402
 from .train import accuracy, sgd, train_classifier, train_steps  # noqa: E402
 from .results import resolve_results_dir
-from .utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load  # noqa: E402
+from .utils import atomic_torch_save, make_generator, safe_torch_load  # noqa: E402
 
 
 # --------------------------------------------------------------------------- IDM queue
@@ -189,6 +190,7 @@ class IDMQueue:
     def after_iteration(self, dataset, generator: torch.Generator | None = None) -> None:
         """Train ``train_nets`` random nets ``train_steps`` SGD steps on real batches, then advance."""
         if self.train_steps > 0 and self.nets:
+            dataset = on_device(dataset, self.device)
             for i in _pick(len(self.nets), self.train_nets, generator):
                 net = _unfreeze(self.nets[i])
                 self.optimizers[i] = train_steps(

@@ -57,7 +57,7 @@ __all__ = [
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
 #: run parameters that never define a configuration (bookkeeping, a table axis, or the protocol)
 NOT_A_CONFIG = frozenset(
-    {"seed", "run_name", "results_dir", "data_root", "device", "dataset", "ipc", "progress", "tsne",
+    {"seed", "run_name", "results_dir", "data_root", "device", "deterministic", "dataset", "ipc", "progress", "tsne",
      "eval_model", "eval_epochs", "num_eval", "eval_protocol", "baselines", "compare_dm", "compare_no_h"}
 )
 #: runs the report leaves out unless asked (``include_test``)

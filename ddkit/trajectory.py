@@ -151,7 +151,7 @@ class Trajectory:
         c, h, w = m["image_shape"]
         net = get_model(m["model"], c, m["num_classes"], (h, w), **json.loads(m["model_kw"]))
         net.load_state_dict(self.final if state is None else state)
-        return net.to(resolve_device(device) if device is not None else "cpu")
+        return net.to(resolve_device(device))
 
     def teacher(self, device=None) -> nn.Module:
         """The final model theta_T (eval mode, frozen): the soft-label teacher."""

@@ -7,6 +7,7 @@ import platform
 import random
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,20 +40,157 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
+def available_devices() -> list:
+    """The devices this machine has, as strings: ``cpu``, then ``cuda:0`` ... ``cuda:N-1``, then ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _auto_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' (or None/'') picks CUDA when present, else CPU; other strings are checked."""
+    """The device rule of every ddkit function that takes ``device``.
+
+    ``None``, ``""`` and ``"auto"`` mean CUDA when present, else the CPU (never MPS: it must be
+    asked for). Anything else must name a device this machine has (``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"`` or a ``torch.device``); a string that is not a device, a GPU the
+    machine lacks (``"cuda:7"`` on a one-GPU machine, ``"cuda"`` without CUDA) or an absent
+    ``"mps"`` is refused here, before any compute, with a ``ValueError`` listing the devices the
+    machine has. Functions resolve their ``device`` argument with this and build on, or move
+    their datasets to, the result; objects they are handed (a pool, a synthetic set, a teacher)
+    must already live there (:func:`check_same_device`).
+    """
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _auto_device()
+    have = ", ".join(available_devices())
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+        raise ValueError(f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                         f"(this machine has: {have})") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available here; use 'auto' or 'cpu'")
+        raise ValueError(f"device={device!r}: CUDA is not available here; use 'auto' or 'cpu' "
+                         f"(this machine has: {have})")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                         f"use 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}' or 'auto'")
+                         f"use 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}' or 'auto' (this machine has: {have})")
+    if dev.type == "mps" and "mps" not in available_devices():
+        raise ValueError(f"device={device!r}: MPS is not available here (this machine has: {have})")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: ddkit runs on 'cpu', 'cuda' or 'mps' (this machine has: {have})")
     return dev
+
+
+def _canonical(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
+    return dev
+
+
+def same_device(a, b) -> bool:
+    """Whether two devices are one (``cuda`` is the current CUDA device, e.g. ``cuda:0``)."""
+    return _canonical(a) == _canonical(b)
+
+
+def on_device(dataset, device):
+    """``dataset`` itself when it already lives on ``device`` (``cuda`` and ``cuda:0`` are one), else
+    ``dataset.to(device)``: a pool handed data on another device trains on its own device."""
+    return dataset if same_device(dataset.device, device) else dataset.to(device)
+
+
+def check_same_device(device, where: str, **objects) -> None:
+    """``ValueError`` naming each object (a tensor, a module, or anything with a ``device``
+    attribute) that does not live on ``device``, before ``where`` computes anything."""
+    for name, obj in objects.items():
+        have = _device_of(obj)
+        if have is not None and not same_device(have, device):
+            raise ValueError(f"{where} runs on {device} but {name} is on {have}: build {name} with "
+                             f"device={str(device)!r}, or pass device={str(have)!r} to {where}")
+
+
+def _device_of(obj):
+    if torch.is_tensor(obj):
+        return obj.device
+    if isinstance(obj, torch.nn.Module):
+        first = next(iter(obj.parameters()), None)
+        return None if first is None else first.device
+    dev = getattr(obj, "device", None)
+    return dev if isinstance(dev, torch.device) else None
+
+
+#: The settings :func:`set_deterministic` changes, with PyTorch's defaults (``deterministic=False``).
+_DETERMINISM_DEFAULTS = {"use_deterministic_algorithms": False, "warn_only": False, "cudnn_deterministic": False,
+                         "cudnn_benchmark": False, "tf32_matmul": False, "tf32_cudnn": True,
+                         "cublas_workspace_config": None}
+
+
+def determinism_settings() -> dict:
+    """The process's settings that decide whether CUDA results repeat bitwise (for result records)."""
+    return {"use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
+def is_deterministic() -> bool:
+    """Whether every setting of :func:`set_deterministic` is on (TF32 off included)."""
+    s = determinism_settings()
+    return (s["use_deterministic_algorithms"] and s["cudnn_deterministic"] and not s["cudnn_benchmark"]
+            and not s["tf32_matmul"] and not s["tf32_cudnn"] and s["cublas_workspace_config"] in (":4096:8", ":16:8"))
+
+
+def _apply_determinism(s: dict) -> None:
+    torch.use_deterministic_algorithms(s["use_deterministic_algorithms"], warn_only=s["warn_only"])
+    torch.backends.cudnn.deterministic = s["cudnn_deterministic"]
+    torch.backends.cudnn.benchmark = s["cudnn_benchmark"]
+    torch.backends.cuda.matmul.allow_tf32 = s["tf32_matmul"]
+    torch.backends.cudnn.allow_tf32 = s["tf32_cudnn"]
+    if s["cublas_workspace_config"] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = s["cublas_workspace_config"]
+
+
+def set_deterministic(flag: bool = True) -> dict:
+    """Same seed, same numbers on CUDA too (``flag=True``), or PyTorch's defaults back (``False``).
+
+    On: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic with
+    autotuning off, TF32 off for matmuls and convolutions (PyTorch's default
+    runs CUDA convolutions in TF32: ~1e-3 relative error), and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
+    (cuBLAS needs it for repeatable matmuls; set it before the first CUDA matmul of the process).
+    The few CUDA ops without a deterministic kernel warn instead of raising: the backward of
+    ``grid_sample`` (DSA's scale and rotate, when the images take a gradient) accumulates with atomic
+    adds, so a distillation with those transforms repeats up to float rounding, not bit for bit.
+    Slower on CUDA; changes nothing on the CPU, whose kernels already repeat. Returns the settings
+    that were in force before (for :func:`deterministic`, which restores them)."""
+    if not isinstance(flag, bool):
+        raise ValueError(f"deterministic={flag!r}; expected True or False")
+    before = determinism_settings()
+    _apply_determinism({"use_deterministic_algorithms": True, "warn_only": True, "cudnn_deterministic": True,
+                        "cudnn_benchmark": False, "tf32_matmul": False, "tf32_cudnn": False,
+                        "cublas_workspace_config": ":4096:8"} if flag else _DETERMINISM_DEFAULTS)
+    return before
+
+
+@contextmanager
+def deterministic(flag: bool = True):
+    """``with deterministic():`` :func:`set_deterministic` for a block, the previous settings restored after."""
+    before = set_deterministic(flag)
+    try:
+        yield
+    finally:
+        _apply_determinism(before)
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -173,7 +311,7 @@ def git_commit() -> str:
 
 
 def environment_info(device=None) -> dict:
-    """Versions, commit and device for result records."""
+    """Versions, commit, device and the determinism / TF32 settings for result records."""
     from . import __version__
     import torchvision
 
@@ -186,5 +324,7 @@ def environment_info(device=None) -> dict:
         "git_commit": git_commit(),
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "num_threads": torch.get_num_threads(),
+        "deterministic": is_deterministic(),
+        "determinism": determinism_settings(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS before its first matmul
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,24 @@ def device(request):
     """The compute device of a device-taking test: ``cpu`` by default; ``DDKIT_TEST_DEVICES=cpu,cuda``
     (``make gpu-check`` sets ``cuda``) runs each such test once per listed device (ids ``[cpu]``, ``[cuda]``)."""
     return torch.device(request.param)
+
+
+@pytest.fixture
+def deterministic():
+    """For a test that claims equal numbers on every device: ``ddkit.utils.deterministic()`` around it
+    (deterministic algorithms, cuDNN deterministic without autotuning, TF32 off for matmuls and
+    convolutions, the cuBLAS workspace setting), the previous settings restored after. The CPU's
+    kernels repeat anyway; on CUDA this removes TF32 rounding (~1e-3 relative) and run-to-run
+    kernel choices, so exact comparisons mean the same there."""
+    from ddkit.utils import deterministic as settings
+
+    with settings():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_on_cuda(request):
+    """On a machine with CUDA every test runs under :func:`deterministic`: an exact comparison in any
+    test file means there what it means on the CPU (whose suite this leaves untouched)."""
+    if torch.cuda.is_available():
+        request.getfixturevalue("deterministic")

@@ -50,10 +50,15 @@ def _plain_dm_loop(ds, iterations=2, seed=3, device="cpu"):
     return losses, syn.images.detach().clone()
 
 
-def test_distill_amp_off_is_the_float32_loop_exactly(tiny_ds, device):
+def test_distill_amp_off_is_the_float32_loop_exactly(tiny_ds, device, deterministic):
     losses, images = _dm(tiny_ds, amp="off", device=device)
     ref_losses, ref_images = _plain_dm_loop(tiny_ds, device=device)
-    assert losses == ref_losses and torch.equal(images, ref_images)
+    if device.type == "cpu":
+        assert losses == ref_losses and torch.equal(images, ref_images)
+    else:  # deterministic kernels, but grid_sample's backward (DSA scale / rotate) adds atomically on CUDA:
+        # float32 rounding of a few terms per pixel, far below TF32's ~1e-3 or bf16's ~1e-2
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=0.0)
+        torch.testing.assert_close(images, ref_images, rtol=1e-5, atol=1e-6)
 
 
 def test_train_classifier_amp_off_is_the_float32_loop_exactly(tiny_ds):

@@ -6,7 +6,7 @@ from ddkit.evaluate import evaluate_synset
 from ddkit.losses import mean_embedding_loss
 from ddkit.models import get_model
 from ddkit.pools import RandomPool
-from ddkit.utils import make_generator
+from ddkit.utils import make_generator, resolve_device
 
 
 def test_init_synthetic_from_real_and_factor(tiny_ds):
@@ -50,10 +50,14 @@ def _run(tiny_ds, iterations, **kw):
     return syn.images.detach().clone(), hist
 
 
-def test_distill_is_deterministic_and_resumes(tiny_ds, tmp_path):
+def test_distill_is_deterministic_and_resumes(tiny_ds, tmp_path, deterministic):
     a, ha = _run(tiny_ds, 4)
     b, hb = _run(tiny_ds, 4)
-    assert torch.equal(a, b) and ha == hb
+    if a.device.type == "cpu":
+        assert torch.equal(a, b) and ha == hb
+    else:  # grid_sample's backward (DSA scale / rotate) adds atomically on CUDA: float32 rounding only
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert [h["loss"] for h in hb] == pytest.approx([h["loss"] for h in ha], rel=1e-5)
     ck = tmp_path / "ck.pt"
     _run(tiny_ds, 2, checkpoint=ck, checkpoint_every=1)  # "interrupted" after 2 iterations
     c, hc = _run(tiny_ds, 4, checkpoint=ck, checkpoint_every=1)  # resumes at 2
@@ -65,16 +69,17 @@ def _reference_per_class_loop(tiny_ds, iterations, ipc=2, factor=1, batch_real=4
     rows, siamese DSA, the DM loss of that class alone, backward, ``step()`` on the whole tensor."""
     from ddkit.augment import DSA, decode
 
+    dev = resolve_device(None)  # where distill(device=None) runs, its augmentation generator included
     syn = init_synthetic(tiny_ds, ipc, factor=factor, generator=make_generator(0))
-    images = syn.images
+    images, tiny_ds = syn.images, tiny_ds.to(dev)
     pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=16)
     aug = DSA(tiny_ds.dsa_strategy)
-    g_data, g_aug, g_pool = make_generator(seed), make_generator(seed + 1), make_generator(seed + 2)
+    g_data, g_aug, g_pool = make_generator(seed), make_generator(seed + 1, dev), make_generator(seed + 2)
     opt = torch.optim.SGD([images], lr=lr, momentum=momentum)
     for _ in range(iterations):
         net = pool.draw(g_pool)
         x_real, y_real = tiny_ds.sample_classes(batch_real, generator=g_data)
-        p = aug.sample(4, generator=g_aug)
+        p = aug.sample(4, generator=g_aug, device=dev)
         for c in range(4):
             real_c = aug.apply(x_real[y_real == c], p, y_real[y_real == c])
             xs, ys = decode(images[c * ipc:(c + 1) * ipc], syn.labels[c * ipc:(c + 1) * ipc], factor)
@@ -89,7 +94,7 @@ def _reference_per_class_loop(tiny_ds, iterations, ipc=2, factor=1, batch_real=4
 
 
 @pytest.mark.parametrize("factor", [1, 2])
-def test_per_class_image_steps_equal_the_reference_loop(tiny_ds, factor):
+def test_per_class_image_steps_equal_the_reference_loop(tiny_ds, factor, deterministic):
     ref = _reference_per_class_loop(tiny_ds, 3, factor=factor)
     syn = init_synthetic(tiny_ds, 2, factor=factor, generator=make_generator(0))
     pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=16)
@@ -97,7 +102,7 @@ def test_per_class_image_steps_equal_the_reference_loop(tiny_ds, factor):
     assert torch.allclose(syn.images.detach(), ref, atol=1e-5)
 
 
-def test_per_class_steps_differ_from_joint_under_momentum_and_agree_without(tiny_ds):
+def test_per_class_steps_differ_from_joint_under_momentum_and_agree_without(tiny_ds, deterministic):
     """Momentum moves every row at each of the K per-class steps: joint != per_class; with
     momentum 0 and a sum of per-class terms the two are the same update."""
     def run(step, momentum):

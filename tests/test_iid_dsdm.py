@@ -16,7 +16,7 @@ from ddkit.dm import (check_weights, clamp_pixels_, dsdm_lr, embed_and_map, pixe
 from ddkit.losses import PrototypeBank, class_prototypes
 from ddkit.models import get_model, reinit_
 from ddkit.pools import IDMQueue, RandomPool
-from ddkit.utils import make_generator
+from ddkit.utils import make_generator, resolve_device
 
 torch.set_num_threads(1)
 NB = Path(__file__).resolve().parent.parent / "notebooks"
@@ -64,12 +64,13 @@ def tiny_dataset(classes=3, n=16, size=12, seed=0):
 def make_batch(ds, net, per_class=4, real_per_class=8, seed=0):
     g = make_generator(seed)
     x_real, y_real = ds.sample_classes(real_per_class, generator=g)
-    syn = init_synthetic(ds, per_class, generator=g)
+    syn = init_synthetic(ds, per_class, generator=g, device=ds.device)  # beside the real batch and the net
     return syn, (lambda it=0: MatchBatch(net, x_real, y_real, syn.images, syn.labels, it, ds.num_classes))
 
 
-def frozen_net(name="ConvNet", ds=None, seed=0, **kw):
-    net = get_model(name, ds.channels, ds.num_classes, ds.im_size, **kw)
+def frozen_net(name="ConvNet", ds=None, seed=0, device="cpu", **kw):
+    """A frozen, re-initialised net on ``device`` ("auto": where ``distill(device=None)`` runs)."""
+    net = get_model(name, ds.channels, ds.num_classes, ds.im_size, **kw).to(resolve_device(device))
     reinit_(net, make_generator(seed))
     for p in net.parameters():
         p.requires_grad_(False)
@@ -143,7 +144,7 @@ def test_iid_idm_variant_with_class_aware_ce_uses_queue_accuracy():
     ds = tiny_dataset()
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     q = IDMQueue("ConvNet", ds.channels, ds.num_classes, ds.im_size, initial_nets=1, train_steps=2,
-                 batch_size=8, track_accuracy=True, width=16, generator=make_generator(0))
+                 batch_size=8, track_accuracy=True, width=16, generator=make_generator(0), device=ds.device)
     g = make_generator(0)
     net = q.draw(g)
     q.after_iteration(ds, g)
@@ -169,7 +170,8 @@ def test_iid_objective_runs_in_the_shared_loop_with_factor_2(channels_last):
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))  # IPC 1, 4 samples per class
     pool = RandomPool.for_dataset("ConvNet", ds, width=16)
-    obj = make_iid_objective(cc_pool=FixedPool(frozen_net("ResNet10", ds=ds)), lambda_cc=0.05, lambda_cm=0.01)
+    obj = make_iid_objective(cc_pool=FixedPool(frozen_net("ResNet10", ds=ds, device="auto")), lambda_cc=0.05,
+                             lambda_cm=0.01)
     before = syn.images.detach().clone()
     hist = distill(syn, ds, obj, pool, 3, lr_img=0.1, batch_real=8, progress=False, **kw)
     assert len(hist) == 3 and {"dm", "cm", "cc"} <= set(hist[0])
@@ -234,7 +236,7 @@ def test_dsdm_objective_rejects_negative_weights():
 def test_dsdm_bank_update_after_each_step_in_the_shared_loop():
     ds = tiny_dataset()
     make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
-    net = frozen_net(ds=ds, width=16)
+    net = frozen_net(ds=ds, width=16, device="auto")
     pool = FixedPool(net)
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
     bank = PrototypeBank(ds.num_classes, net.embed_dim, momentum=0.9)
@@ -324,7 +326,7 @@ def test_clamp_pixels_keeps_the_pixel_range():
     ds = tiny_dataset()
     x = torch.randn(5, 1, 4, 4) * 10
     clamp_pixels_(x, ds)
-    lo, hi = pixel_bounds(ds)
+    lo, hi = pixel_bounds(ds, x.device)
     assert torch.all(x >= lo - 1e-6) and torch.all(x <= hi + 1e-6)
     px = x * 0.25 + 0.5
     assert px.min() >= -1e-6 and px.max() <= 1 + 1e-6
@@ -365,7 +367,7 @@ def _iid_on_idm_run(ds, iterations, checkpoint=None):
     from ddkit.dm import GeneratorState
 
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
-    cc_pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8) for s in (1, 2)])
+    cc_pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8, device="auto") for s in (1, 2)])
     queue = IDMQueue("ConvNet", ds.channels, ds.num_classes, ds.im_size, generator=make_generator(3), max_nets=4,
                      interval=2, train_steps=1, batch_size=8, width=8)
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
@@ -377,7 +379,7 @@ def _iid_on_idm_run(ds, iterations, checkpoint=None):
     return syn.images.detach().clone(), hist
 
 
-def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path):
+def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path, deterministic):
     """Notebook 03's loop (IDM queue, per-class steps, L_CC draws from a checkpointed generator)
     stopped after 2 iterations and resumed equals the 4-iteration run."""
     ds = tiny_dataset()
@@ -394,7 +396,7 @@ def _dsdm_run(ds, iterations, checkpoint=None):
     from ddkit.dm import AccuracyCurve, GeneratorState, chain_steps
 
     make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
-    pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8) for s in (1, 2)])
+    pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8, device="auto") for s in (1, 2)])
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
     bank = PrototypeBank(ds.num_classes, pool.nets[0].embed_dim)
     bank_draws, dsa = GeneratorState(make_generator(7)), DSA(ds.dsa_strategy)
@@ -412,7 +414,7 @@ def _dsdm_run(ds, iterations, checkpoint=None):
     return syn.images.detach().clone(), hist, bank.value.clone(), curve.points
 
 
-def test_dsdm_resumes_to_the_uninterrupted_run_bank_and_curve_included(tmp_path):
+def test_dsdm_resumes_to_the_uninterrupted_run_bank_and_curve_included(tmp_path, deterministic):
     ds = tiny_dataset()
     full, h_full, bank_full, curve_full = _dsdm_run(ds, 4)
     ck = tmp_path / "ck.pt"
