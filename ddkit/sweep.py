@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: keys not compared when deciding whether a finished run matches the request
-IGNORED_IN_MATCH = frozenset({"run_name", "results_dir", "data_root", "device"})
+IGNORED_IN_MATCH = frozenset({"run_name", "results_dir", "data_root", "device", "deterministic"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
