@@ -82,12 +82,21 @@ def canonical_method(name: Any) -> str:
 
 # --------------------------------------------------------------------------- reading
 def _legacy_protocol(rec: dict) -> dict:
-    """The protocol of a pre-``evaluations`` file: its ``eval_settings`` or the notebook parameters."""
+    """The protocol of a pre-``evaluations`` file: the recorded ``eval_protocol`` parameter (default
+    "standard", the only protocol before it existed) with its ``eval_settings`` or the notebook
+    parameters. ``ValueError`` naming the file's value when it is not one of ``ddkit.evaluate.PROTOCOLS``
+    (a block of another protocol would take it silently)."""
+    from .evaluate import PROTOCOLS
+
     params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+    name = params.get("eval_protocol") or "standard"
+    if name not in PROTOCOLS:
+        raise ValueError(f"a pre-'evaluations' result.json records eval_protocol={name!r}, which the report cannot "
+                         f"place (known: {sorted(PROTOCOLS)}); re-run it or remove it")
     if isinstance(rec.get("eval_settings"), dict) and rec["eval_settings"]:
-        return {"name": "standard", **rec["eval_settings"]}
+        return {"name": name, **rec["eval_settings"]}
     known = {"epochs": params.get("eval_epochs"), "num_models": params.get("num_eval")}
-    return {"name": "standard", **{k: v for k, v in known.items() if v is not None}}
+    return {"name": name, **{k: v for k, v in known.items() if v is not None}}
 
 
 def _legacy_entry(method, val: dict, *, ipc, eval_model, protocol, variant="") -> dict:
