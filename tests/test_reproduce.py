@@ -140,3 +140,26 @@ def test_every_shipped_set_verifies_and_evaluates():
     for line in lines:
         res = rd.evaluate_shipped(DISTILLED / line["file"], epochs=2, num_eval=1, dataset=load_dataset(line["dataset"]))
         assert len(res.accs) == 1, line["file"]
+
+
+def test_dsdm_protocol_records_the_best_test_selection_beside_the_last_epoch(tiny_ds):
+    from ddkit.dm import evaluation_entries, protocol_evaluator
+
+    x, y = tiny_ds.x_train[:20], tiny_ds.y_train[:20]
+    res = protocol_evaluator(tiny_ds, "dsdm", num_models=1, epochs=3, seed=0)(x, y)
+    assert set(res.selection) == {"last", "best_test"} and [p["epoch"] for p in res.epoch_curve] == [3]
+    entries = evaluation_entries({"DSDM": {"ConvNet": res}}, ipc=2, protocol="dsdm", eval_model="ConvNet",
+                                 ledgers={"DSDM": {}})
+    assert [e["protocol"]["selection"] for e in entries] == ["last", "best_test"]
+    assert entries[1]["accs"] == res.selection["best_test"] and entries[1]["protocol"]["name"] == "dsdm"
+    std = protocol_evaluator(tiny_ds, "standard", num_models=1, epochs=3, seed=0)(x, y)
+    assert std.selection == {}  # the standard protocol: the last epoch only, as before
+
+
+def test_a_legacy_result_keeps_its_recorded_protocol_or_is_refused():
+    from ddkit.report_collect import _legacy_protocol
+
+    assert _legacy_protocol({"params": {"eval_protocol": "dsdm", "eval_epochs": 1500}})["name"] == "dsdm"
+    assert _legacy_protocol({"params": {}})["name"] == "standard"
+    with pytest.raises(ValueError, match="eval_protocol='dim'"):
+        _legacy_protocol({"params": {"eval_protocol": "dim"}})
