@@ -90,9 +90,10 @@ def pixel_lr_to_normalized(lr_pixel: float, dataset) -> float:
 
 
 def dsdm_lr(ipc: int, dataset=None, base: float = 0.1) -> float:
-    """DSDM's image learning rate ``base * ipc / 10`` (0.01 at IPC 1, 0.1 at IPC 10, 0.5 at IPC 50;
-    REFERENCE_NOTES on papers/04). The reference optimises [0, 1] pixels; with a ``dataset`` the rate is
-    converted to ddkit's normalised space (:func:`pixel_lr_to_normalized`)."""
+    """DSDM's image learning rate ``base * ipc / 10`` (0.01 at IPC 1, 0.1 at IPC 10, 0.5 at IPC 50): ``base``
+    the paper's eta_DSDM = 0.1 (§5.1), ``ipc / 10`` DSDM's code (argument.py ``tune_lr_img``). The reference
+    optimises [0, 1] pixels; with a ``dataset`` the rate is converted to ddkit's normalised space
+    (:func:`pixel_lr_to_normalized`)."""
     if ipc < 1:
         raise ValueError(f"ipc={ipc} must be >= 1")
     lr = base * ipc / 10.0
