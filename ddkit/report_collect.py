@@ -298,13 +298,13 @@ def _protocol_labels(df: pd.DataFrame) -> pd.Series:
     return labels
 
 
-#: The protocols of ``published.csv`` (REFERENCE_NOTES "The standard evaluation protocol").
+#: The protocols of ``published.csv`` (docs/sources.md).
 PUBLISHED_PROTOCOLS = {
     "standard": "DC/DSA/DM: fresh ConvNets trained on the set, SGD 0.01, step decay at half, DSA, 1000 epochs; "
                 "test accuracy after the last epoch",
     "dsdm": "DSDM's own: 1500 epochs, batch 64, MultiStepLR x0.2 at 2/3 and 5/6, DSA + CutMix; best test "
-            "accuracy over checkpoints (as IDM)",
-    "dim": "DiM's validate: a fresh generated batch every step, constant lr 0.01, color_crop DSA, tested every "
+            "accuracy over the code's test checkpoints (one, after the last epoch)",
+    "dim": "DiM's generator evaluation (pool_match.py): a fresh generated batch every step, constant lr 0.01, color_crop DSA, tested every "
            "200 epochs; best of those test accuracies",
     "unstated": "the paper does not state its evaluation protocol",
     "whole": "a network trained on the full training set",
