@@ -131,6 +131,21 @@ def render_markdown(rows: dict, cells_csv=None) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def recorded_markdown(docs_dir=None, cells_csv=None) -> str:
+    """The recorded rows of ``docs_dir/reproduction.json`` (default the repository's ``docs/``) as the
+    Markdown table of :func:`render_markdown`, or a line saying none is recorded (the report's section)."""
+    from .reproduce import REPO
+
+    path = Path(docs_dir or REPO / "docs") / ROWS_JSON
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    if not rows:
+        return "_No table cell reproduced yet: `ddkit reproduce --list`, then `ddkit reproduce <cell>`._\n"
+    full = render_markdown(rows, cells_csv).splitlines()
+    table = [line for line in full if line.startswith("|")]
+    kept = table[:2] + [line for line in table[2:] if line.split("|")[1].strip() in rows]
+    return "\n".join(kept) + "\n\nAll cells, run or not: `docs/reproduction.md`.\n"
+
+
 def sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
