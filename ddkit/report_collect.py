@@ -304,8 +304,8 @@ PUBLISHED_PROTOCOLS = {
                 "test accuracy after the last epoch",
     "dsdm": "DSDM's own: 1500 epochs, batch 64, MultiStepLR x0.2 at 2/3 and 5/6, DSA + CutMix; best test "
             "accuracy over the code's test checkpoints (one, after the last epoch)",
-    "dim": "DiM's generator evaluation (pool_match.py): a fresh generated batch every step, constant lr 0.01, color_crop DSA, tested every "
-           "200 epochs; best of those test accuracies",
+    "dim": "DiM's generator evaluation (pool_match.py): a fresh generated batch every step, constant lr 0.01, "
+           "color_crop DSA, tested every 200 epochs; best of those test accuracies",
     "unstated": "the paper does not state its evaluation protocol",
     "whole": "a network trained on the full training set",
 }

@@ -18,6 +18,7 @@ synthetic sets into ``distilled/`` with a manifest line.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -53,6 +54,9 @@ EVAL_S_PER_1000_STEPS = 5.0
 #: (classes, channels x height x width) of the datasets the cells name.
 DATASET_SIZES = {"mnist": (10, 784), "fashion_mnist": (10, 784), "svhn": (10, 3072), "cifar10": (10, 3072),
                  "cifar100": (100, 3072), "tinyimagenet": (200, 12288)}
+#: Notebooks whose distillation loop honours the time box (``ddkit.distill.distill`` with a checkpoint); the
+#: others (GAN stages, EAD's loop) stop only between evaluation networks that keep a store.
+TIMEBOXED = {"00_quickstart", "03_iid", "04_dsdm"}
 #: ``--smoke``: overrides of each notebook's tiny CI defaults (mnist5k) that keep the cell's method.
 SMOKE = {
     "00_quickstart": {"baselines": [], "iterations": 6, "batch_real": 8, "eval_epochs": 3, "num_eval": 2},
@@ -199,27 +203,40 @@ def git_commit() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _environment(**values):
+    """Set environment variables for the block (the kernel papermill starts inherits them), then restore."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
 def execute(run, deadline: float | None, kernel_name: str | None = None) -> dict:
-    """Execute one run's notebook with papermill under ``deadline`` (``$DDKIT_DEADLINE``):
-    ``{"status": "complete" | "partial" | "failed", "iterations_done", "error", "seconds"}``."""
+    """Execute one run's notebook with papermill under ``deadline`` (``$DDKIT_DEADLINE``), with
+    ``$DDKIT_RESULTS`` = the cell folder so that the caches a run reuses (pretrained pools, GAN stages) live
+    in it too: ``{"status": "complete" | "partial" | "failed", "iterations_done", "error", "seconds"}``."""
     import papermill as pm
+
+    from .results import RESULTS_ENV
 
     out = run.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    old = os.environ.get(timebox.DEADLINE_ENV)
-    os.environ[timebox.DEADLINE_ENV] = "" if deadline is None else repr(deadline)
     t0 = time.time()
+    env = {timebox.DEADLINE_ENV: "" if deadline is None else repr(deadline), RESULTS_ENV: str(run.results_dir)}
     try:
-        pm.execute_notebook(run.notebook, str(run.output_notebook), parameters=run.notebook_params(),
-                            kernel_name=kernel_name, progress_bar=False, cwd=str(Path(run.notebook).parent))
+        with _environment(**env):
+            pm.execute_notebook(run.notebook, str(run.output_notebook), parameters=run.notebook_params(),
+                                kernel_name=kernel_name, progress_bar=False, cwd=str(Path(run.notebook).parent))
     except pm.PapermillExecutionError as exc:
         if exc.ename != "TimeBoxReached":
             return {"status": "failed", "error": f"{exc.ename}: {exc.evalue}", "seconds": time.time() - t0}
         done = timebox.progress_of(exc.evalue)
         return {"status": "partial", "iterations_done": done[0] if done else None, "error": None,
                 "seconds": time.time() - t0}
-    finally:
-        os.environ.pop(timebox.DEADLINE_ENV) if old is None else os.environ.__setitem__(timebox.DEADLINE_ENV, old)
     if not (out / "result.json").is_file():
         return {"status": "failed", "error": f"the notebook wrote no result.json in {out}", "seconds": time.time() - t0}
     return {"status": "complete", "iterations_done": run.params.get("iterations"), "error": None,
@@ -248,6 +265,9 @@ def run_cell(cell_id: str, *, minutes: float | None = None, seeds: int = 1, smok
     cell_dir = root / (cell.cell + ("-smoke" if smoke else ""))
     runs = cell_runs(cell, cell_dir, seeds, smoke)
     deadline = None if minutes is None else time.time() + 60 * minutes
+    if minutes is not None and Path(runs[0].notebook).stem not in TIMEBOXED:
+        log(f"warning: {Path(runs[0].notebook).name}'s training loop has no time box: --minutes stops it only "
+            f"between evaluation networks (estimate {estimate_minutes(cell)} min a seed)")
     rec = read_record(cell_dir) or {"cell": cell.cell, "smoke": smoke, "seeds": {}}
     for run in runs:
         seed = str(run.params["seed"])

@@ -104,7 +104,8 @@ def record_row(docs_dir: Path, row: dict, cells_csv=None) -> Path:
 def _ours(r: dict | None) -> tuple[str, str, str]:
     if not r or "ours" not in r:
         return "", "", ""
-    return f"{r['ours']:.2f} ± {r['ours_std']:.2f} ({r['networks']} nets / {r['seeds']} seeds)", f"{r['diff']:+.2f}", r["within"]
+    ours = f"{r['ours']:.2f} ± {r['ours_std']:.2f} ({r['networks']} nets / {r['seeds']} seeds)"
+    return ours, f"{r['diff']:+.2f}", r["within"]
 
 
 def render_markdown(rows: dict, cells_csv=None) -> str:
