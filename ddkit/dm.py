@@ -389,8 +389,9 @@ def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: st
     """``result.json``'s ``evaluations``: one entry per evaluated set and architecture of
     ``results = {method: {architecture: EvalResult}}`` under :func:`hard_label_protocol` (the last epoch, plus
     one entry per other selection the result recorded, e.g. DSDM's best test), each with its method's ledger
-    (``ledgers[method]``, ``ddkit.results.budget_ledger``) and, on ``eval_model``, its accuracy curve when one was recorded (``curves[method]`` non-empty); then the starting point
-    ("Random real", variant "init") when ``res_init`` is given."""
+    (``ledgers[method]``, ``ddkit.results.budget_ledger``) and, on ``eval_model``, its accuracy curve when one
+    was recorded (``curves[method]`` non-empty); then the starting point ("Random real", variant "init") when
+    ``res_init`` is given."""
     record = hard_label_protocol(protocol)
     curves = curves or {}
     entries = []
