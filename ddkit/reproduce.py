@@ -141,8 +141,12 @@ def cell_runs(cell: Cell, cell_dir: Path, seeds: int, smoke: bool = False) -> li
     base = paper_runs(cell, cell_dir)[0]
     nb = Path(base.notebook).stem
     if smoke:
-        keep = {k: base.params[k] for k in ("base", "factor", "image_step", "use_cc", "use_cm") if k in base.params}
-        params = {**keep, **SMOKE.get(nb, {}), "dataset": "mnist5k", "ipc": min(cell.ipc, 2)}
+        from .notebook_params import notebook_parameters
+
+        keep = {k: base.params[k] for k in ("base", "factor", "image_step", "use_cc", "use_cm", "eval_protocol")
+                if k in base.params}
+        params = {"iterations": notebook_parameters(base.notebook)["iterations"].default, **keep,
+                  **SMOKE.get(nb, {}), "dataset": "mnist5k", "ipc": min(cell.ipc, 2)}
     else:
         params = dict(base.params)
     return [dataclasses.replace(base, params={**params, "seed": s}, run_name=f"s{s}", results_dir=str(cell_dir))

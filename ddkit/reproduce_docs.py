@@ -180,8 +180,9 @@ def ship_sets(cell, cell_dir: Path, rec: dict, distilled_dir: Path, row: dict) -
         shutil.copyfile(src, dst)
         obj = torch.load(dst, map_location="cpu", weights_only=False)
         shape = list(obj["x"].shape) if kind == "synset" else []
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         line = {"file": str(dst.relative_to(out)), "sha256": sha256(dst), "kind": kind, "shape": shape,
-                "dataset": cell.dataset, "ipc": cell.ipc, "method": cell.method, "cell": cell.cell, "seed": int(seed),
+                "dataset": meta.get("dataset") or cell.dataset, "ipc": cell.ipc, "method": cell.method, "cell": cell.cell, "seed": int(seed),
                 "protocol": f"{cell.protocol}/{cell.selection}",
                 "command": f"ddkit reproduce {cell.cell} --seeds {len(rec['seeds'])}", "commit": rec.get("commit"),
                 "paper": cell.mean, "ours": row.get("ours"), "bytes": dst.stat().st_size}
