@@ -118,6 +118,9 @@ def render_markdown(rows: dict, cells_csv=None) -> str:
             "network of every seed (count shown) under the cell's protocol and selection; *within*: our mean inside\n"
             "the paper's mean ± std (fewer than 3 seeds) or the paper's mean inside our 95% interval (>= 3 seeds).\n"
             "*Iterations*: done / the paper's, per seed; a cell is complete only at the paper's budget.\n\n"
+            "Run a cell with `ddkit reproduce <cell> --minutes N [--seeds K]`: when the minutes run out the loop saves\n"
+            "its state in `results/reproduce/<cell>/` and stops; the same command resumes it (copy that folder to\n"
+            "resume on another machine). A complete cell's sets go to `distilled/` (`ddkit evaluate distilled/<file>`).\n\n"
             "| cell | paper | table | paper number | ours | diff | within | protocol/selection | status | "
             "iterations | GPU | minutes | commit | date |\n|" + "---|" * 14 + "\n")
     lines = []
