@@ -196,7 +196,8 @@ def gpu_name() -> str:
 
 
 def git_commit() -> str:
-    """The repository's short commit (``+dirty`` with uncommitted changes), "unknown" outside git."""
+    """The repository's short commit (``+dirty`` with uncommitted changes); outside git ``$DDKIT_COMMIT`` (a
+    copied work tree on another machine), else "unknown"."""
     try:
         sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -204,7 +205,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("DDKIT_COMMIT", "unknown")
 
 
 @contextlib.contextmanager
