@@ -17,7 +17,7 @@ import math
 import shutil
 from pathlib import Path
 
-from .utils import atomic_write_bytes, atomic_write_json
+from .utils import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 ROWS_JSON = "reproduction.json"
 ROWS_MD = "reproduction.md"
@@ -180,7 +180,11 @@ def ship_sets(cell, cell_dir: Path, rec: dict, distilled_dir: Path, row: dict) -
         src, kind = found
         dst = out / cell.paper / f"{cell.cell}_s{seed}.pt"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        if kind == "generator":  # the generator's weights only (no discriminator, no optimizer states)
+            full = torch.load(src, map_location="cpu", weights_only=False)
+            atomic_torch_save({k: full[k] for k in ("meta", "params", "G")}, dst)
+        else:
+            shutil.copyfile(src, dst)
         obj = torch.load(dst, map_location="cpu", weights_only=False)
         shape = list(obj["x"].shape) if kind == "synset" else []
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
@@ -221,6 +225,26 @@ def manifest_line(path) -> dict | None:
     return None
 
 
+def load_generator(path, dataset, device=None):
+    """The generator of a shipped generator file (:func:`ship_sets` keeps ``meta``, ``params`` and ``G``),
+    checked against ``dataset`` (``ddkit.gan_checkpoint.checkpoint_meta``; ``ValueError`` naming a mismatch)."""
+    import torch
+
+    from .gan_checkpoint import build_gan, checkpoint_meta
+
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    m = obj["meta"]
+    for key, want in checkpoint_meta(dataset).items():
+        have = list(m.get(key)) if isinstance(m.get(key), (list, tuple)) else m.get(key)
+        if have != want:
+            raise ValueError(f"{path}: generator made for {key}={have!r}, not {want!r} ({dataset.name})")
+    state = build_gan(dataset, z_dim=m["z_dim"], gen_width=m["gen_width"], disc_width=m["disc_width"],
+                      gan_loss=m["gan_loss"], device=device, gen_arch=m.get("gen_arch", "compact"),
+                      gen_conditioning=m.get("gen_conditioning", "concat"))
+    state.G.load_state_dict(obj["G"])
+    return state.G
+
+
 def evaluate_shipped(path, *, protocol: str | None = None, model: str = "ConvNet", epochs: int | None = None,
                      num_eval: int = 5, dataset=None, device=None, seed: int = 0):
     """Re-evaluate a shipped set (``ddkit evaluate``): images + labels trained on ``num_eval`` fresh
@@ -239,8 +263,7 @@ def evaluate_shipped(path, *, protocol: str | None = None, model: str = "ConvNet
     name = name if name in PROTOCOLS else "standard"
     ds = dataset if dataset is not None else load_dataset(line.get("dataset") or "mnist5k")
     if line.get("kind") == "generator":
-        from .gan_checkpoint import load_checkpoint
-        x, y = load_checkpoint(path, ds, device).G.sample(int(line["ipc"]), seed=seed)
+        x, y = load_generator(path, ds, device).sample(int(line["ipc"]), seed=seed)
     else:
         x, y, _ = load_synset(path)
     settings = {k: v for k, v in PROTOCOLS[name].items() if k != "epochs"}

@@ -163,3 +163,20 @@ def test_a_legacy_result_keeps_its_recorded_protocol_or_is_refused():
     assert _legacy_protocol({"params": {}})["name"] == "standard"
     with pytest.raises(ValueError, match="eval_protocol='dim'"):
         _legacy_protocol({"params": {"eval_protocol": "dim"}})
+
+
+def test_a_generator_ships_without_its_discriminator_and_re_evaluates(tmp_path, tiny_ds):
+    from ddkit.gan_checkpoint import build_gan, save_checkpoint
+
+    run = tmp_path / "cell/gan/s0"
+    run.mkdir(parents=True)
+    state = build_gan(tiny_ds, z_dim=16, gen_width=8, disc_width=8, gen_arch="compact")
+    save_checkpoint(state, run / "generator.pt")
+    cell = rp.get_cell("ganlg-fmnist-ipc1")
+    rec = {"seeds": {"0": {"run_dir": "gan/s0", "status": "complete"}}, "commit": "abc"}
+    line, = rd.ship_sets(cell, tmp_path / "cell", rec, tmp_path / "distilled", {"ours": 50.0})
+    shipped = torch.load(tmp_path / "distilled" / line["file"], weights_only=False)
+    assert set(shipped) == {"meta", "params", "G"} and line["kind"] == "generator"
+    assert line["dataset"] == tiny_ds.name and rd.verify_manifest(tmp_path / "distilled") == []
+    res = rd.evaluate_shipped(tmp_path / "distilled" / line["file"], epochs=2, num_eval=1, dataset=tiny_ds)
+    assert len(res.accs) == 1
