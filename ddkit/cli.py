@@ -187,6 +187,7 @@ def add_reproduce_parser(sub) -> None:
     r.add_argument("--results-dir", default=None, help="cell folders (default: <repo>/results/reproduce)")
     r.add_argument("--docs-dir", default=None, help="where reproduction.md/json go (default: <repo>/docs)")
     r.add_argument("--distilled-dir", default=None, help="shipped sets (default: <repo>/distilled)")
+    r.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
@@ -200,7 +201,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         return 2
     try:
         rec = rp.run_cell(a.cell, minutes=a.minutes, seeds=a.seeds, smoke=a.smoke, results_dir=a.results_dir,
-                          docs_dir=a.docs_dir, distilled_dir=a.distilled_dir)
+                          docs_dir=a.docs_dir, distilled_dir=a.distilled_dir, kernel_name=a.kernel)
     except ValueError as exc:
         print(f"ddkit reproduce: error: {exc}", file=sys.stderr)
         return 2
