@@ -242,6 +242,8 @@ def execute(run, deadline: float | None, kernel_name: str | None = None) -> dict
         done = timebox.progress_of(exc.evalue)
         return {"status": "partial", "iterations_done": done[0] if done else None, "error": None,
                 "seconds": time.time() - t0}
+    except Exception as exc:  # noqa: BLE001 - no kernel, unreadable notebook: recorded, the cell stays resumable
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - t0}
     if not (out / "result.json").is_file():
         return {"status": "failed", "error": f"the notebook wrote no result.json in {out}", "seconds": time.time() - t0}
     return {"status": "complete", "iterations_done": run.params.get("iterations"), "error": None,
