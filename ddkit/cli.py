@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     u.add_argument("--force", action="store_true", help="re-run finished runs too")
     u.add_argument("args", nargs=argparse.REMAINDER, help="after --: the script's arguments")
+    add_reproduce_parser(sub)
+    add_evaluate_parser(sub)
     return p
 
 
@@ -213,6 +215,67 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_reproduce_parser(sub) -> None:
+    """``ddkit reproduce``: the papers' main-table cells (ddkit.reproduce)."""
+    r = sub.add_parser("reproduce", help="reproduce a paper's table cell at the paper's budget (time-boxed)",
+                       description="List the papers' main-table cells (--list) or run one, resumably: "
+                       "ddkit reproduce dm-fmnist-ipc10 --minutes 10. See docs/reproduction.md.")
+    r.add_argument("cell", nargs="?", help="cell id (ddkit reproduce --list)")
+    r.add_argument("--list", action="store_true", help="list the cells with their published numbers")
+    r.add_argument("--minutes", type=float, default=None, help="time box: checkpoint and stop after N minutes")
+    r.add_argument("--seeds", type=int, default=1, help="distillation seeds 0..K-1 (default 1)")
+    r.add_argument("--smoke", action="store_true", help="tiny CPU budget on mnist5k (tests; nothing shipped)")
+    r.add_argument("--results-dir", default=None, help="cell folders (default: <repo>/results/reproduce)")
+    r.add_argument("--docs-dir", default=None, help="where reproduction.md/json go (default: <repo>/docs)")
+    r.add_argument("--distilled-dir", default=None, help="shipped sets (default: <repo>/distilled)")
+    r.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from ddkit import reproduce as rp
+
+    if a.list:
+        print(rp.format_list(rp.list_rows()))
+        return 0
+    if not a.cell:
+        print("ddkit reproduce: error: name a cell or pass --list", file=sys.stderr)
+        return 2
+    try:
+        rec = rp.run_cell(a.cell, minutes=a.minutes, seeds=a.seeds, smoke=a.smoke, results_dir=a.results_dir,
+                          docs_dir=a.docs_dir, distilled_dir=a.distilled_dir, kernel_name=a.kernel)
+    except ValueError as exc:
+        print(f"ddkit reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    row = rec["row"]
+    print(f"{row['cell']}: {row['status']}; paper {row['paper']}, ours {row.get('ours', '-')} ± "
+          f"{row.get('ours_std', '-')} ({row['networks']} nets), iterations {row['iterations']}")
+    return 0 if row["status"] in ("complete", "partial") else 1
+
+
+def add_evaluate_parser(sub) -> None:
+    """``ddkit evaluate``: re-evaluate a shipped set (ddkit.reproduce_docs)."""
+    e = sub.add_parser("evaluate", help="re-evaluate a shipped distilled set (distilled/MANIFEST.json)")
+    e.add_argument("file", help="distilled/<paper>/<cell>_s<seed>.pt")
+    e.add_argument("--protocol", default=None, help="standard or dsdm (default: the cell's)")
+    e.add_argument("--model", default="ConvNet", help="evaluation architecture (default ConvNet)")
+    e.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    e.add_argument("--num-eval", type=int, default=5, help="evaluation networks (default 5)")
+    e.add_argument("--device", default=None, help="default: cuda when available")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from ddkit.reproduce_docs import evaluate_shipped
+
+    try:
+        res = evaluate_shipped(a.file, protocol=a.protocol, model=a.model, epochs=a.epochs, num_eval=a.num_eval,
+                               device=a.device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ddkit evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{a.file}: {res.mean:.2f} ± {res.std:.2f} over {len(res.accs)} {a.model} networks ({res.settings})")
+    return 0
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     """The parsed command line; ``ddkit run <params.yaml> --set k=v`` takes its options after the
     target too (a Python script keeps what follows it as its own arguments)."""
@@ -225,11 +288,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    if args.command == "sweep":
-        return cmd_sweep(args)
-    if args.command == "run":
-        return cmd_run(args)
-    return cmd_report(args)
+    commands = {"sweep": cmd_sweep, "run": cmd_run, "reproduce": cmd_reproduce, "evaluate": cmd_evaluate}
+    return commands.get(args.command, cmd_report)(args)
 
 
 if __name__ == "__main__":  # python -m ddkit.cli

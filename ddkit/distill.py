@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import timebox
 from .augment import DSA, decode, mosaic_init
 from .checks import check_int, check_interval, check_ipc, check_number
 from .distributed import ClassShard, current
@@ -215,6 +216,8 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     - Under ``torchrun`` (``ddkit run --nproc N``) the classes are split over the ranks (module
       docstring); every rank returns the same history and ends with the whole set; only rank 0
       writes the checkpoint.
+    - Time box (``ddkit.timebox``): with a ``checkpoint``, one process and ``$DDKIT_DEADLINE`` passed,
+      the loop saves its state after the current iteration and raises ``TimeBoxReached``.
     - ``amp``: "off" (float32, the exact previous path), "bf16" or "fp16": the objective (the no-grad
       real-side forward and the synthetic forward) runs under ``torch.autocast`` on ``device``
       (``ddkit.speed.autocast``); the backward and the image step stay float32 ("fp16" scales the loss).
@@ -325,6 +328,10 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
             bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
         if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
             save(it + 1)
+        if checkpoint is not None and it + 1 < iterations and shard.group.world_size == 1 and timebox.expired():
+            if (it + 1) % checkpoint_every:
+                save(it + 1)
+            raise timebox.stop_loop(it + 1, iterations, str(checkpoint))
     if image_step == "per_class":
         _clamp(syn, clamp)
     return history

@@ -90,9 +90,10 @@ def pixel_lr_to_normalized(lr_pixel: float, dataset) -> float:
 
 
 def dsdm_lr(ipc: int, dataset=None, base: float = 0.1) -> float:
-    """DSDM's image learning rate ``base * ipc / 10`` (0.01 at IPC 1, 0.1 at IPC 10, 0.5 at IPC 50;
-    REFERENCE_NOTES on papers/04). The reference optimises [0, 1] pixels; with a ``dataset`` the rate is
-    converted to ddkit's normalised space (:func:`pixel_lr_to_normalized`)."""
+    """DSDM's image learning rate ``base * ipc / 10`` (0.01 at IPC 1, 0.1 at IPC 10, 0.5 at IPC 50): ``base``
+    the paper's eta_DSDM = 0.1 (§5.1), ``ipc / 10`` DSDM's code (argument.py ``tune_lr_img``). The reference
+    optimises [0, 1] pixels; with a ``dataset`` the rate is converted to ddkit's normalised space
+    (:func:`pixel_lr_to_normalized`)."""
     if ipc < 1:
         raise ValueError(f"ipc={ipc} must be >= 1")
     lr = base * ipc / 10.0
@@ -301,24 +302,37 @@ def chain_steps(*hooks):
     return after_step
 
 
+#: Epochs between test checkpoints of each protocol's evaluation networks (0: the last epoch only; None: every
+#: ``epochs``, one test at the end recorded as a checkpoint). "dsdm": DSDM's public code (argument.py: for
+#: distilled data ``args.epochs = 1500; args.epoch_print_freq = args.epochs``) tests every ``epoch_print_freq``
+#: epochs in its IDC-based training loop and keeps the best (``is_best = acc1 > best_acc1``): one test, at
+#: the end, so its "best test" is the last epoch's test accuracy, selected on the test set.
+PROTOCOL_TEST_EVERY = {"standard": 0, "dsdm": None}
+
+
 def protocol_evaluator(dataset, protocol: str, *, num_models: int, epochs: int, seed: int, device=None,
-                       compile: str = "off", width: int = 0, amp: str = "off"):
+                       compile: str = "off", width: int = 0, amp: str = "off", eval_every_epochs: int | None = -1,
+                       val_per_class: int = 0):
     """``evaluate(x, y, model) -> EvalResult``: a synthetic set trained on ``num_models`` fresh ``model``
     networks for ``epochs`` under the named protocol of ``ddkit.evaluate.PROTOCOLS`` (its schedule, batch
     and CutMix; the run's epochs), the same for every set a notebook evaluates (the accuracy curve, the
     cross-architecture table). ``compile``: the notebook's 'auto' / 'on' / 'off'; ``width``: ConvNet width
     (:func:`conv_kw`); ``amp``: the notebook's ``eval_amp`` (mixed precision of training and test passes,
-    recorded in each result's settings when not 'off')."""
+    recorded in each result's settings when not 'off'). ``eval_every_epochs``: test checkpoints (-1: the
+    protocol's, :data:`PROTOCOL_TEST_EVERY`; the ``EvalResult`` then carries the last-epoch and the best-test
+    selections); ``val_per_class`` > 0 adds the validation selection (``ddkit.evaluate.SELECTIONS``)."""
     from .evaluate import PROTOCOLS, evaluate_synset
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}; expected one of {list(PROTOCOLS)}")
     settings = {k: v for k, v in PROTOCOLS[protocol].items() if k != "epochs"}
+    every = PROTOCOL_TEST_EVERY.get(protocol, 0) if eval_every_epochs == -1 else eval_every_epochs
+    every = epochs if every is None else every
 
     def evaluate(x, y, model: str = "ConvNet"):
         return evaluate_synset(x, y, dataset, model=model, num_models=num_models, epochs=epochs, seed=seed,
                                device=device, compile=compile_flag(compile), model_kw=conv_kw(model, width),
-                               amp=amp, **settings)
+                               amp=amp, eval_every_epochs=every, val_per_class=val_per_class, **settings)
 
     return evaluate
 
@@ -337,10 +351,30 @@ def evaluate_start(evaluate, x_init: torch.Tensor, labels: torch.Tensor, factor:
     return evaluate(*decode(x_init, labels, factor))
 
 
-def hard_label_protocol(name: str) -> dict:
+def hard_label_protocol(name: str, selection: str = "last") -> dict:
     """The protocol record of the DM-family notebooks: ``name`` (``ddkit.evaluate.PROTOCOLS``), hard labels,
-    the last epoch's test accuracy (no selection)."""
-    return {"name": name, "labels": "hard", "selection": "last"}
+    and the ``selection`` of ``ddkit.evaluate.SELECTIONS`` whose accuracies the entry holds ("last": the last
+    epoch's; "best_test": the best test checkpoint, selected on the test set; "best_val": by validation)."""
+    from .evaluate import SELECTIONS
+
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r}; expected one of {list(SELECTIONS)}")
+    return {"name": name, "labels": "hard", "selection": selection}
+
+
+def _selection_entries(entry: dict, result, record: dict) -> list:
+    """Besides the last-epoch ``entry``: one entry per other selection ``result`` recorded (best test, best
+    validation), with that selection's accuracies and its label in the protocol."""
+    import numpy as np
+
+    out = []
+    for label, accs in (getattr(result, "selection", None) or {}).items():
+        if label == "last":
+            continue
+        accs = [float(a) for a in accs]
+        out.append({**entry, "protocol": {**entry["protocol"], **hard_label_protocol(record["name"], label)},
+                    "accs": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))})
+    return out
 
 
 def start_fields(res_init) -> dict:
@@ -354,15 +388,19 @@ def start_fields(res_init) -> dict:
 def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: str, ledgers: dict,
                        curves: dict | None = None, res_init=None) -> list:
     """``result.json``'s ``evaluations``: one entry per evaluated set and architecture of
-    ``results = {method: {architecture: EvalResult}}`` under :func:`hard_label_protocol`, each with its
-    method's ledger (``ledgers[method]``, ``ddkit.results.budget_ledger``) and, on ``eval_model``, its
-    accuracy curve when one was recorded (``curves[method]`` non-empty); then the starting point
-    ("Random real", variant "init") when ``res_init`` is given."""
+    ``results = {method: {architecture: EvalResult}}`` under :func:`hard_label_protocol` (the last epoch, plus
+    one entry per other selection the result recorded, e.g. DSDM's best test), each with its method's ledger
+    (``ledgers[method]``, ``ddkit.results.budget_ledger``) and, on ``eval_model``, its accuracy curve when one
+    was recorded (``curves[method]`` non-empty); then the starting point ("Random real", variant "init") when
+    ``res_init`` is given."""
     record = hard_label_protocol(protocol)
     curves = curves or {}
-    entries = [evaluation_entry(method, r, ipc=ipc, protocol=record, ledger=ledgers[method],
-                                curve=(curves.get(method) or None) if m == eval_model else None)
-               for method, by_model in results.items() for m, r in by_model.items()]
+    entries = []
+    for method, by_model in results.items():
+        for m, r in by_model.items():
+            entry = evaluation_entry(method, r, ipc=ipc, protocol=record, ledger=ledgers[method],
+                                     curve=(curves.get(method) or None) if m == eval_model else None)
+            entries += [entry] + _selection_entries(entry, r, record)
     if res_init is not None:
         entries.append(evaluation_entry("Random real", res_init, ipc=ipc, protocol=record, variant="init"))
     return entries

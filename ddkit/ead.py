@@ -11,7 +11,8 @@ mean-normalised losses ``L(X, theta) = mean_{x in X} l(theta, x)`` and ``n' = |D
 with ``alpha = (|G| - |A|) / n'`` (:func:`ddkit.losses.replacement_alpha`). The paper's Eq. 4 writes
 ``<g_P, g_G - alpha g_D> - <g_P, g_A>``: that is (*) with the opposite sign and with ``g_G``, ``g_A``
 scaled by ``n'`` instead of their own sizes, i.e. it mixes sum- and mean-normalised gradients. For
-``G = D`` and ``A = S`` (Eq. 7) (*) collapses to ``sum_t eta_t <g_P^t, g_S^t - g_D^t>``: coefficient 1
+``G = D`` and ``A = S`` (*) collapses to ``sum_t eta_t <g_P^t, g_S^t - g_D^t>`` (Eq. 7 as written drops
+the ``eta_t``: ``eta_weighting=False``, the default): coefficient 1
 on the real term (``real_coef=1``, the default), whereas the literal ``(1 - alpha)`` equals
 ``(2|S| - |D|) / |S|`` (about -|D|/|S|). ``notebooks/05_ead.ipynb`` derives this step by step.
 
@@ -211,7 +212,7 @@ def per_sample_grads(model, params: dict, buffers: dict, x, y) -> torch.Tensor:
 
 
 def effect_values(model, checkpoints, x_probe, y_probe, x_real, y_real, x_syn, y_syn, *, real_coef: float = 1.0,
-                  eta_weighting: bool = True) -> dict:
+                  eta_weighting: bool = False) -> dict:
     """The three objectives at fixed batches and checkpoints, without graphs (monitoring, diagnostics).
 
     Returns ``signed`` (inside Eq. 7's bars: ``sum_t w_t <g_P, c g_D - g_S>``), ``paper`` (``|signed|``,
@@ -236,12 +237,13 @@ def effect_values(model, checkpoints, x_probe, y_probe, x_real, y_real, x_syn, y
 
 
 def ead_objective(model, checkpoints, x_probe, y_probe, x_real, y_real, x_syn, y_syn, *, real_coef: float = 1.0,
-                  eta_weighting: bool = True, objective: str = "paper", streaming: bool = False, leaves=None) -> dict:
+                  eta_weighting: bool = False, objective: str = "paper", streaming: bool = False, leaves=None) -> dict:
     """The effect alignment objective over the sampled ``checkpoints`` (list of ``Checkpoint``).
 
     Per checkpoint: ``g_P`` (probe batch) and ``g_D`` (real batch) without graph, ``g_S`` (synthetic
-    batch, soft labels) with ``create_graph=True``. Weights ``w_t = eta_t`` when ``eta_weighting``
-    (TracIn), else 1. ``objective``: ``"paper"`` = Eq. 7, ``|real_coef * real_term - syn_term|``
+    batch, soft labels) with ``create_graph=True``. Weights ``w_t = 1`` by default (Eq. 7 as written: no
+    ``eta_t``; the paper's §3.2 puts the learning rate in the time-step distribution); ``eta_weighting``
+    gives ``w_t = eta_t``, a ddkit option (TracIn-style). ``objective``: ``"paper"`` = Eq. 7, ``|real_coef * real_term - syn_term|``
     (:func:`ddkit.losses.effect_alignment_loss`), ``real_term = sum_t w_t <g_P, g_D>``; ``"squared"`` =
     its square (:func:`ddkit.losses.effect_alignment_squared_loss`); ``"vector"`` = per-probe-sample
     squared effects (:func:`ddkit.losses.effect_alignment_vector_loss`). The last two are ddkit
@@ -365,7 +367,7 @@ def label_entropy(y: torch.Tensor) -> float:
 
 def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: int, lr_img: float, lr_label: float,
                 batch_syn: int = 0, batch_real: int = 256, batch_probe: int = 256, real_coef: float = 1.0,
-                eta_weighting: bool = True, objective: str = "paper", optimizer: str = "sgd", momentum: float = 0.5,
+                eta_weighting: bool = False, objective: str = "paper", optimizer: str = "sgd", momentum: float = 0.5,
                 lr_schedule: str = "constant", streaming: bool = True, dsa=None, model: str | None = None,
                 monitor: Monitor | None = None, seed: int = 0, device=None, progress: bool = True,
                 checkpoint=None, checkpoint_every: int = 10) -> list:

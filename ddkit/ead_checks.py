@@ -52,7 +52,7 @@ def random_walk_displacement(grad_norms, lr_imgs, shape, *, optimizer: str = "ad
 
 
 def effect_over_draws(model, trajectory, dataset, x_syn, y_syn, *, draws: int, t_m: int, batch_probe: int,
-                      batch_real: int, real_coef: float = 1.0, eta_weighting: bool = True, seed: int = 0) -> list:
+                      batch_real: int, real_coef: float = 1.0, eta_weighting: bool = False, seed: int = 0) -> list:
     """:func:`effect_values` of a fixed set ``(x_syn, y_syn)`` (hard or soft labels) for ``draws`` random draws
     of a probe batch, a disjoint real batch and ``t_m`` checkpoints, as in one update of Algorithm 1. The
     signed values' mean against their spread says whether Eq. 7 is met in expectation."""

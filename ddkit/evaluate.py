@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import timebox
 from .augment import DSA
 from .checks import check_int, check_number, check_probability, check_synset
 from .distributed import current as current_group, gather_in_order, my_items
@@ -195,6 +196,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     stored there atomically under a key of everything that determines them (the synthetic set, the
     dataset, the model and every setting), and a re-run with the same key skips them (network
     granularity: a kill loses at most the network in training). One file can serve many evaluations.
+    With a ``checkpoint`` and ``$DDKIT_DEADLINE`` passed (``ddkit.timebox``), the loop stops after the
+    network in training with ``TimeBoxReached``.
 
     Under ``torchrun`` network ``i`` trains on rank ``i % world_size`` (same seed rule) and every rank
     returns all accuracies, gathered in network order (:mod:`ddkit.distributed`).
@@ -296,6 +299,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                    points)
         if store is not None:
             store.put(i, {"acc": mine[i][0], "points": points})
+            if len(mine) < num_models and group.world_size == 1 and timebox.expired():
+                raise timebox.stop_loop(len(mine), num_models, f"evaluation, {checkpoint}", unit="network")
     gathered = gather_in_order(num_models, mine)
     accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",

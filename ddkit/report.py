@@ -109,6 +109,12 @@ class Report:
         lines += ["| " + " | ".join(md_escape(str(getattr(r, c))) for c in cols) + " |" for r in self.compare.itertuples()]
         return "\n".join(lines) + "\n\nMean paired difference (method - baseline) over shared seeds with a 95% t interval.\n"
 
+    def reproduction_markdown(self, docs_dir: str | os.PathLike | None = None) -> str:
+        """The recorded rows of ``docs/reproduction.md`` (``ddkit reproduce``: the papers' table cells at the
+        papers' budget), or a pointer to ``ddkit reproduce --list`` when none is recorded."""
+        from .reproduce_docs import recorded_markdown
+        return recorded_markdown(docs_dir)
+
     def markdown(self) -> str:
         root = self.runs.attrs.get("results_dir", "results")
         parts = ["# ddkit report", ""]
@@ -130,6 +136,7 @@ class Report:
                 parts += ["## compare: paired differences (same seeds)", "", self.compare_markdown()]
             elif t is not None:
                 parts += [f"## {t.title}", "", to_markdown(t), (t.note + "\n") if t.note and not t.empty else ""]
+        parts += ["## Reproduction of the papers' table cells", "", self.reproduction_markdown()]
         for name, fig in self.figures.items():
             parts.append(f"![{name}]({name}.png)\n" if fig is not None else f"_{name}: nothing to plot_\n")
         if self.notes:

@@ -82,12 +82,21 @@ def canonical_method(name: Any) -> str:
 
 # --------------------------------------------------------------------------- reading
 def _legacy_protocol(rec: dict) -> dict:
-    """The protocol of a pre-``evaluations`` file: its ``eval_settings`` or the notebook parameters."""
+    """The protocol of a pre-``evaluations`` file: the recorded ``eval_protocol`` parameter (default
+    "standard", the only protocol before it existed) with its ``eval_settings`` or the notebook
+    parameters. ``ValueError`` naming the file's value when it is not one of ``ddkit.evaluate.PROTOCOLS``
+    (a block of another protocol would take it silently)."""
+    from .evaluate import PROTOCOLS
+
     params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+    name = params.get("eval_protocol") or "standard"
+    if name not in PROTOCOLS:
+        raise ValueError(f"a pre-'evaluations' result.json records eval_protocol={name!r}, which the report cannot "
+                         f"place (known: {sorted(PROTOCOLS)}); re-run it or remove it")
     if isinstance(rec.get("eval_settings"), dict) and rec["eval_settings"]:
-        return {"name": "standard", **rec["eval_settings"]}
+        return {"name": name, **rec["eval_settings"]}
     known = {"epochs": params.get("eval_epochs"), "num_models": params.get("num_eval")}
-    return {"name": "standard", **{k: v for k, v in known.items() if v is not None}}
+    return {"name": name, **{k: v for k, v in known.items() if v is not None}}
 
 
 def _legacy_entry(method, val: dict, *, ipc, eval_model, protocol, variant="") -> dict:
@@ -289,14 +298,14 @@ def _protocol_labels(df: pd.DataFrame) -> pd.Series:
     return labels
 
 
-#: The protocols of ``published.csv`` (REFERENCE_NOTES "The standard evaluation protocol").
+#: The protocols of ``published.csv`` (docs/sources.md).
 PUBLISHED_PROTOCOLS = {
     "standard": "DC/DSA/DM: fresh ConvNets trained on the set, SGD 0.01, step decay at half, DSA, 1000 epochs; "
                 "test accuracy after the last epoch",
     "dsdm": "DSDM's own: 1500 epochs, batch 64, MultiStepLR x0.2 at 2/3 and 5/6, DSA + CutMix; best test "
-            "accuracy over checkpoints (as IDM)",
-    "dim": "DiM's validate: a fresh generated batch every step, constant lr 0.01, color_crop DSA, tested every "
-           "200 epochs; best of those test accuracies",
+            "accuracy over the code's test checkpoints (one, after the last epoch)",
+    "dim": "DiM's generator evaluation (pool_match.py): a fresh generated batch every step, constant lr 0.01, "
+           "color_crop DSA, tested every 200 epochs; best of those test accuracies",
     "unstated": "the paper does not state its evaluation protocol",
     "whole": "a network trained on the full training set",
 }

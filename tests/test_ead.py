@@ -327,7 +327,8 @@ def test_notebook_objective_cell_equals_library(traj, small, objective):
     xp, yp, xd, yd = _batches(small)
     syn = EADSynSet.init_real(small, 1, traj.teacher(), generator=make_generator(0))
     by_hand = ns["ead_loss_once"](net, cks, xp, yp, xd, yd, syn.images, syn.soft_labels(), 1.0, True, objective)
-    lib = ead_objective(net, cks, xp, yp, xd, yd, syn.images, syn.soft_labels(), objective=objective)["loss"]
+    lib = ead_objective(net, cks, xp, yp, xd, yd, syn.images, syn.soft_labels(), objective=objective,
+                        eta_weighting=True)["loss"]
     assert abs(float(by_hand) - float(lib)) <= 1e-6 * max(abs(float(lib)), 1e-12)
     by_hand.backward()
     assert syn.images.grad.abs().sum() > 0 and syn.label_logits.grad.abs().sum() > 0
