@@ -1,7 +1,7 @@
 """Session-wide test settings for ``pytest tests notebooks`` (unit tests and nbval alike).
 
 Every run a test or an executed notebook writes lands in one temporary results folder
-(``$DDKIT_RESULTS``, honoured by ``ddkit.results.resolve_results_dir``) and is marked
+(``$DDKIT_RESULTS``, honoured by ``ddkit.runs.results.resolve_results_dir``) and is marked
 ``run_kind: "test"``, so a user's ``results/`` and report never see CI-sized runs. Set here, at
 configuration time, so that notebook kernels started by nbval inherit both variables."""
 import os

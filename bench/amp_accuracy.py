@@ -8,7 +8,7 @@ Fashion-MNIST) is distilled twice from the same real-image start with the same d
 and ``amp="bf16"`` (the objective under ``torch.autocast``; backward and image step in float32). Both
 sets are evaluated by the same float32 protocol (``num_eval`` fresh ConvNet-3, ``eval_epochs``, the
 same seeds), and the report is the paired difference of the per-seed mean accuracies with its 95%
-t interval (``ddkit.stats.paired_difference``), plus each arm's seconds per iteration. Settings are
+t interval (``ddkit.core.stats.paired_difference``), plus each arm's seconds per iteration. Settings are
 fixed here before any result is seen. Each (seed, arm) is stored in the output file as it finishes,
 so an interrupted run resumes.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from ddkit.core.stats import paired_difference
+from ddkit.core.utils import atomic_write_json, environment_info, make_generator
 from ddkit.data import load_dataset
-from ddkit.distill import distill, dm_objective, init_synthetic
 from ddkit.evaluate import evaluate_synset
-from ddkit.pools import RandomPool
-from ddkit.stats import paired_difference
-from ddkit.utils import atomic_write_json, environment_info, make_generator
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 
 ARMS = ("off", "bf16")
 

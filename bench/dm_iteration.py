@@ -1,5 +1,5 @@
 """One DM iteration (IPC 10, batch_real 256, DSA on, ConvNet-3) at 28x28 and 32x32:
-``ddkit.distill.distill`` + ``dm_objective`` (all classes in one forward per side, the pool's
+``ddkit.methods.distill.distill`` + ``dm_objective`` (all classes in one forward per side, the pool's
 module re-initialised in place, speed flags) against the reference-style loop
 (``bench.reference.dm_reference``). Both paths replay the same generators: the per-iteration
 losses must agree to 1e-4 relative."""
@@ -11,10 +11,10 @@ import torch
 
 from bench import alternate_per_iteration, bench_dataset, flop_floor, ratio_summary, summary
 from bench.reference import dm_reference
-from ddkit.distill import distill, dm_objective, init_synthetic
-from ddkit.speed import forward_flops
-from ddkit.pools import RandomPool
-from ddkit.utils import make_generator
+from ddkit.core.utils import make_generator
+from ddkit.fast.speed import forward_flops
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 
 FLAGS = {"compile": True, "channels_last": False}
 

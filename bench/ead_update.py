@@ -1,4 +1,4 @@
-"""One EAD update with t_m = 2 (seed 5, notebooks/05): ``ddkit.ead.distill_ead`` on IPC 10,
+"""One EAD update with t_m = 2 (seed 5, notebooks/05): ``ddkit.methods.ead.distill_ead`` on IPC 10,
 probe and real batches of 256, ConvNet-3, 28x28, a short SGD trajectory (trained once here on
 2048 real images, plain SGD, one checkpoint per step).
 
@@ -15,12 +15,12 @@ from bench import alternate, bench_dataset, ratio_summary, summary
 
 def run(quick: bool = False, iters: int = 1) -> dict:
     try:
-        from ddkit.ead import EADSynSet, distill_ead
-        from ddkit.trajectory import train_trajectory
+        from ddkit.methods.ead import EADSynSet, distill_ead
+        from ddkit.methods.trajectory import train_trajectory
     except ImportError as e:
-        return {"skipped": f"ddkit.ead / ddkit.trajectory not available ({e})"}
+        return {"skipped": f"ddkit.methods.ead / ddkit.methods.trajectory not available ({e})"}
+    from ddkit.core.utils import make_generator
     from ddkit.data import ImageDataset
-    from ddkit.utils import make_generator
 
     repeats = 1 if quick else 2
     ds = bench_dataset("28")

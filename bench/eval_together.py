@@ -1,4 +1,4 @@
-"""The protocol's N evaluation networks trained together (``ddkit.ensemble``, the default of
+"""The protocol's N evaluation networks trained together (``ddkit.fast.ensemble``, the default of
 ``evaluate_synset``) against one by one (``batched=False``), and mixed precision (``amp="bf16"``)
 against float32, in one process, alternating. IPC 10, ConvNet-3, DSA, the standard protocol, test
 pass included. Same seeds on every path: together and one by one give the same accuracies up to
@@ -8,9 +8,9 @@ from __future__ import annotations
 import statistics
 
 from bench import alternate, bench_dataset, ratio_summary, summary
-from ddkit.distill import init_synthetic
+from ddkit.core.utils import make_generator
 from ddkit.evaluate import evaluate_synset
-from ddkit.utils import make_generator
+from ddkit.methods.distill import init_synthetic
 
 PATHS = {"one_by_one": {"batched": False}, "together": {"batched": True},
          "together_bf16": {"batched": True, "amp": "bf16"}}

@@ -11,11 +11,11 @@ import time
 
 from bench import alternate, bench_dataset, flop_floor, ratio_summary, summary
 from bench.reference import evaluate_reference
-from ddkit.distill import init_synthetic
+from ddkit.core.utils import make_generator
 from ddkit.evaluate import evaluate_synset
+from ddkit.fast.speed import forward_flops
+from ddkit.methods.distill import init_synthetic
 from ddkit.models import get_model
-from ddkit.speed import forward_flops
-from ddkit.utils import make_generator
 
 FLAGS = {"compile": True, "channels_last": False}
 

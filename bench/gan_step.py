@@ -1,5 +1,5 @@
 """One generator step of the global/local objective (paper 01: the ``objective`` cell of
-notebooks/01_gan_global_local.ipynb, run as it is, DiM's forms) in ``ddkit.gan_train.match_generator``
+notebooks/01_gan_global_local.ipynb, run as it is, DiM's forms) in ``ddkit.methods.gan_stage2.match_generator``
 with DiM's settings (DiM's 8-conv generator, batch 64, 16 SGD steps of the pool model on
 ``color_crop``-augmented real batches before each generator step, siamese
 ``color_crop_cutout`` DSA before matching, G step then a WGAN-GP discriminator step with the
@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 
 from bench import REPO, bench_dataset, summary
-from ddkit.gan_checkpoint import build_gan
-from ddkit.gan_train import GANModelPool, match_generator
-from ddkit.notebook_cells import run_tagged
+from ddkit.methods.gan_checkpoint import build_gan
+from ddkit.methods.gan_stage2 import GANModelPool, match_generator
+from ddkit.runs.notebook_cells import run_tagged
 
 
 def run(quick: bool = False, iters: int = 1) -> dict:

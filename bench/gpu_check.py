@@ -186,7 +186,7 @@ def gpu_info() -> dict:
 
 
 def write_report(path: Path, info: dict, results: list, budget: float, seconds: float, public_dm: dict | None):
-    from ddkit.utils import atomic_write_json
+    from ddkit.core.utils import atomic_write_json
 
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info, "budget_s": budget,
               "seconds": round(seconds, 1), "passed": all(r["status"] == "pass" for r in results),

@@ -1,7 +1,7 @@
 """One IID and one DSDM iteration (IPC 10, batch_real 256, DSA, ConvNet-3, 28x28).
 
 The objectives are the notebooks' own: the ``objective`` cells of notebooks/03_iid.ipynb and
-04_dsdm.ipynb, loaded and run as they are (``ddkit.notebook_cells.run_tagged``; the rest of the
+04_dsdm.ipynb, loaded and run as they are (``ddkit.runs.notebook_cells.run_tagged``; the rest of the
 notebook is not executed). Pools are stand-ins with the same compute: IID's L_CC pool (pretrained
 ResNet18s) is a ``RandomPool("ResNet18")``, DSDM's pretrained ConvNet pool a
 ``RandomPool("ConvNet")`` (a draw costs a re-initialisation instead of a state-dict load; the
@@ -17,12 +17,12 @@ import torch
 
 from bench import REPO, alternate_per_iteration, bench_dataset, ratio_summary, summary
 from bench.reference import dm_family_reference, new_network
-from ddkit.distill import distill, init_synthetic
-from ddkit.dm import pixel_bounds, update_bank
+from ddkit.core.utils import make_generator
 from ddkit.losses import PrototypeBank, class_centralization_loss, local_covariance_loss, semantic_diversity_loss
-from ddkit.notebook_cells import run_tagged
-from ddkit.pools import RandomPool
-from ddkit.utils import make_generator
+from ddkit.methods.distill import distill, init_synthetic
+from ddkit.methods.dm import pixel_bounds, update_bank
+from ddkit.methods.pools import RandomPool
+from ddkit.runs.notebook_cells import run_tagged
 
 FLAGS = {"compile": True, "channels_last": False}
 LAMBDA_CC, LAMBDA_CM, LAMBDA_SD, LAMBDA_H = 0.05, 0.01, 50.0, 0.2

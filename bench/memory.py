@@ -14,9 +14,9 @@ CODE = """
 import json, resource, sys, torch
 torch.set_num_threads({threads})
 from bench import bench_dataset
-from ddkit.distill import distill, dm_objective, init_synthetic
-from ddkit.pools import RandomPool
-from ddkit.utils import make_generator
+from ddkit.core.utils import make_generator
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 ds = bench_dataset("28")
 syn = init_synthetic(ds, 10, generator=make_generator(0))
 marks, out = {marks}, {{}}

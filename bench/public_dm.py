@@ -11,7 +11,7 @@ alternate round by round (public, ddkit, then ddkit, public, ...), with the same
   paper-length notebook run takes by default (``compile="auto"`` resolved for 20000 iterations).
   A second ddkit arm runs the same with ``amp="bf16"`` (the notebooks' ``amp`` parameter; float32 is
   the default): its accuracy check is ``bench.amp_accuracy``. A third ddkit arm runs ``graphs=True``
-  (the whole iteration one CUDA graph, :mod:`ddkit.graphs`): three ``distill`` calls in one process,
+  (the whole iteration one CUDA graph, :mod:`ddkit.fast.graphs`): three ``distill`` calls in one process,
   ``n``, ``n`` and ``2n`` iterations, each with its own capture; the first call's seconds per iteration
   (CUDA start-up and capture included) and the second's are reported as the first and second run,
   the third minus the second over ``n`` as the steady iteration.
@@ -130,10 +130,10 @@ def _public_dm_iterations(path: Path, iterations: int) -> list:
 def _ddkit_dm_iterations(iterations: int, amp: str = "off", compile="auto") -> tuple:
     """The eager loop's seconds per iteration (``graphs=False``); ``compile="auto"`` is resolved for a
     paper-length run."""
-    from ddkit.distill import distill, dm_objective, init_synthetic
-    from ddkit.pools import RandomPool
-    from ddkit.speed import forward_flops, resolve_compile
-    from ddkit.utils import make_generator, resolve_device
+    from ddkit.core.utils import make_generator, resolve_device
+    from ddkit.fast.speed import forward_flops, resolve_compile
+    from ddkit.methods.distill import distill, dm_objective, init_synthetic
+    from ddkit.methods.pools import RandomPool
 
     ds, dev = _ddkit_data(), resolve_device("auto")
     syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0), device=dev)
@@ -160,9 +160,9 @@ def _ddkit_dm_graphs(iterations: int) -> dict:
     the second); the last losses of the calls (all start from the same set and seed)."""
     import torch
 
-    from ddkit.distill import distill, dm_objective, init_synthetic
-    from ddkit.pools import RandomPool
-    from ddkit.utils import make_generator, resolve_device
+    from ddkit.core.utils import make_generator, resolve_device
+    from ddkit.methods.distill import distill, dm_objective, init_synthetic
+    from ddkit.methods.pools import RandomPool
 
     ds, dev = _ddkit_data(), resolve_device("auto")
     if dev.type != "cuda":
@@ -189,10 +189,10 @@ def _ddkit_dm_accuracy(iterations: int, graphs: bool, networks: int, epochs: int
     ``evaluate_synset`` with its defaults: the two loops' accuracies should agree within the seed spread."""
     import torch
 
-    from ddkit.distill import distill, dm_objective, init_synthetic
+    from ddkit.core.utils import make_generator, resolve_device
     from ddkit.evaluate import evaluate_synset
-    from ddkit.pools import RandomPool
-    from ddkit.utils import make_generator, resolve_device
+    from ddkit.methods.distill import distill, dm_objective, init_synthetic
+    from ddkit.methods.pools import RandomPool
 
     ds, dev = _ddkit_data(), resolve_device("auto")
     syn = init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(seed), device=dev)
@@ -235,8 +235,8 @@ def _ddkit_eval(networks: int, epochs: int, seed: int, amp: str = "off") -> tupl
 
 
 def _syn_set(ds):
-    from ddkit.distill import init_synthetic
-    from ddkit.utils import make_generator
+    from ddkit.core.utils import make_generator
+    from ddkit.methods.distill import init_synthetic
 
     return init_synthetic(ds, SETTINGS["ipc"], generator=make_generator(0)).detached()
 
@@ -316,8 +316,8 @@ def _flops(networks_epochs: tuple) -> dict:
     on one forward; a backward counted as twice its forward): a DM iteration = real forwards of
     ``classes x batch_real`` images + forward and backward of the synthetic images; one evaluation
     network = ``epochs`` forward + backward passes of the synthetic set + one test pass."""
+    from ddkit.fast.speed import forward_flops
     from ddkit.models import get_model
-    from ddkit.speed import forward_flops
 
     ds = _ddkit_data()
     f = forward_flops(get_model(SETTINGS["model"], ds.channels, ds.num_classes, tuple(ds.im_size)),
@@ -469,7 +469,7 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
 
 def _paired(a_runs: list, b_runs: list) -> dict:
     """Per-network accuracy differences a - b (same seeds, same networks): mean and 95% t interval."""
-    from ddkit.stats import paired_difference
+    from ddkit.core.stats import paired_difference
 
     a = [x for run in a_runs for x in run["accs"]]
     b = [x for run in b_runs for x in run["accs"]]

@@ -23,8 +23,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ddkit.augment import DSA
+from ddkit.core.utils import make_generator
 from ddkit.models import get_model
-from ddkit.utils import make_generator
 
 
 def new_network(model: str, dataset, seed: int) -> nn.Module:

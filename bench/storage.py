@@ -33,10 +33,10 @@ def measure(storage: str, name: str, cache_dir: str, iters: int, ipc: int = 10, 
     """One storage in this (fresh) process: peaks and seconds per DM iteration."""
     import torch
 
+    from ddkit.core.utils import make_generator, resolve_device
     from ddkit.data import load_dataset
-    from ddkit.distill import distill, dm_objective, init_synthetic
-    from ddkit.pools import RandomPool
-    from ddkit.utils import make_generator, resolve_device
+    from ddkit.methods.distill import distill, dm_objective, init_synthetic
+    from ddkit.methods.pools import RandomPool
 
     dev = resolve_device("auto")
     out = {"storage": storage, "dataset": name, "device": str(dev), "mb_after_imports": _memory_mb()}

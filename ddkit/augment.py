@@ -254,7 +254,7 @@ class DSA:
         return torch.cat(outs)[inv.to(x.device)]
 
     def apply_on_device(self, x: torch.Tensor, params: DSAParams, group=None) -> torch.Tensor:
-        """:meth:`apply` without a host sync (for CUDA graphs, :mod:`ddkit.graphs`): in mode ``'S'``
+        """:meth:`apply` without a host sync (for CUDA graphs, :mod:`ddkit.fast.graphs`): in mode ``'S'``
         every family of the strategy runs on every sample and each sample keeps its own family's
         output (``torch.where``), instead of reading the drawn families on the host to split the batch.
         Same values and gradients as :meth:`apply`; the arithmetic of all families (cheap next to

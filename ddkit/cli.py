@@ -11,7 +11,7 @@ Examples::
     ddkit sweep params/paper/03_iid/dm_table1.yaml --workers 2 --gpus 0,1   # one run per GPU
     ddkit report                                    # results/ -> results/report/
     ddkit report --results-dir results --out /tmp/report --formats md,csv --no-paper
-    ddkit run --nproc 4 params/cpu/00_quickstart.yaml    # one run on 4 GPUs (torchrun, ddkit.launch)
+    ddkit run --nproc 4 params/cpu/00_quickstart.yaml    # one run on 4 GPUs (torchrun, ddkit.batch.launch)
 
 Exit status: 0 success, 1 some runs failed, 2 invalid grid file / arguments,
 130 interrupted.
@@ -61,7 +61,7 @@ def _resources(text: str) -> dict:
 
 
 RESULTS_HELP = ("default: $DDKIT_RESULTS, else <repo>/results when run inside the repository, else ./results "
-                "(ddkit.results.resolve_results_dir)")
+                "(ddkit.runs.results.resolve_results_dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "compare.csv with csv); default md,tex,csv")
     r.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
     r.add_argument("--published", default=None,
-                   help="CSV of published numbers, the columns of ddkit/published.csv (default: that file)")
+                   help="CSV of published numbers, the columns of ddkit/reporting/published.csv (default: that file)")
     r.add_argument("--no-plots", action="store_true", help="tables only")
     r.add_argument("--eval-model", default=None,
                    help="evaluation model of the main table (default: ConvNet when some run used it, else the "
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also show runs marked run_kind test/tiny (CI-sized configurations; left out by default)")
     u = sub.add_parser("run", help="run a params file's runs (or a script) on N processes under torchrun",
                        description="Data-parallel: every run of the params file executes on --nproc processes "
-                       "(one per GPU; gloo on CPU); distill shards classes, evaluate_synset networks. See ddkit.launch.")
+                       "(one per GPU; gloo on CPU); distill shards classes, evaluate_synset networks. See ddkit.batch.launch.")
     u.add_argument("target", help="params/grid YAML file or Python script")
     u.add_argument("--nproc", type=_number(int, "--nproc", 1), default=1,
                    help="processes (torchrun --nproc_per_node), default 1")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from ddkit.launch import run
+    from ddkit.batch.launch import run
 
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
     try:
@@ -150,8 +150,8 @@ def _match(label: str, patterns: list[str]) -> bool:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from ddkit.sweep import sweep
-    from ddkit.sweep_grid import expand
+    from ddkit.batch.sweep import sweep
+    from ddkit.batch.sweep_grid import expand
 
     overrides = dict(a.overrides)
     try:
@@ -183,7 +183,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from ddkit import report as rp
+    from ddkit.reporting import report as rp
 
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in ("md", "tex", "csv")]
@@ -199,7 +199,7 @@ def cmd_report(a: argparse.Namespace) -> int:
             published = rp.load_published(a.published)
         except (OSError, ValueError, KeyError) as exc:
             print(f"ddkit report: error: --published {a.published}: cannot read it as a published-numbers CSV "
-                  f"({type(exc).__name__}: {exc}); the columns are those of ddkit/published.csv", file=sys.stderr)
+                  f"({type(exc).__name__}: {exc}); the columns are those of ddkit/reporting/published.csv", file=sys.stderr)
             return 2
     rep = rp.build_report(
         results_dir=a.results_dir,
@@ -216,7 +216,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def add_reproduce_parser(sub) -> None:
-    """``ddkit reproduce``: the papers' main-table cells (ddkit.reproduce)."""
+    """``ddkit reproduce``: the papers' main-table cells (ddkit.batch.reproduce)."""
     r = sub.add_parser("reproduce", help="reproduce a paper's table cell at the paper's budget (time-boxed)",
                        description="List the papers' main-table cells (--list) or run one, resumably: "
                        "ddkit reproduce dm-fmnist-ipc10 --minutes 10. See docs/reproduction.md.")
@@ -232,7 +232,7 @@ def add_reproduce_parser(sub) -> None:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from ddkit import reproduce as rp
+    from ddkit.batch import reproduce as rp
 
     if a.list:
         print(rp.format_list(rp.list_rows()))
@@ -253,7 +253,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(sub) -> None:
-    """``ddkit evaluate``: re-evaluate a shipped set (ddkit.reproduce_docs)."""
+    """``ddkit evaluate``: re-evaluate a shipped set (ddkit.batch.reproduce_docs)."""
     e = sub.add_parser("evaluate", help="re-evaluate a shipped distilled set (distilled/MANIFEST.json)")
     e.add_argument("file", help="distilled/<paper>/<cell>_s<seed>.pt")
     e.add_argument("--protocol", default=None, help="standard or dsdm (default: the cell's)")
@@ -264,7 +264,7 @@ def add_evaluate_parser(sub) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from ddkit.reproduce_docs import evaluate_shipped
+    from ddkit.batch.reproduce_docs import evaluate_shipped
 
     try:
         res = evaluate_shipped(a.file, protocol=a.protocol, model=a.model, epochs=a.epochs, num_eval=a.num_eval,

@@ -6,7 +6,7 @@ normalised with the per-dataset mean/std of the DC/DSA/DM reference code (REFERE
 
 ``load_dataset(name, storage="uint8" | "memmap")`` keeps the [0, 255] pixels instead (in memory, or
 in a memory-mapped ``.npy`` cache written once) and normalises each batch as it is drawn; see
-:mod:`ddkit.storage` for what ``x_train`` is then (a float view) and why batches are unchanged.
+:mod:`ddkit.fast.storage` for what ``x_train`` is then (a float view) and why batches are unchanged.
 A folder with ``train/<class>/*`` and ``val/<class>/*`` (ImageNette, ImageWoof, ImageNet-1K) loads
 through torchvision's ``ImageFolder`` at ``resolution`` into that cache.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import storage as st
-from .utils import REPO_ROOT, atomic_write_bytes
+from .core.utils import REPO_ROOT, atomic_write_bytes
+from .fast import storage as st
 
 # name -> (channels, (H, W), mean, std)
 _STATS = {
@@ -61,7 +61,7 @@ class ImageDataset:
     """A labelled image dataset (CONTRACT ``ImageDataset``).
 
     ``x_train`` / ``x_test``: normalised float32 tensors, or with uint8 / memmap storage a
-    :class:`ddkit.storage.ImageStore` float view (indexing gives normalised float32 rows).
+    :class:`ddkit.fast.storage.ImageStore` float view (indexing gives normalised float32 rows).
     Batch drawing goes through :meth:`get_images`, which normalises on the target device."""
 
     name: str
@@ -99,7 +99,7 @@ class ImageDataset:
 
     @property
     def storage(self) -> str:
-        """``"float32"``, ``"uint8"`` or ``"memmap"`` (see :mod:`ddkit.storage`)."""
+        """``"float32"``, ``"uint8"`` or ``"memmap"`` (see :mod:`ddkit.fast.storage`)."""
         return self.x_train.kind if isinstance(self.x_train, st.ImageStore) else "float32"
 
     def get_images(self, idx, device=None) -> torch.Tensor:
@@ -168,7 +168,7 @@ class ImageDataset:
 def _from_uint8(name, x_train, y_train, x_test, y_test, mean, std, classes, dsa_strategy=None, storage="float32"):
     """Build an ImageDataset from N x C x H x W arrays in [0, 255] (uint8) or [0, 1] (float).
 
-    ``storage="uint8"`` keeps uint8 pixels (float input quantised to 8 bits, :func:`ddkit.storage.to_uint8`);
+    ``storage="uint8"`` keeps uint8 pixels (float input quantised to 8 bits, :func:`ddkit.fast.storage.to_uint8`);
     ``"memmap"`` expects the arrays to be memory-mapped uint8 already (:func:`_from_cache`)."""
     def prep(x):
         if storage == "uint8":
@@ -365,9 +365,9 @@ def load_dataset(name: str, root=None, download: bool = False, storage: str = "f
     ``name``: a known name, a ``.npz`` path, or an ImageFolder folder (``train/<class>/*`` and
     ``val/<class>/*`` or ``test/<class>/*``: ImageNette, ImageWoof, ImageNet-1K), which loads through
     torchvision's ``ImageFolder`` resized to ``resolution`` (shorter side, then centre crop:
-    :func:`ddkit.storage.imagefolder_transform`) and is always cached as ``.npy`` (decoding JPEGs once).
+    :func:`ddkit.fast.storage.imagefolder_transform`) and is always cached as ``.npy`` (decoding JPEGs once).
     ``root`` defaults to :func:`default_data_root`; ``download`` is passed to torchvision.
-    ``storage``: ``"float32"`` (default), ``"uint8"`` or ``"memmap"`` (:mod:`ddkit.storage`).
+    ``storage``: ``"float32"`` (default), ``"uint8"`` or ``"memmap"`` (:mod:`ddkit.fast.storage`).
     ``cache_dir`` (memmap and ImageFolder): default ``<data root>/cache``; the entry is keyed by the
     source (name and root, the .npz file's path/size/mtime, or the folder's file list and ``resolution``).
     """
@@ -393,7 +393,7 @@ def _load(name, root, download: bool, storage: str) -> ImageDataset:
 
 
 def _source_key(name, root, resolution: int) -> dict:
-    """What determines a cached dataset (``ddkit.storage.cache_key`` hashes it)."""
+    """What determines a cached dataset (``ddkit.fast.storage.cache_key`` hashes it)."""
     if _is_imagefolder(name):
         base = Path(str(name)).resolve()
         files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())

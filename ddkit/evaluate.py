@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import timebox
 from .augment import DSA
-from .checks import check_int, check_number, check_probability, check_synset
-from .distributed import current as current_group, gather_in_order, my_items
-from .ensemble import can_train_together, train_together
-from .eval_graphs import can_capture, train_and_test
+from .core import timebox
+from .core.checks import check_int, check_number, check_probability, check_synset
+from .core.resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
+from .core.utils import make_generator, resolve_device
+from .fast.distributed import current as current_group, gather_in_order, my_items
+from .fast.ensemble import can_train_together, train_together
+from .fast.eval_graphs import can_capture, train_and_test
+from .fast.speed import check_amp, forward_flops, resolve_channels_last, resolve_compile
 from .models import get_model
-from .resume import UnitStore, dataset_fingerprint, settings_key, tensor_digest
-from .speed import check_amp, forward_flops, resolve_channels_last, resolve_compile
 from .train import SCHEDULES, accuracy, train_classifier
-from .utils import make_generator, resolve_device
 
 #: Named protocols: keyword sets for :func:`evaluate_synset`.
 #: "standard": REFERENCE_NOTES (SGD 0.01, mom 0.9, wd 5e-4, batch 256, 1000 epochs, step decay, DSA).
@@ -94,7 +94,7 @@ def _dsa_for(dsa, dataset):
 
 def _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source,
                          checkpoint) -> None:
-    """:func:`evaluate_synset`'s inputs, before any work (``ddkit.checks`` messages)."""
+    """:func:`evaluate_synset`'s inputs, before any work (``ddkit.core.checks`` messages)."""
     check_int("num_models", num_models)
     check_int("epochs", epochs)
     check_int("batch_size", batch_size)
@@ -187,23 +187,23 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     ``torch.compile``d module per architecture and device, kept for the whole process: each
     network's fresh weights (same seed rule, so the same initial weights as the plain path) are
     loaded into it in place, so the graph is compiled once, not once per network; "auto"
-    compiles only when the expected eager work is large (``ddkit.speed.COMPILE_AUTO_SECONDS``).
+    compiles only when the expected eager work is large (``ddkit.fast.speed.COMPILE_AUTO_SECONDS``).
     ``channels_last`` True / False / "auto" (default: on when compiled,
-    ``ddkit.speed.resolve_channels_last``) feeds channels-last batches. Accuracies match the plain path within
+    ``ddkit.fast.speed.resolve_channels_last``) feeds channels-last batches. Accuracies match the plain path within
     training noise (float reassociation changes the SGD trajectory, not the distribution).
 
-    ``checkpoint``: a JSON file (:class:`ddkit.resume.UnitStore`); each finished network's results are
+    ``checkpoint``: a JSON file (:class:`ddkit.core.resume.UnitStore`); each finished network's results are
     stored there atomically under a key of everything that determines them (the synthetic set, the
     dataset, the model and every setting), and a re-run with the same key skips them (network
     granularity: a kill loses at most the network in training). One file can serve many evaluations.
-    With a ``checkpoint`` and ``$DDKIT_DEADLINE`` passed (``ddkit.timebox``), the loop stops after the
+    With a ``checkpoint`` and ``$DDKIT_DEADLINE`` passed (``ddkit.core.timebox``), the loop stops after the
     network in training with ``TimeBoxReached``.
 
     Under ``torchrun`` network ``i`` trains on rank ``i % world_size`` (same seed rule) and every rank
-    returns all accuracies, gathered in network order (:mod:`ddkit.distributed`).
+    returns all accuracies, gathered in network order (:mod:`ddkit.fast.distributed`).
 
     ``batched``: True / False / "auto" trains the N networks together, one vmapped pass per step
-    (:mod:`ddkit.ensemble`; same initialisations and per-network draws, same accuracies up to float
+    (:mod:`ddkit.fast.ensemble`; same initialisations and per-network draws, same accuracies up to float
     reassociation) where ``graphs`` does not apply. "auto" does so on CUDA only (on a CPU the
     one-by-one loop is faster: bench/README.md), and falls back to one by one when the architecture
     has BatchNorm or buffers (vmap cannot update running statistics per network), ``compile`` is on
@@ -211,9 +211,9 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     where it cannot.
     With a ``checkpoint`` the together path stores all N networks once they finish.
     ``amp``: "off" (float32) / "bf16" / "fp16" autocast of the training and test forwards
-    (``ddkit.speed.autocast``).
+    (``ddkit.fast.speed.autocast``).
     ``graphs``: True / False / "auto" trains the N networks together with each epoch captured in
-    one CUDA graph (:mod:`ddkit.eval_graphs`: no host synchronisation inside training; shuffles and
+    one CUDA graph (:mod:`ddkit.fast.eval_graphs`: no host synchronisation inside training; shuffles and
     DSA draws from the device's generator seeded ``seed``, so the same seed gives the same numbers on
     the same device, and the accuracies agree with the one-by-one loop in distribution). "auto"
     (default) does so on CUDA whenever it applies: the set given as tensors, no CutMix, ``amp`` off,
@@ -320,7 +320,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
 
 def _use_graphs(graphs, dev, model, dataset, model_kw, aug, x_syn, batch_source, steps_per_epoch, cutmix_p, amp,
                 use_compile, world_size) -> bool:
-    """Whether :func:`evaluate_synset` trains through :mod:`ddkit.eval_graphs` (``graphs`` True /
+    """Whether :func:`evaluate_synset` trains through :mod:`ddkit.fast.eval_graphs` (``graphs`` True /
     False / "auto", see there); True where it does not apply is a ValueError naming the reason."""
     if graphs not in (True, False, "auto"):
         raise ValueError(f"graphs={graphs!r}; expected True, False or 'auto'")
@@ -363,7 +363,7 @@ def _together_ok(model: str, dataset, model_kw: dict, num_models: int) -> bool:
 
 def _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val, checkpoints, x_syn, y_syn,
                        train_kw):
-    """The N networks of :func:`evaluate_synset` trained in one vmapped pass (:mod:`ddkit.ensemble`):
+    """The N networks of :func:`evaluate_synset` trained in one vmapped pass (:mod:`ddkit.fast.ensemble`):
     same initial weights and generators as the one-by-one loop. Returns ``(accs, per_net_points)``."""
     nets = [_fresh_net(model, dataset, model_kw, seed * 1000 + i, dev) for i in range(num_models)]
     gens = [make_generator(seed * 1000 + i, dev) for i in range(num_models)]

@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_probability
-from .speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_compile
+from .core.checks import check_probability
+from .fast.speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_compile
 
 SCHEDULES = ("standard", "multistep", "none")
 
@@ -25,7 +25,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def sgd(model, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
     """The field's optimizer for network training (DC/DSA/DM protocol). ``model``: a module, or an
-    iterable of tensors (the stacked parameters of :mod:`ddkit.ensemble`)."""
+    iterable of tensors (the stacked parameters of :mod:`ddkit.fast.ensemble`)."""
     params = model.parameters() if isinstance(model, nn.Module) else model
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -76,10 +76,10 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
       ``compile`` True / False / "auto" runs the forward (and its backward) through
       ``torch.compile`` once per module (reused when the module is re-initialised in place;
       "auto" compiles only when the expected eager work exceeds
-      ``ddkit.speed.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds channels-last batches.
+      ``ddkit.fast.speed.COMPILE_AUTO_SECONDS``); ``channels_last`` feeds channels-last batches.
     - ``amp``: "off" (float32, the exact previous path), "bf16" or "fp16": the forward runs under
-      ``torch.autocast`` on the batch's device (``ddkit.speed.autocast``); the loss is taken in
-      float32; "fp16" scales the loss (``ddkit.speed.grad_scaler``).
+      ``torch.autocast`` on the batch's device (``ddkit.fast.speed.autocast``); the loss is taken in
+      float32; "fp16" scales the loss (``ddkit.fast.speed.grad_scaler``).
     """
     n, steps, num_classes = training_shape("train_classifier", x, y, amp=amp, schedule=schedule,
                                            batch_source=batch_source, batch_size=batch_size,
@@ -116,7 +116,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
 def training_shape(who: str, x, y, *, amp: str, schedule: str, batch_source, batch_size: int,
                    steps_per_epoch: int | None, num_classes: int | None, cutmix_p: float) -> tuple:
     """The checks and sizes every training loop starts with (``train_classifier``,
-    ``ddkit.ensemble.train_together``): ``(n, steps per epoch, num_classes)``, where ``n`` is the
+    ``ddkit.fast.ensemble.train_together``): ``(n, steps per epoch, num_classes)``, where ``n`` is the
     number of training images (None with a ``batch_source``) and ``num_classes`` is inferred from
     ``y`` when CutMix needs it."""
     check_amp(amp)
@@ -177,7 +177,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     Speed flags as in :func:`train_classifier`; with ``compile`` the last partial batch is
     zero-padded to ``batch_size`` (one static graph; eval-mode outputs are per sample, the
     padding rows are dropped). Correct counts are summed on the device (one host sync). ``amp``: the
-    forward under ``ddkit.speed.autocast`` ("off" = float32)."""
+    forward under ``ddkit.fast.speed.autocast`` ("off" = float32)."""
     was_training = model.training
     model.eval()
     comp = resolve_compile(compile)

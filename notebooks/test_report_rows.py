@@ -1,13 +1,13 @@
 """After nbval has executed every notebook in this session (``pytest tests notebooks --nbval-lax``; this
 file sorts after the notebooks), each method notebook's run must have reached the session's results folder
-with an ``evaluations`` list, and ``ddkit.report.collect`` must turn it into report rows."""
+with an ``evaluations`` list, and ``ddkit.reporting.report.collect`` must turn it into report rows."""
 import os
 from pathlib import Path
 
 import pytest
 
-from ddkit.report import collect
-from ddkit.results import notebook_key, read_result
+from ddkit.reporting.report import collect
+from ddkit.runs.results import notebook_key, read_result
 
 NB = Path(__file__).resolve().parent
 METHOD_NOTEBOOKS = sorted(p for p in NB.glob("0*.ipynb"))

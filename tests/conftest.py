@@ -33,12 +33,12 @@ def device(request):
 
 @pytest.fixture
 def deterministic():
-    """For a test that claims equal numbers on every device: ``ddkit.utils.deterministic()`` around it
+    """For a test that claims equal numbers on every device: ``ddkit.core.utils.deterministic()`` around it
     (deterministic algorithms, cuDNN deterministic without autotuning, TF32 off for matmuls and
     convolutions, the cuBLAS workspace setting), the previous settings restored after. The CPU's
     kernels repeat anyway; on CUDA this removes TF32 rounding (~1e-3 relative) and run-to-run
     kernel choices, so exact comparisons mean the same there."""
-    from ddkit.utils import deterministic as settings
+    from ddkit.core.utils import deterministic as settings
 
     with settings():
         yield

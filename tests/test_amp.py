@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from ddkit.augment import DSA, decode
-from ddkit.distill import MatchBatch, distill, dm_objective, init_synthetic
+from ddkit.core.utils import make_generator
 from ddkit.evaluate import evaluate_synset
+from ddkit.fast.speed import autocast, check_amp, grad_scaler
+from ddkit.methods.distill import MatchBatch, distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 from ddkit.models import get_model
-from ddkit.pools import RandomPool
-from ddkit.speed import autocast, check_amp, grad_scaler
 from ddkit.train import accuracy, train_classifier
-from ddkit.utils import make_generator
 
 
 def _dm(ds, iterations=2, device="cpu", **kw):
@@ -123,7 +123,7 @@ def test_evaluate_synset_records_amp_and_rejects_unknown(tiny_ds):
 
 
 def test_protocol_evaluator_passes_the_notebooks_eval_amp(tiny_ds):
-    from ddkit.dm import protocol_evaluator
+    from ddkit.methods.dm import protocol_evaluator
 
     x, y = init_synthetic(tiny_ds, 1, generator=make_generator(0)).detached()
     kw = dict(num_models=1, epochs=1, seed=0, width=8)

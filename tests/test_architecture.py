@@ -112,7 +112,7 @@ def test_import_graph_has_no_cycles():
 
 def test_the_checks_catch_an_upward_import_and_a_missing_module():
     """The layer parser and the import rule on a made-up page: a wrong order is seen."""
-    page = "## Layers\n1. `ddkit.results`\n2. `ddkit.utils`\n## Rooms\n"
+    page = "## Layers\n1. `ddkit.runs.results`\n2. `ddkit.core.utils`\n## Rooms\n"
     placed = layers(page)
     assert placed == {"results": 1, "utils": 2}
     assert "utils" in ddkit_imports("results") and placed["utils"] >= placed["results"]   # would fail

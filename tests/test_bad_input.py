@@ -18,26 +18,26 @@ import torch
 
 from ddkit import evaluate as evalmod
 from ddkit.augment import DSA
-from ddkit.coreset import select
 from ddkit.data import ImageDataset, load_dataset
-from ddkit.distill import dm_objective, distill, init_synthetic
-from ddkit.dm import make_pool, protocol_evaluator
-from ddkit.ead import EADSynSet, check_objective, check_soft_labels
 from ddkit.evaluate import evaluate_synset
-from ddkit.ensemble import train_together
-from ddkit.gan_checkpoint import build_gan, load_checkpoint
+from ddkit.fast.ensemble import train_together
+from ddkit.methods.coreset import select
+from ddkit.methods.distill import dm_objective, distill, init_synthetic
+from ddkit.methods.dm import make_pool, protocol_evaluator
+from ddkit.methods.ead import EADSynSet, check_objective, check_soft_labels
+from ddkit.methods.gan_checkpoint import build_gan, load_checkpoint
 from ddkit.losses import (PrototypeBank, class_centralization_loss, class_prototypes, effect_alignment_loss,
                           effect_alignment_squared_loss, effect_alignment_vector_loss, historical_prototype_loss,
                           local_covariance_loss, mean_embedding_loss, replacement_alpha, semantic_diversity_loss,
                           skd_loss, standardize_logits)
+from ddkit.batch.sweep import expand
+from ddkit.core.utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
+from ddkit.methods.pools import PretrainedPool, RandomPool
+from ddkit.methods.trajectory import load_trajectory, train_trajectory
 from ddkit.models import get_model
-from ddkit.params import COMMON, check_params
-from ddkit.pools import PretrainedPool, RandomPool
-from ddkit.results import load_synset, read_result, save_synset
-from ddkit.sweep import expand
+from ddkit.runs.params import COMMON, check_params
+from ddkit.runs.results import load_synset, read_result, save_synset
 from ddkit.train import train_classifier
-from ddkit.trajectory import load_trajectory, train_trajectory
-from ddkit.utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 
 SMALL = {"width": 8}
 

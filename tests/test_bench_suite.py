@@ -8,7 +8,7 @@ import pytest
 
 from bench import BENCHMARKS, write_result
 from bench.__main__ import main as bench_main
-from ddkit.notebook_params import notebook_spec
+from ddkit.runs.notebook_params import notebook_spec
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

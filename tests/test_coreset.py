@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddkit.coreset import forgetting_counts, herding, k_center, select
+from ddkit.methods.coreset import forgetting_counts, herding, k_center, select
 
 
 def test_herding_mean_is_closer_than_random():

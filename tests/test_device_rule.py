@@ -1,4 +1,4 @@
-"""One device rule (``ddkit.utils.resolve_device``): every public entry point called with ``device=None``
+"""One device rule (``ddkit.core.utils.resolve_device``): every public entry point called with ``device=None``
 asks the rule (CUDA when present, else the CPU) and builds where it says, so the objects of the usual
 few lines (a pool, a synthetic set, a teacher) and the loops they go into agree on any machine; a
 device the machine lacks is refused up front, listing the devices it has.
@@ -8,19 +8,20 @@ GPU machine (``make gpu-check``, ``make test``) the same walk checks real placem
 import pytest
 import torch
 
-import ddkit.utils as utils
-from ddkit.coreset import forgetting_counts, select
-from ddkit.distill import dm_objective, distill, init_synthetic
-from ddkit.dm import make_pool, pixel_bounds, protocol_evaluator, real_start
-from ddkit.ead import EADSynSet, distill_ead
+import ddkit.core.utils as utils
+from ddkit.core.utils import available_devices, check_same_device, make_generator, resolve_device, same_device
 from ddkit.evaluate import evaluate_synset
-from ddkit.gan_checkpoint import build_gan
-from ddkit.gan_eval import evaluate_generator, random_real_eval
-from ddkit.gan_losses import dim_objective
-from ddkit.gan_train import GANModelPool, stage1, stage2
-from ddkit.pools import IDMQueue, PretrainedPool, RandomPool
-from ddkit.trajectory import get_trajectory, train_trajectory
-from ddkit.utils import available_devices, check_same_device, make_generator, resolve_device, same_device
+from ddkit.methods.coreset import forgetting_counts, select
+from ddkit.methods.distill import dm_objective, distill, init_synthetic
+from ddkit.methods.dm import make_pool, pixel_bounds, protocol_evaluator, real_start
+from ddkit.methods.ead import EADSynSet, distill_ead
+from ddkit.methods.gan_checkpoint import build_gan
+from ddkit.methods.gan_eval import evaluate_generator, random_real_eval
+from ddkit.methods.gan_losses import dim_objective
+from ddkit.methods.gan_train import stage1
+from ddkit.methods.gan_stage2 import GANModelPool, stage2
+from ddkit.methods.pools import IDMQueue, PretrainedPool, RandomPool
+from ddkit.methods.trajectory import get_trajectory, train_trajectory
 
 SMALL = {"width": 8}
 EVAL = dict(num_models=1, epochs=1, progress=False)
@@ -159,7 +160,7 @@ def test_every_entry_point_follows_the_rule_on_its_defaults(name, tiny_ds, traj,
     ctx = dict(ds=tiny_ds, traj=traj, gan=gan, tmp=tmp_path, x=tiny_ds.x_train[::20], y=tiny_ds.y_train[::20])
     asks_rule.clear()
     where = WALK[name](ctx)
-    assert asks_rule, f"{name} did not resolve device=None through ddkit.utils.resolve_device"
+    assert asks_rule, f"{name} did not resolve device=None through ddkit.core.utils.resolve_device"
     assert same_device(where, resolve_device(None)), f"{name} built on {where}, the rule says {resolve_device(None)}"
 
 
@@ -191,7 +192,7 @@ def test_builders_place_their_objects_where_the_rule_says(name, tiny_ds, traj, g
 
 # ------------------------------------------------------------------------------ determinism
 def test_deterministic_turns_everything_on_restores_it_and_is_recorded(monkeypatch):
-    from ddkit.utils import deterministic, determinism_settings, environment_info, set_deterministic
+    from ddkit.core.utils import deterministic, determinism_settings, environment_info, set_deterministic
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = determinism_settings()
@@ -216,8 +217,8 @@ def test_deterministic_turns_everything_on_restores_it_and_is_recorded(monkeypat
 
 
 def test_a_gan_pool_on_another_device_is_refused_and_data_follows_the_pool(tiny_ds, gan):
-    from ddkit.gan_train import match_generator
-    from ddkit.utils import on_device
+    from ddkit.core.utils import on_device
+    from ddkit.methods.gan_stage2 import match_generator
 
     pool = GANModelPool(["ConvNet"], 1, 4, (28, 28), device=gan.G.device)
     pool.device = torch.device("meta")  # stands for a pool built on another GPU

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from ddkit.distill import MatchBatch, dm_objective, distill, init_synthetic, per_class_forward
+from ddkit.core.utils import make_generator, resolve_device
 from ddkit.evaluate import evaluate_synset
 from ddkit.losses import mean_embedding_loss
+from ddkit.methods.distill import MatchBatch, dm_objective, distill, init_synthetic, per_class_forward
+from ddkit.methods.pools import RandomPool
 from ddkit.models import get_model
-from ddkit.pools import RandomPool
-from ddkit.utils import make_generator, resolve_device
 
 
 def test_init_synthetic_from_real_and_factor(tiny_ds):

@@ -1,4 +1,4 @@
-"""Data-parallel distill / evaluate_synset on CPU with gloo and 2 processes (ddkit.distributed).
+"""Data-parallel distill / evaluate_synset on CPU with gloo and 2 processes (ddkit.fast.distributed).
 
 The workers are started with torch.multiprocessing and joined by torchrun's environment variables
 (MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE), the path ``ddkit run --nproc`` takes. A failing
@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ddkit.core.utils import atomic_torch_save, make_generator
 from ddkit.data import ImageDataset
-from ddkit.distill import distill, dm_objective, init_synthetic
-from ddkit.distributed import ClassShard, Group, class_block, current, gather_in_order, my_items
 from ddkit.evaluate import evaluate_synset
-from ddkit.pools import RandomPool
-from ddkit.utils import atomic_torch_save, make_generator
+from ddkit.fast.distributed import ClassShard, Group, class_block, current, gather_in_order, my_items
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 
 
 def _tiny(ds, classes=3, per_class=24, test_per_class=10):

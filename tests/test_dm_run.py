@@ -1,4 +1,4 @@
-"""The run bookkeeping notebooks 03 and 04 share (ddkit.dm): start, curve plot, records, saved files,
+"""The run bookkeeping notebooks 03 and 04 share (ddkit.methods.dm): start, curve plot, records, saved files,
 and ``MatchBatch.features`` (the real side without grad)."""
 import json
 
@@ -9,13 +9,13 @@ import torch
 matplotlib.use("Agg")
 
 from ddkit.data import ImageDataset  # noqa: E402
-from ddkit.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
-from ddkit.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, idm_queue_settings,  # noqa: E402
-                      plot_accuracy_curves, real_start, save_run, start_fields)
+from ddkit.methods.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
+from ddkit.methods.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, idm_queue_settings,  # noqa: E402
+                              plot_accuracy_curves, real_start, save_run, start_fields)
 from ddkit.evaluate import EvalResult  # noqa: E402
 from ddkit.losses import mean_embedding_loss  # noqa: E402
 from ddkit.models import get_model  # noqa: E402
-from ddkit.results import budget_ledger, load_synset, result_line, save_figures  # noqa: E402
+from ddkit.runs.results import budget_ledger, load_synset, result_line, save_figures  # noqa: E402
 
 
 def tiny(classes=3, n=6, size=8):

@@ -5,20 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit import trajectory as trajmod
 from ddkit.data import ImageDataset
+from ddkit.methods import trajectory as trajmod
 import json
 from pathlib import Path
 
-from ddkit.ead import (OBJECTIVES, EADSynSet, check_soft_labels, derived_real_coef, distill_ead, ead_objective,
-                       effect_values, label_entropy, make_monitor, paper_real_coef, per_sample_grads, probe_effects)
-from ddkit.ead_checks import (INIT_LABEL, effect_over_draws, estimator_check_from_dataset, evidence_summary,
-                              replacement_effect_estimate)
+from ddkit.methods.ead import (OBJECTIVES, EADSynSet, check_soft_labels, derived_real_coef, distill_ead, ead_objective,
+                               effect_values, label_entropy, make_monitor, paper_real_coef, per_sample_grads, probe_effects)
+from ddkit.methods.ead_checks import (INIT_LABEL, effect_over_draws, estimator_check_from_dataset, evidence_summary,
+                                      replacement_effect_estimate)
 from ddkit.losses import (effect_alignment_loss, effect_alignment_squared_loss, effect_alignment_vector_loss,
                           replacement_alpha)
-from ddkit.trajectory import lr_at
-from ddkit.trajectory import get_trajectory, load_trajectory
-from ddkit.utils import atomic_torch_save, make_generator
+from ddkit.core.utils import atomic_torch_save, make_generator
+from ddkit.methods.trajectory import lr_at
+from ddkit.methods.trajectory import get_trajectory, load_trajectory
 
 torch.set_num_threads(1)
 
@@ -204,7 +204,7 @@ def test_bad_inputs_fail_before_compute(traj, small, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("computed before validating")
 
-    monkeypatch.setattr("ddkit.ead.ead_objective", boom)
+    monkeypatch.setattr("ddkit.methods.ead.ead_objective", boom)
     kw = dict(iterations=1, lr_img=1.0, lr_label=1.0, batch_real=16, batch_probe=16, progress=False)
     with pytest.raises(ValueError, match="larger than the trajectory"):
         distill_ead(syn, small, traj, t_m=len(traj) + 1, **kw)
@@ -265,7 +265,7 @@ def test_vector_loss_rejects_mismatched_inputs():
 
 def test_probe_effects_are_per_sample_inner_products(traj, small):
     net = traj.build_model().train()
-    from ddkit.ead import checkpoint_tensors
+    from ddkit.methods.ead import checkpoint_tensors
     params, buffers = checkpoint_tensors(net, traj.states[3], "cpu")
     xp, yp = small.x_train[:6], small.y_train[:6]
     direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params.values())]
@@ -274,7 +274,7 @@ def test_probe_effects_are_per_sample_inner_products(traj, small):
     e = probe_effects(net, params, buffers, xp, yp, direction)
     assert torch.allclose(e, rows @ flat, rtol=1e-4, atol=1e-6)
     # the rows average to the batch gradient of the mean loss
-    from ddkit.ead import loss_grads
+    from ddkit.methods.ead import loss_grads
     g = torch.cat([t.reshape(-1) for t in loss_grads(net, params, buffers, xp, yp)])
     assert torch.allclose(rows.mean(0), g, rtol=1e-4, atol=1e-7)
 
@@ -374,7 +374,7 @@ def test_new_parameters_fail_before_compute(traj, small, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("computed before validating")
 
-    monkeypatch.setattr("ddkit.ead.ead_objective", boom)
+    monkeypatch.setattr("ddkit.methods.ead.ead_objective", boom)
     kw = dict(iterations=1, t_m=1, lr_img=0.01, lr_label=0.01, batch_real=16, batch_probe=16, progress=False)
     with pytest.raises(ValueError, match="objective='scalar'.*'paper', 'squared', 'vector'"):
         distill_ead(syn, small, traj, objective="scalar", **kw)
@@ -449,7 +449,7 @@ def test_evidence_summary_by_hand():
 
 
 def test_random_walk_displacement():
-    from ddkit.ead_checks import random_walk_displacement
+    from ddkit.methods.ead_checks import random_walk_displacement
     # plain SGD, independent directions in high dimension: ||x_K|| = lr * g * sqrt(K) (near-orthogonal steps)
     d = random_walk_displacement([2.0] * 16, [0.1] * 16, (20000,), optimizer="sgd", momentum=0.0)
     assert d[0] == pytest.approx(0.2) and d[-1] == pytest.approx(0.2 * 4, rel=0.03)

@@ -1,4 +1,4 @@
-"""Training the evaluation networks together (ddkit.ensemble) against the one-by-one loop: same
+"""Training the evaluation networks together (ddkit.fast.ensemble) against the one-by-one loop: same
 weights, logits and accuracies up to float reassociation; independent initialisations and draws."""
 import copy
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from ddkit.augment import DSA
-from ddkit.distill import init_synthetic
-from ddkit.ensemble import can_train_together, train_together
+from ddkit.core.utils import make_generator
 from ddkit.evaluate import evaluate_synset
+from ddkit.fast.ensemble import can_train_together, train_together
+from ddkit.methods.distill import init_synthetic
 from ddkit.models import get_model
 from ddkit.train import train_classifier
-from ddkit.utils import make_generator
 
 
 def _nets(n, device="cpu", **kw):

@@ -1,10 +1,10 @@
-"""The captured evaluation trainer (ddkit.eval_graphs): its maths against the library's trainers."""
+"""The captured evaluation trainer (ddkit.fast.eval_graphs): its maths against the library's trainers."""
 import pytest
 import torch
 
 from ddkit.augment import DSA
-from ddkit.eval_graphs import EpochProgram, can_capture, train_and_test
 from ddkit.evaluate import evaluate_synset
+from ddkit.fast.eval_graphs import EpochProgram, can_capture, train_and_test
 from ddkit.models import get_model
 from ddkit.train import accuracy, train_classifier
 

@@ -33,8 +33,8 @@ def test_soft_labels_one_hot_equal_hard(tiny_ds):
 
 
 def test_cutmix_pastes_one_box_from_a_partner_and_mixes_the_labels_by_its_area():
+    from ddkit.core.utils import make_generator
     from ddkit.train import cutmix
-    from ddkit.utils import make_generator
 
     x = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 16, 16).clone()   # image i is constant i
     y = torch.arange(6)

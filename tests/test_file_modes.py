@@ -5,8 +5,8 @@ import stat
 import pytest
 import torch
 
-from ddkit.results import save_synset
-from ddkit.utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, current_umask
+from ddkit.core.utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, current_umask
+from ddkit.runs.results import save_synset
 
 
 @pytest.fixture

@@ -8,22 +8,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ddkit.data import ImageDataset, load_dataset
-from ddkit import gan_train
-from ddkit.gan_nets import ConditionalGenerator, Discriminator, GEN_ARCHS
-from ddkit.gan_losses import (dim_objective, discriminator_loss, forward_logits_mid, GAN_LOSSES, generator_loss,
+from ddkit.methods import gan_train
+from ddkit.methods.gan_nets import ConditionalGenerator, Discriminator, GEN_ARCHS
+from ddkit.methods.gan_losses import (dim_objective, discriminator_loss, forward_logits_mid, GAN_LOSSES, generator_loss,
     gradient_penalty, GeneratorBatch, TermBalance)
-from ddkit.gan_checkpoint import build_gan, CHECKPOINT_FORMAT, GANState, load_checkpoint, save_checkpoint
-from ddkit.gan_train import (GANModelPool, match_generator, objective_fingerprint, siamese_augment, stage1,
-    stage1_key, stage2, stage2_schedule, train_gan)
-from ddkit.gan_eval import (BEST_TEST_LABEL, claim_verdict, comparison_entries, dim_steps_per_epoch, EVAL_PROTOCOLS,
+from ddkit.methods.gan_checkpoint import build_gan, CHECKPOINT_FORMAT, GANState, load_checkpoint, save_checkpoint
+from ddkit.methods.gan_train import siamese_augment, stage1, stage1_key, train_gan
+from ddkit.methods.gan_stage2 import (GANModelPool, match_generator, objective_fingerprint, stage2,
+                                      stage2_schedule)
+from ddkit.methods.gan_eval import (BEST_TEST_LABEL, claim_verdict, comparison_entries, dim_steps_per_epoch, EVAL_PROTOCOLS,
     generator_run_fields, protocol_selections,
     evaluate_generator, evaluate_generators, evaluation_table, evidence_markdown, paired_over_seeds, protocol_list,
     random_real_eval, term_scales)
-from ddkit.gan_params import check_notebook_params, gan_spec, validate_gan_config
+from ddkit.core.utils import make_generator
 from ddkit.losses import feature_matching_loss, logit_matching_loss
+from ddkit.methods.gan_params import check_notebook_params, gan_spec, validate_gan_config
 from ddkit.models import reinit_
-from ddkit.notebook_cells import run_tagged
-from ddkit.utils import make_generator
+from ddkit.runs.notebook_cells import run_tagged
 
 torch.set_num_threads(1)
 
@@ -388,12 +389,12 @@ def test_evaluate_generator_protocols(protocol):
 
 
 def test_show_class_grids_columns_are_classes():
-    """Each panel is ddkit.viz.class_grid of the generator's samples, classes as columns (same noise per panel)."""
+    """Each panel is ddkit.runs.viz.class_grid of the generator's samples, classes as columns (same noise per panel)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ddkit.gan_eval import show_class_grids
-    from ddkit.viz import class_grid
+    from ddkit.methods.gan_eval import show_class_grids
+    from ddkit.runs.viz import class_grid
 
     ds = tiny_dataset()
     G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
@@ -520,7 +521,7 @@ def test_dim_objective_forms_by_hand():
 
 
 def test_gan_spec_checks_params():
-    from ddkit.params import check_params
+    from ddkit.runs.params import check_params
 
     spec = gan_spec()
     good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_seed=-1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, gan_betas=[0.0, 0.9],
@@ -838,7 +839,7 @@ def test_term_balance_by_hand():
 # --------------------------------------------------------------------------- claims over seeds
 
 def _write_seed(root, seed, ours, dim, extra_param=0):
-    from ddkit.results import evaluation_entry, write_result
+    from ddkit.runs.results import evaluation_entry, write_result
 
     rd = root / f"ev_s{seed}"
     rd.mkdir(parents=True)
@@ -936,7 +937,7 @@ def test_protocol_selections_and_run_fields_by_hand():
 def test_tagged_cell_loader_refuses_a_missing_tag():
     from pathlib import Path
 
-    from ddkit.notebook_cells import tagged_source
+    from ddkit.runs.notebook_cells import tagged_source
 
     nb = Path(__file__).parents[1] / "notebooks" / "02_gan_skd.ipynb"
     assert "def make_skd_objective" in tagged_source(nb, "objective")
@@ -951,7 +952,7 @@ def test_every_params_run_of_01_and_02_passes_the_notebooks_own_check(notebook, 
     import json
     from pathlib import Path
 
-    from ddkit import sweep
+    from ddkit.batch import sweep
 
     root = Path(__file__).parents[1]
     cells = json.loads((root / "notebooks" / notebook).read_text())["cells"]

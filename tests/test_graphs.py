@@ -1,14 +1,14 @@
-"""The device-side DM loop (ddkit.graphs, distill(graphs=...)): its draws, its iteration against the
+"""The device-side DM loop (ddkit.fast.graphs, distill(graphs=...)): its draws, its iteration against the
 library's per-class computation, checkpoints; on CUDA, graph replays against eager calls."""
 import pytest
 import torch
 
 from ddkit.augment import DSA
-from ddkit.distill import (DeviceIteration, distill, dm_objective, graphs_unsupported, init_synthetic)
-from ddkit.graphs import capture, class_table, reinit_on_device_, reinit_unsupported, sample_class_batches
+from ddkit.methods.distill import (DeviceIteration, distill, dm_objective, graphs_unsupported, init_synthetic)
+from ddkit.core.utils import make_generator
+from ddkit.fast.graphs import capture, class_table, reinit_on_device_, reinit_unsupported, sample_class_batches
+from ddkit.methods.pools import IDMQueue, RandomPool
 from ddkit.models import ConvNet, reinit_
-from ddkit.pools import IDMQueue, RandomPool
-from ddkit.utils import make_generator
 
 
 def _params_with_every_family(aug, groups, seed=0):

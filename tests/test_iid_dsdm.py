@@ -1,5 +1,5 @@
 """IID (notebook 03) and DSDM (notebook 04): the notebooks' objective cells, their parameter checks,
-the DSDM memory-bank update and the shared helpers of ddkit.dm (CPU, tiny tensors).
+the DSDM memory-bank update and the shared helpers of ddkit.methods.dm (CPU, tiny tensors).
 
 The objectives are tested where they live: the cell tagged ``objective`` of each notebook is
 executed here, so the notebook and the test cannot drift apart."""
@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from ddkit.data import ImageDataset
-from ddkit.distill import MatchBatch, init_synthetic, distill
-from ddkit.dm import (check_weights, clamp_pixels_, dsdm_lr, embed_and_map, pixel_bounds, pixel_lr_to_normalized,
-                      update_bank)
+from ddkit.methods.distill import MatchBatch, init_synthetic, distill
+from ddkit.methods.dm import (check_weights, clamp_pixels_, dsdm_lr, embed_and_map, pixel_bounds, pixel_lr_to_normalized,
+                              update_bank)
+from ddkit.core.utils import make_generator, resolve_device
 from ddkit.losses import PrototypeBank, class_prototypes
+from ddkit.methods.pools import IDMQueue, RandomPool
 from ddkit.models import get_model, reinit_
-from ddkit.pools import IDMQueue, RandomPool
-from ddkit.utils import make_generator, resolve_device
 
 torch.set_num_threads(1)
 NB = Path(__file__).resolve().parent.parent / "notebooks"
@@ -123,7 +123,7 @@ def test_iid_objective_is_differentiable_and_descends(form, alpha, beta):
 
 
 def test_iid_objective_terms_switch_off_and_match_the_dm_objective():
-    from ddkit.distill import dm_objective
+    from ddkit.methods.distill import dm_objective
     ds = tiny_dataset()
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     net = frozen_net(ds=ds, width=16)
@@ -297,7 +297,7 @@ def test_dsdm_bad_settings_fail_before_compute(overrides, match):
         run_check("04_dsdm.ipynb", **overrides)
 
 
-# --------------------------------------------------------------------------- ddkit.dm helpers
+# --------------------------------------------------------------------------- ddkit.methods.dm helpers
 def test_dsdm_lr_rule_and_pixel_conversion():
     assert dsdm_lr(1) == pytest.approx(0.01) and dsdm_lr(10) == pytest.approx(0.1)
     assert dsdm_lr(50) == pytest.approx(0.5)
@@ -364,7 +364,7 @@ class DrawnPool:
 
 
 def _iid_on_idm_run(ds, iterations, checkpoint=None):
-    from ddkit.dm import GeneratorState
+    from ddkit.methods.dm import GeneratorState
 
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     cc_pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8, device="auto") for s in (1, 2)])
@@ -393,7 +393,7 @@ def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path, deterministic):
 
 def _dsdm_run(ds, iterations, checkpoint=None):
     from ddkit.augment import DSA
-    from ddkit.dm import AccuracyCurve, GeneratorState, chain_steps
+    from ddkit.methods.dm import AccuracyCurve, GeneratorState, chain_steps
 
     make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
     pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8, device="auto") for s in (1, 2)])
@@ -443,7 +443,7 @@ def test_bank_update_of_augmented_images_uses_one_draw_per_class():
 
 
 def test_term_shares_equal_the_terms_own_gradients():
-    from ddkit.dm import gradient_norms, term_shares
+    from ddkit.methods.dm import gradient_norms, term_shares
 
     w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
     a = lambda b: {"loss": (w ** 2).sum()}                        # grad 2w, norm 2 sqrt(14)
@@ -455,7 +455,7 @@ def test_term_shares_equal_the_terms_own_gradients():
 
 
 def test_loop_key_ignores_iterations_and_evaluation_unless_a_curve_is_recorded(tmp_path):
-    from ddkit.dm import checkpoint_path, loop_key
+    from ddkit.methods.dm import checkpoint_path, loop_key
 
     p = {"lambda_h": 0.2, "iterations": 10, "eval_epochs": 20, "eval_every": 0, "resume": True}
     assert loop_key(p) == loop_key({**p, "iterations": 99, "eval_epochs": 300})
@@ -466,7 +466,7 @@ def test_loop_key_ignores_iterations_and_evaluation_unless_a_curve_is_recorded(t
 
 
 def test_image_step_auto_follows_the_reference_codes():
-    from ddkit.dm import resolve_image_step
+    from ddkit.methods.dm import resolve_image_step
 
     assert resolve_image_step("auto", "dm") == "joint"
     assert resolve_image_step("auto", "idm") == "per_class" and resolve_image_step("auto", "dsdm") == "per_class"
@@ -476,7 +476,7 @@ def test_image_step_auto_follows_the_reference_codes():
 
 
 def test_accuracy_curve_records_every_n_and_round_trips():
-    from ddkit.dm import AccuracyCurve
+    from ddkit.methods.dm import AccuracyCurve
 
     syn = init_synthetic(tiny_dataset(), 1, generator=make_generator(0))
     calls = []
@@ -505,7 +505,7 @@ def test_loop_parameters_are_checked_before_compute(name, overrides, match):
 
 
 def _runs_of(notebook):
-    from ddkit import sweep
+    from ddkit.batch import sweep
 
     root = NB.parent / "params"
     for path in sorted(root.rglob("*.yaml")):

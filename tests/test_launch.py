@@ -5,17 +5,17 @@ import textwrap
 
 import pytest
 
+from ddkit.batch.launch import torchrun_command
 from ddkit.cli import main
-from ddkit.launch import torchrun_command
 
 FAILING_SCRIPT = '''
 import sys
 import torch
+from ddkit.core.utils import atomic_torch_save, make_generator
 from ddkit.data import ImageDataset
-from ddkit.distill import distill, dm_objective, init_synthetic
-from ddkit.distributed import current
-from ddkit.pools import RandomPool
-from ddkit.utils import atomic_torch_save, make_generator
+from ddkit.fast.distributed import current
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
@@ -40,7 +40,7 @@ def test_torchrun_command_and_bad_input(tmp_path):
     grid.write_text("notebook: 00_quickstart.ipynb\n")
     cmd = torchrun_command(str(grid), 4, overrides={"baselines": ["random"], "ipc": 1}, force=True)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    assert cmd[5:8] == ["-m", "ddkit.launch", str(grid.resolve())]
+    assert cmd[5:8] == ["-m", "ddkit.batch.launch", str(grid.resolve())]
     assert cmd[8:] == ["--set", 'baselines=["random"]', "--set", "ipc=1", "--force"]
     with pytest.raises(ValueError, match="nproc=0"):
         torchrun_command(str(grid), 0)
@@ -71,10 +71,10 @@ def test_failing_rank_fails_the_run_with_its_error(tmp_path):
 
 KERNELS_SCRIPT = '''
 import os, subprocess, sys
-child = ("import os, torch, torch.distributed as dist; from ddkit.distributed import current; g = current(); "
+child = ("import os, torch, torch.distributed as dist; from ddkit.fast.distributed import current; g = current(); "
          "t = torch.tensor([float(g.rank + 1)]); dist.all_reduce(t); "
          "os.write(1, (f'sum {int(t.item())}' + chr(10)).encode())")  # one write per line: ranks share stdout
-for i in range(2):  # as ddkit.launch runs a params file: one kernel (process group) per run, own prefix
+for i in range(2):  # as ddkit.batch.launch runs a params file: one kernel (process group) per run, own prefix
     subprocess.run([sys.executable, "-c", child], env=dict(os.environ, DDKIT_DIST_PREFIX=f"ddkit-run-{i}"),
                    check=True, timeout=300)
 '''

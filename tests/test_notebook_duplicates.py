@@ -69,7 +69,7 @@ def test_trivial_lines_and_imports_are_not_counted(tmp_path):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('dataset = "mnist5k"')
     params.metadata["tags"] = ["parameters"]
-    body = ("from ddkit.results import (run_dir,\n    write_result)\n# a comment\n\nif ok:\n    print(ds)\n"
+    body = ("from ddkit.runs.results import (run_dir,\n    write_result)\n# a comment\n\nif ok:\n    print(ds)\n"
             "else:\n    rd = run_dir(P.results_dir, NOTEBOOK, name)  # where the run goes\nx = f(\n)\n")
     nb.cells = [params, nbformat.v4.new_code_cell("P = check_params(globals(), SPEC)"),
                 nbformat.v4.new_code_cell(body)]

@@ -1,6 +1,6 @@
 import pytest
 
-from ddkit.params import COMMON, DM_FAMILY, Param, check_params, require
+from ddkit.runs.params import COMMON, DM_FAMILY, Param, check_params, require
 
 GOOD = dict(dataset="mnist5k", data_root="", ipc=10, model="ConvNet", iterations=5, seed=0, device="auto",
             eval_model="ConvNet", eval_epochs=3, num_eval=1, run_name="", results_dir="", batch_real=8,

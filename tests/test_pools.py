@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-import ddkit.pools as pools
+import ddkit.methods.pools as pools
+from ddkit.core.utils import atomic_torch_save, make_generator
 from ddkit.data import ImageDataset
-from ddkit.dm import POOL_KINDS, make_pool
-from ddkit.pools import IDMQueue, PretrainedPool, RandomPool
-from ddkit.utils import atomic_torch_save, make_generator
+from ddkit.methods.dm import POOL_KINDS, make_pool
+from ddkit.methods.pools import IDMQueue, PretrainedPool, RandomPool
 
 torch.set_num_threads(1)
 
@@ -262,7 +262,7 @@ def test_make_pool_unknown_kind_fails_before_work():
 
 
 def test_idm_queue_accuracy_of_sees_through_a_fast_view():
-    from ddkit.speed import fast_view
+    from ddkit.fast.speed import fast_view
     ds = tiny_dataset()
     q = small_queue(ds, initial_nets=1, train_nets=5, track_accuracy=True)
     g = make_generator(0)

@@ -78,11 +78,11 @@ def test_the_documentation_shows_sweep_examples():
 
 @pytest.mark.parametrize("where, args", SWEEPS, ids=[w for w, _ in SWEEPS])
 def test_sweep_example_names_an_existing_file_and_dry_runs(where, args, tmp_path, monkeypatch, capsys):
-    import ddkit.sweep_grid
+    import ddkit.batch.sweep_grid
 
     monkeypatch.chdir(REPO)
-    check_run = ddkit.sweep_grid.check_run  # examples may use a dataset file the page makes first
-    monkeypatch.setattr(ddkit.sweep_grid, "check_run", lambda *a: check_run(*a[:3], False))
+    check_run = ddkit.batch.sweep_grid.check_run  # examples may use a dataset file the page makes first
+    monkeypatch.setattr(ddkit.batch.sweep_grid, "check_run", lambda *a: check_run(*a[:3], False))
     assert (REPO / args[0]).exists(), f"{where}: {args[0]} does not exist"
     kept, skip = [], 0
     for a in args:
@@ -191,11 +191,11 @@ def _papermill_prepares(where: str, args: list[str], tmp_path) -> None:
 def _ddkit_run_validates(where: str, args: list[str], tmp_path, monkeypatch) -> None:
     """``ddkit run``: the command line parses and the params file's runs validate; torchrun is replaced
     by a recorder (a script that does not exist, like ``my_script.py``, is only parsed)."""
-    import ddkit.launch
+    import ddkit.batch.launch
     from ddkit.cli import _parse
 
     started = []
-    monkeypatch.setattr(ddkit.launch.subprocess, "call", lambda cmd: started.append(cmd) or 0)
+    monkeypatch.setattr(ddkit.batch.launch.subprocess, "call", lambda cmd: started.append(cmd) or 0)
     a = _parse(args)
     if a.target.endswith(".py") and not (REPO / a.target).is_file():
         return

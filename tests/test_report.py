@@ -1,4 +1,4 @@
-"""ddkit.report: result.json evaluations -> tables (md/tex/csv), comparisons, robust scores, plots."""
+"""ddkit.reporting.report: result.json evaluations -> tables (md/tex/csv), comparisons, robust scores, plots."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ddkit import report as rp  # noqa: E402
-from ddkit.results import evaluation_entry, write_result  # noqa: E402
+from ddkit.reporting import report as rp  # noqa: E402
+from ddkit.runs.results import evaluation_entry, write_result  # noqa: E402
 
 STD = {"name": "standard", "epochs": 300, "num_models": 2, "dsa": "color_crop_cutout_scale_rotate"}
 
@@ -208,7 +208,7 @@ def test_robust_table_pairs_the_right_evaluations(tmp_path):
 
 def test_selection_and_ledger_tables(tmp_path):
     from ddkit.evaluate import EvalResult
-    from ddkit.results import budget_ledger
+    from ddkit.runs.results import budget_ledger
 
     import torch
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddkit import reproduce as rp
-from ddkit import reproduce_docs as rd
-from ddkit import timebox
-from ddkit.distill import distill, dm_objective, init_synthetic
-from ddkit.pools import RandomPool
-from ddkit.results import save_synset
-from ddkit.utils import make_generator
+from ddkit.batch import reproduce as rp
+from ddkit.batch import reproduce_docs as rd
+from ddkit.core import timebox
+from ddkit.core.utils import make_generator
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
+from ddkit.runs.results import save_synset
 
 DISTILLED = Path(rp.REPO) / "distilled"
 MAIN_TABLES = {  # paper -> (method, datasets of its main table that params/paper covers)
@@ -43,7 +43,7 @@ def test_list_has_every_main_table_cell_with_its_run():
 
 
 def test_cells_agree_with_published_csv():
-    from ddkit.report_collect import load_published
+    from ddkit.reporting.report_collect import load_published
 
     pub = load_published()
     cells = {(c.method, c.dataset, c.ipc): c for c in rp.load_cells()}
@@ -143,7 +143,7 @@ def test_every_shipped_set_verifies_and_evaluates():
 
 
 def test_dsdm_protocol_records_the_best_test_selection_beside_the_last_epoch(tiny_ds):
-    from ddkit.dm import evaluation_entries, protocol_evaluator
+    from ddkit.methods.dm import evaluation_entries, protocol_evaluator
 
     x, y = tiny_ds.x_train[:20], tiny_ds.y_train[:20]
     res = protocol_evaluator(tiny_ds, "dsdm", num_models=1, epochs=3, seed=0)(x, y)
@@ -157,7 +157,7 @@ def test_dsdm_protocol_records_the_best_test_selection_beside_the_last_epoch(tin
 
 
 def test_a_legacy_result_keeps_its_recorded_protocol_or_is_refused():
-    from ddkit.report_collect import _legacy_protocol
+    from ddkit.reporting.report_collect import _legacy_protocol
 
     assert _legacy_protocol({"params": {"eval_protocol": "dsdm", "eval_epochs": 1500}})["name"] == "dsdm"
     assert _legacy_protocol({"params": {}})["name"] == "standard"
@@ -166,7 +166,7 @@ def test_a_legacy_result_keeps_its_recorded_protocol_or_is_refused():
 
 
 def test_a_generator_ships_without_its_discriminator_and_re_evaluates(tmp_path, tiny_ds):
-    from ddkit.gan_checkpoint import build_gan, save_checkpoint
+    from ddkit.methods.gan_checkpoint import build_gan, save_checkpoint
 
     run = tmp_path / "cell/gan/s0"
     run.mkdir(parents=True)

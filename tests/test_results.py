@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from ddkit.results import REQUIRED_KEYS, auto_run_name, load_synset, notebook_key, read_result, run_dir, \
+from ddkit.runs.results import REQUIRED_KEYS, auto_run_name, load_synset, notebook_key, read_result, run_dir, \
     save_synset, start_run, write_result
-from ddkit.utils import atomic_write_json, safe_torch_load
+from ddkit.core.utils import atomic_write_json, safe_torch_load
 
 
 def test_notebook_key_and_run_name():
@@ -80,7 +80,7 @@ def test_start_run_records_environment(tmp_path):
 
 
 def test_paired_difference_matches_a_hand_computed_t_interval():
-    from ddkit.stats import paired_difference
+    from ddkit.core.stats import paired_difference
 
     r = paired_difference([2.0, 4.0, 6.0], [1.0, 1.0, 1.0])  # diffs 1, 3, 5: mean 3, sd 2
     half = 4.302652729911275 * 2.0 / 3 ** 0.5  # t_{0.975, 2}
@@ -91,7 +91,7 @@ def test_paired_difference_matches_a_hand_computed_t_interval():
 def test_paired_difference_refuses_unpaired_input():
     import pytest
 
-    from ddkit.stats import paired_difference
+    from ddkit.core.stats import paired_difference
 
     with pytest.raises(ValueError, match="3 values, baseline 2"):
         paired_difference([1, 2, 3], [1, 2])
@@ -99,7 +99,7 @@ def test_paired_difference_refuses_unpaired_input():
 
 def test_write_result_records_an_evaluations_list(tmp_path):
     from ddkit.evaluate import EvalResult
-    from ddkit.results import evaluation_entry, read_result, write_result
+    from ddkit.runs.results import evaluation_entry, read_result, write_result
 
     res = EvalResult([50.0, 60.0], "ConvNet", {"epochs": 300, "num_models": 2})
     ev = [evaluation_entry("DM", res, ipc=10, protocol={"name": "standard"}),
@@ -114,8 +114,8 @@ def test_write_result_records_an_evaluations_list(tmp_path):
 
 def test_results_dir_precedence(tmp_path, monkeypatch):
     """explicit argument > $DDKIT_RESULTS > ./results of the working directory, never the package's folder."""
-    from ddkit.results import resolve_results_dir
-    from ddkit.utils import REPO_ROOT
+    from ddkit.core.utils import REPO_ROOT
+    from ddkit.runs.results import resolve_results_dir
 
     monkeypatch.setenv("DDKIT_RESULTS", str(tmp_path / "env"))
     assert resolve_results_dir(tmp_path / "explicit") == tmp_path / "explicit"
@@ -127,9 +127,10 @@ def test_results_dir_precedence(tmp_path, monkeypatch):
 
 def test_every_module_takes_its_default_results_folder_from_the_one_helper(tmp_path, monkeypatch, tiny_ds):
     """sweep, report, pools and trajectories all land in resolve_results_dir's folder (./results here)."""
-    from ddkit import report, sweep
-    from ddkit.pools import PretrainedPool
-    from ddkit.trajectory import get_trajectory
+    from ddkit.batch import sweep
+    from ddkit.methods.pools import PretrainedPool
+    from ddkit.methods.trajectory import get_trajectory
+    from ddkit.reporting import report
 
     monkeypatch.delenv("DDKIT_RESULTS")
     monkeypatch.chdir(tmp_path)
@@ -145,8 +146,8 @@ def test_every_module_takes_its_default_results_folder_from_the_one_helper(tmp_p
 
 
 def test_the_test_session_never_writes_into_the_repository_results():
-    from ddkit.results import current_run_kind, resolve_results_dir
-    from ddkit.utils import REPO_ROOT
+    from ddkit.core.utils import REPO_ROOT
+    from ddkit.runs.results import current_run_kind, resolve_results_dir
 
     assert resolve_results_dir("") != REPO_ROOT / "results" and current_run_kind() == "test"
 
@@ -166,7 +167,7 @@ def test_run_kind_is_recorded_and_checked(tmp_path, monkeypatch):
 
 def test_evaluation_entry_keeps_selection_and_epoch_curve():
     from ddkit.evaluate import EvalResult
-    from ddkit.results import evaluation_entry
+    from ddkit.runs.results import evaluation_entry
 
     res = EvalResult([60.0, 62.0], "ConvNet", {"epochs": 4}, [{"epoch": 4, "test": [60.0, 62.0]}],
                      {"last": [60.0, 62.0], "best_test": [61.0, 64.0]})
@@ -177,7 +178,7 @@ def test_evaluation_entry_keeps_selection_and_epoch_curve():
 
 
 def test_budget_ledger_by_hand():
-    from ddkit.results import budget_ledger
+    from ddkit.runs.results import budget_ledger
 
     x, soft = torch.zeros(20, 1, 28, 28), torch.full((20, 10), 0.1)
     led = budget_ledger(10, images=x, labels=soft, factor=2)

@@ -9,16 +9,16 @@ import json
 import pytest
 import torch
 
-from ddkit import ead as eadmod
 from ddkit import evaluate as evalmod
-from ddkit import pools as poolmod
-from ddkit import trajectory as trajmod
+from ddkit.core.utils import make_generator
 from ddkit.data import ImageDataset
-from ddkit.ead import EADSynSet, distill_ead
 from ddkit.evaluate import evaluate_synset
-from ddkit.pools import PretrainedPool
-from ddkit.trajectory import get_trajectory, train_trajectory
-from ddkit.utils import make_generator
+from ddkit.methods import ead as eadmod
+from ddkit.methods import pools as poolmod
+from ddkit.methods import trajectory as trajmod
+from ddkit.methods.ead import EADSynSet, distill_ead
+from ddkit.methods.pools import PretrainedPool
+from ddkit.methods.trajectory import get_trajectory, train_trajectory
 
 SMALL = {"width": 8}
 

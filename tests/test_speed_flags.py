@@ -5,13 +5,13 @@ import copy
 import pytest
 import torch
 
-from ddkit.distill import distill, dm_objective, init_synthetic
+from ddkit.core.utils import make_generator
 from ddkit.evaluate import evaluate_synset
+from ddkit.fast.speed import FastView, compile_available, compiled, fast_view, resolve_compile
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
+from ddkit.methods.pools import RandomPool
 from ddkit.models import get_model, has_batchnorm
-from ddkit.speed import FastView, compile_available, compiled, fast_view, resolve_compile
-from ddkit.pools import RandomPool
 from ddkit.train import accuracy, train_classifier
-from ddkit.utils import make_generator
 
 needs_compiler = pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler here")
 
@@ -69,7 +69,7 @@ def test_distill_channels_last_equals_plain(tiny_ds):
 
 
 def test_distill_compile_auto_small_run_stays_eager(tiny_ds, monkeypatch):
-    import ddkit.speed as speed
+    import ddkit.fast.speed as speed
 
     def boom(*a, **k):
         raise AssertionError("compile='auto' must not compile a tiny run")
@@ -128,7 +128,7 @@ def test_compile_matches_plain(tiny_ds):
 
 
 def test_no_grad_chunked_forward_equals_one_pass():
-    from ddkit.distill import per_class_forward
+    from ddkit.methods.distill import per_class_forward
 
     net = get_model("ConvNet", 1, 4, (28, 28), width=8, generator=make_generator(0))
     x, y = torch.randn(37, 1, 28, 28, generator=make_generator(1)), torch.arange(37) % 4
@@ -175,7 +175,7 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_disabled():
     assert off == ([str(False), str(True)] if glibc else [str(False), "None"])
 
 def test_channels_last_auto_follows_the_compile_decision():
-    from ddkit.speed import resolve_channels_last
+    from ddkit.fast.speed import resolve_channels_last
 
     assert resolve_channels_last("auto", True) is True and resolve_channels_last("auto", False) is False
     assert resolve_channels_last(True, False) is True and resolve_channels_last(False, True) is False

@@ -1,4 +1,4 @@
-"""uint8 / memory-mapped dataset storage (ddkit.storage) and ImageFolder trees."""
+"""uint8 / memory-mapped dataset storage (ddkit.fast.storage) and ImageFolder trees."""
 import os
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddkit.data import is_dataset_name, load_dataset
-from ddkit.storage import ImageStore, cache_key, to_uint8
+from ddkit.fast.storage import ImageStore, cache_key, to_uint8
 
 
 def _gen(seed=0):
@@ -66,7 +66,7 @@ def test_memmap_cache_is_written_once_atomically_and_reused(stored, tmp_path):
 
 
 def test_cache_write_failure_leaves_nothing(tmp_path, monkeypatch):
-    import ddkit.storage as st
+    import ddkit.fast.storage as st
 
     def boom(folder, split, x, y):
         np.save(folder / f"x_{split}.npy", np.zeros((1, 1, 2, 2), np.uint8))

@@ -1,4 +1,4 @@
-"""ddkit.sweep: grid expansion/validation, local + Dask execution, resume, failures.
+"""ddkit.batch.sweep: grid expansion/validation, local + Dask execution, resume, failures.
 
 A tiny fixture notebook (no torch, no ddkit import) stands in for the method notebooks
 so these tests take seconds; the last test checks the repo's own params files against
@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ddkit import sweep as sw
+from ddkit.batch import sweep as sw
 
 PARAMS_SRC = '''dataset = "mnist5k"
 data_root = ""
@@ -301,7 +301,7 @@ def test_repo_params_files_match_their_notebooks(path):
 
 # ----------------------------------------------------------------------------- one validator
 SPEC_SRC = '''import json
-from ddkit.params import COMMON, Param, check_params
+from ddkit.runs.params import COMMON, Param, check_params
 LR = Param(float, min=0, min_exclusive=True)
 SPEC = {**COMMON, "lr_img": LR, "fail": Param(bool)}
 P = check_params(globals(), SPEC)
@@ -317,7 +317,7 @@ P = check_params(globals(), SPEC)
 def test_sweep_rejects_what_the_notebooks_spec_rejects(env, grid, needle):
     """The sweep validates with the notebook's own SPEC (ranges, choices, checks), not types guessed from
     defaults: a value check_params would refuse inside the notebook fails the expansion."""
-    from ddkit.params import check_params
+    from ddkit.runs.params import check_params
 
     nb = make_notebook(env["nbdir"], "91_spec.ipynb")
     book = nbformat.read(str(nb), as_version=4)

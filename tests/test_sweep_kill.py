@@ -37,8 +37,8 @@ results_dir = ""
 
 BODY = '''import time
 from pathlib import Path
-from ddkit.results import write_result
-from ddkit.utils import _atomic_write
+from ddkit.core.utils import _atomic_write
+from ddkit.runs.results import write_result
 root = Path(results_dir)
 with open(root / "log.txt", "a") as fh:
     fh.write(f"start {run_name}\\n")

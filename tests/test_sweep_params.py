@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ddkit.batch.sweep_grid import SWEEP_KEYS, expand
 from ddkit.cli import main
-from ddkit.notebook_params import notebook_parameters, papermill_blind_spots
-from ddkit.sweep_grid import SWEEP_KEYS, expand
+from ddkit.runs.notebook_params import notebook_parameters, papermill_blind_spots
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -90,12 +90,12 @@ def test_a_folder_runs_every_params_file_and_a_notebook_its_defaults(tmp_path, c
 
 def test_ddkit_run_validates_before_torchrun(monkeypatch, capsys):
     """One line on stderr and exit 2; torchrun never starts."""
-    import ddkit.launch
+    import ddkit.batch.launch
 
     def no_torchrun(cmd):
         raise AssertionError(f"torchrun started: {cmd}")
 
-    monkeypatch.setattr(ddkit.launch.subprocess, "call", no_torchrun)
+    monkeypatch.setattr(ddkit.batch.launch.subprocess, "call", no_torchrun)
     assert main(["run", "--nproc", "1", "--set", "ipcc=1", "params/cpu/00_quickstart.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "unknown key 'ipcc' (did you mean ipc?)" in err

@@ -1,4 +1,4 @@
-"""ddkit.sweep paths without their own test: ``force``, the keys ignored when matching a finished run,
+"""ddkit.batch.sweep paths without their own test: ``force``, the keys ignored when matching a finished run,
 and an interrupted sweep. ``execute_run`` (papermill) is replaced by a recorder, so no notebook runs."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ddkit import sweep as sw
+from ddkit.batch import sweep as sw
 from test_sweep import make_notebook, write
 
 GRID = """

@@ -14,8 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ddkit.results import resolve_results_dir
-from ddkit.utils import REPO_ROOT
+from ddkit.core.utils import REPO_ROOT
+from ddkit.runs.results import resolve_results_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,8 @@ def test_environment_and_argument_still_win_inside_the_repository(tmp_path, monk
 
 
 def test_report_and_sweep_from_notebooks_use_the_repository_results(no_env, monkeypatch, tmp_path):
-    from ddkit import report, sweep
+    from ddkit.batch import sweep
+    from ddkit.reporting import report
 
     monkeypatch.chdir(REPO / "notebooks")
     here = REPO_ROOT.resolve() / "results"
@@ -56,7 +57,7 @@ def test_a_notebook_run_from_notebooks_writes_into_the_repository_results(no_env
     name = f"pytest-{uuid.uuid4().hex[:8]}"
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
-        "from ddkit.results import run_dir\n"
+        "from ddkit.runs.results import run_dir\n"
         f"d = run_dir('', '00_quickstart.ipynb', {name!r})\n"
         "(d / 'result.json').write_text('{}')")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

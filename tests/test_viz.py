@@ -1,4 +1,4 @@
-"""ddkit.viz draws what it is given: one panel per class/term, lines per history, no crash on gaps."""
+"""ddkit.runs.viz draws what it is given: one panel per class/term, lines per history, no crash on gaps."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from ddkit.data import ImageDataset  # noqa: E402
-from ddkit.viz import image_grid, loss_curves, term_panels  # noqa: E402
+from ddkit.runs.viz import image_grid, loss_curves, term_panels  # noqa: E402
 
 
 def _ds():
@@ -38,7 +38,7 @@ def test_loss_curves_smooths_and_logs():
 
 def test_tile_places_images_row_by_row_with_white_padding():
     import numpy as np
-    from ddkit.viz import tile
+    from ddkit.runs.viz import tile
 
     imgs = np.stack([np.full((2, 3), v, dtype=np.float32) for v in (0.1, 0.2, 0.3)])
     g = tile(imgs, cols=2, pad=1)
@@ -48,7 +48,7 @@ def test_tile_places_images_row_by_row_with_white_padding():
 
 
 def test_class_grid_rows_are_classes_and_columns_transpose():
-    from ddkit.viz import class_grid, display_images
+    from ddkit.runs.viz import class_grid, display_images
 
     ds = _ds()
     x = torch.stack([torch.full((1, 28, 28), float(v)) for v in range(8)]) * 0.1 - 0.5   # image i: value i/10

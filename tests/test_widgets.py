@@ -1,11 +1,11 @@
-"""ddkit.widgets: build the viewers, drive their sliders, check the drawn figure's data."""
+"""ddkit.runs.widgets: build the viewers, drive their sliders, check the drawn figure's data."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from ddkit.widgets import GeneratorViewer, SyntheticSetViewer, soft_label_probs, to_display
+from ddkit.runs.widgets import GeneratorViewer, SyntheticSetViewer, soft_label_probs, to_display
 
 MEAN, STD = 0.5, 0.25
 
@@ -140,7 +140,7 @@ def test_generator_viewer_with_a_callable_and_real_generator():
     torch.testing.assert_close(v.samples, a)  # the seed makes it reproducible
     with pytest.raises(ValueError, match="num_classes"):
         GeneratorViewer(f)
-    from ddkit.gan_nets import ConditionalGenerator
+    from ddkit.methods.gan_nets import ConditionalGenerator
 
     g = ConditionalGenerator(num_classes=10, channels=1, im_size=(28, 28), z_dim=8, width=8,
                              mean=[0.1307], std=[0.3081])

@@ -1,0 +1,2 @@
+"""`ddkit report`: every result.json -> one table of rows -> paper tables, text, figures.
+"""

@@ -1,0 +1,284 @@
+"""What a notebook declares and accepts: its ``parameters`` cell (:func:`notebook_parameters`, read
+with :mod:`ast`, whatever its comments say) and its ``SPEC`` (:func:`notebook_spec`, the same
+``ddkit.runs.params.Param`` checks ``check_params`` applies in the notebook: type, range, choices).
+
+:func:`check_key` and :func:`check_value` hold one grid value against both, so a sweep rejects
+before any run what the notebook would reject (``ValueError`` naming where the value came from).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from ..core.utils import REPO_ROOT
+from .params import Param
+
+__all__ = ["ParamInfo", "notebook_parameters", "parameters_source", "papermill_blind_spots", "notebook_spec",
+           "notebook_checks", "check_run", "check_key", "check_value", "default_notebooks_dir"]
+
+
+def default_notebooks_dir() -> Path:
+    """``<repo>/notebooks`` when ddkit runs from a checkout, else ``./notebooks``."""
+    root = REPO_ROOT
+    return root / "notebooks" if (root / "notebooks").is_dir() else Path.cwd() / "notebooks"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamInfo:
+    """One key of a notebook's ``parameters`` cell."""
+
+    name: str
+    default: Any  # the literal value, or the source text when it is not a literal
+    type: type | None  # None: any value accepted
+    help: str = ""
+
+
+_ANNOTATION_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+_PARAM_CACHE: dict[tuple[str, float], dict[str, ParamInfo]] = {}
+
+
+def notebook_parameters(path: str | os.PathLike) -> dict[str, ParamInfo]:
+    """The keys of a notebook's ``parameters`` cell with their defaults, types and help comments.
+
+    The cell is parsed with :mod:`ast` (every top-level ``name = <literal>`` or
+    ``name: type = <literal>``), so any comment is fine; :func:`papermill_blind_spots` lists the
+    keys papermill's own line parser would miss (it reads ``=`` inside a comment as a second
+    assignment and drops the line)."""
+    path = Path(path).resolve()
+    cache_key = (str(path), path.stat().st_mtime)
+    if cache_key not in _PARAM_CACHE:
+        source = parameters_source(path)
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            raise ValueError(f"notebook {path}: its parameters cell is not valid Python ({exc})") from exc
+        lines = source.splitlines()
+        out = {}
+        for st in tree.body:
+            info = _param_info(st, lines)
+            if info is not None:
+                out[info.name] = info
+        if not out:
+            raise ValueError(f"notebook {path}: its parameters cell assigns no parameter")
+        _PARAM_CACHE[cache_key] = out
+    return _PARAM_CACHE[cache_key]
+
+
+def parameters_source(path: str | os.PathLike) -> str:
+    """The source of the notebook's cell tagged ``parameters`` (``ValueError`` when there is none)."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(str(path), as_version=4).cells
+    except Exception as exc:
+        raise ValueError(f"cannot read notebook {path}: {exc}") from exc
+    for cell in cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            return cell.source
+    raise ValueError(f"notebook {path} has no cell tagged 'parameters'")
+
+
+def _param_info(st: ast.stmt, lines: list[str]) -> ParamInfo | None:
+    """One assignment of the parameters cell as a :class:`ParamInfo` (None for anything else)."""
+    if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+        name, value, ann = st.targets[0].id, st.value, None
+    elif isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and st.value is not None:
+        name, value, ann = st.target.id, st.value, ast.unparse(st.annotation).strip("'\"")
+    else:
+        return None
+    try:
+        default = ast.literal_eval(value)
+        typ: type | None = None if default is None else (list if isinstance(default, tuple) else type(default))
+    except ValueError:
+        default, typ = ast.unparse(value), None
+    if ann in _ANNOTATION_TYPES:
+        typ = _ANNOTATION_TYPES[ann]
+    tail = lines[value.end_lineno - 1].encode()[value.end_col_offset:].decode().strip()  # offsets count bytes
+    return ParamInfo(name, default, typ, tail[1:].strip() if tail.startswith("#") else "")
+
+
+def papermill_blind_spots(path: str | os.PathLike) -> list[str]:
+    """The keys of the parameters cell that ``papermill.inspect_notebook`` does not report (papermill
+    skips a line holding two ``=``, e.g. one in its comment); ``[]`` when it sees them all."""
+    import logging
+
+    import papermill as pm
+
+    log = logging.getLogger("papermill.translators")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its "Unable to parse line" warnings: the answer says the same
+    try:
+        seen = set(pm.inspect_notebook(str(path)))
+    finally:
+        log.setLevel(level)
+    return [k for k in notebook_parameters(path) if k not in seen]
+
+
+_SPEC_CACHE: dict[tuple[str, float], dict[str, Param]] = {}
+
+
+def notebook_spec(path: str | os.PathLike) -> dict[str, Param]:
+    """The :class:`ddkit.runs.params.Param` checks a notebook applies to its parameters, so that a sweep
+    rejects before any run what the notebook's ``check_params(globals(), SPEC)`` would reject.
+
+    The notebook's ``SPEC = ...`` (the first code cell assigning it) is evaluated together with the
+    statements of that cell it needs (its imports and assignments, traced by name), nothing else
+    of the notebook. A notebook without ``SPEC`` (a fixture, the report notebook) gets one check
+    per parameter-cell key from its default: the default's type (ints accepted for a float key),
+    any value for a ``None`` default."""
+    path = Path(path).resolve()
+    cache_key = (str(path), path.stat().st_mtime)
+    if cache_key not in _SPEC_CACHE:
+        params = notebook_parameters(path)
+        source = _spec_source(path)
+        if source is None:
+            _SPEC_CACHE[cache_key] = {k: Param(i.type or object) for k, i in params.items()}
+        else:
+            namespace = {k: i.default for k, i in params.items()}
+            try:
+                exec(compile(source, f"{path.name} (SPEC)", "exec"), namespace)  # noqa: S102 - the notebook's own cell
+            except Exception as exc:
+                raise ValueError(f"notebook {path.name}: cannot evaluate its SPEC ({type(exc).__name__}: {exc})") \
+                    from exc
+            _SPEC_CACHE[cache_key] = dict(namespace["SPEC"])
+    return _SPEC_CACHE[cache_key]
+
+
+def _spec_source(path: Path) -> str | None:
+    """The statements of the notebook's ``SPEC`` cell that ``SPEC = ...`` depends on (or None)."""
+    body = _spec_cell(path)
+    if body is None:
+        return None
+    at = _assignment_index(body, "SPEC")
+    return ast.unparse(_needed_statements(body, [at]))
+
+
+def _spec_cell(path: Path) -> list | None:
+    """The statements of the first code cell (not the parameters cell) that assigns ``SPEC``."""
+    import nbformat
+
+    for cell in nbformat.read(str(path), as_version=4).cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []) or "SPEC" not in cell.source:
+            continue
+        try:
+            body = ast.parse(cell.source).body
+        except SyntaxError:
+            continue
+        if _assignment_index(body, "SPEC") is not None:
+            return body
+    return None
+
+
+def _assignment_index(body: list, name: str) -> int | None:
+    """Index of the first statement of ``body`` assigning ``name`` (or None)."""
+    return next((i for i, st in enumerate(body) if isinstance(st, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == name for t in st.targets)), None)
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _needed_statements(body: list, keep: list[int]) -> ast.Module:
+    """The statements ``body[i]`` for ``i in keep`` and, walking back, the imports and assignments
+    they need (traced by name), in their order in ``body``."""
+    need: set[str] = set().union(*(_names(body[i]) for i in keep))
+    kept = set(keep)
+    for i in range(max(keep), -1, -1):
+        st = body[i]
+        if i in kept:
+            continue
+        if isinstance(st, (ast.Import, ast.ImportFrom)):
+            names = [a for a in st.names if (a.asname or a.name.split(".")[0]) in need]
+            if names:
+                body[i] = type(st)(**{**{f: getattr(st, f) for f in st._fields}, "names": names})
+                kept.add(i)
+        elif isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id in need for t in st.targets):
+            need |= _names(st.value)
+            kept.add(i)
+    return ast.Module(body=[body[i] for i in sorted(kept)], type_ignores=[])
+
+
+def _is_check(st: ast.stmt) -> bool:
+    """``require(...)`` or ``check_...(...)`` as a statement: a notebook's own parameter check."""
+    return (isinstance(st, ast.Expr) and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Name)
+            and (st.value.func.id == "require" or st.value.func.id.startswith("check_")))
+
+
+_CHECKS_CACHE: dict[tuple[str, float], Any] = {}
+
+
+def notebook_checks(path: str | os.PathLike):
+    """The compiled checks the notebook applies to its parameters before any compute: its
+    ``P = check_params(globals(), SPEC)`` and the ``require(...)`` / ``check_...(...)`` statements of
+    that cell that come before its first other call statement (later ones may need the data), with
+    the assignments they need; None for a notebook without ``SPEC``.
+    :func:`check_run` executes them on a run's values."""
+    path = Path(path).resolve()
+    cache_key = (str(path), path.stat().st_mtime)
+    if cache_key not in _CHECKS_CACHE:
+        body = _spec_cell(path)
+        at = None if body is None else _assignment_index(body, "P")
+        code = None
+        if at is not None:
+            keep = [at]
+            for i in range(at + 1, len(body)):  # up to the first compute (a call that is not a check)
+                if _is_check(body[i]):
+                    keep.append(i)
+                elif not isinstance(body[i], ast.Assign):
+                    break
+            code = compile(ast.unparse(_needed_statements(body, keep)), f"{path.name} (parameter checks)", "exec")
+        _CHECKS_CACHE[cache_key] = code
+    return _CHECKS_CACHE[cache_key]
+
+
+def check_run(path: str | os.PathLike, values: dict, where: str, check_files: bool = True) -> None:
+    """Apply the notebook's own parameter checks (:func:`notebook_checks`) to one run's full values
+    (defaults plus what the run sets) and, with ``check_files``, check that a ``.npz`` dataset exists
+    (relative paths are taken from the notebook's folder, where papermill runs it); ``ValueError``
+    naming ``where``."""
+    path = Path(path).resolve()
+    dataset = values.get("dataset")
+    if check_files and isinstance(dataset, str) and dataset.endswith(".npz"):
+        file = Path(dataset).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        if not file.is_file():
+            raise ValueError(f"{where}: dataset {dataset!r}: no such file ({file})")
+    code = notebook_checks(path)
+    if code is None:
+        return
+    try:
+        exec(code, dict(values))  # noqa: S102 - the notebook's own check statements
+    except Exception as exc:
+        raise ValueError(f"{where}: notebook {path.name} would refuse these parameters: {exc}") from None
+
+
+def check_value(key: str, value: Any, check: Param | None, info: ParamInfo, where: str) -> Any:
+    """``value`` as the notebook will see it (``Param.validate``: an int for a float key becomes a float)."""
+    if check is None:
+        raise ValueError(f"{where}: key {key!r} is in the parameters cell but not in the notebook's SPEC, "
+                         f"so the notebook would reject it")
+    try:
+        return check.validate(key, list(value) if isinstance(value, tuple) else value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: key {key!r} expects {getattr(check.type, '__name__', check.type)} "
+                         f"(notebook default {info.default!r}): {exc}") from None
+
+
+def check_key(key: str, spec: dict[str, ParamInfo], nb: Path, where: str) -> ParamInfo:
+    """``spec[key]``; ``ValueError`` for a key notebook ``nb`` does not declare (with close matches)."""
+    if not isinstance(key, str):
+        raise ValueError(f"{where}: parameter names must be strings, got {key!r}")
+    if key not in spec:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(spec), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(
+            f"{where}: unknown key {key!r}{hint}; notebook {nb.name} declares: {', '.join(spec)}"
+        )
+    return spec[key]
+
