@@ -295,7 +295,7 @@ def run_cell(cell_id: str, *, minutes: float | None = None, seeds: int = 1, smok
     docs_dir = Path(docs_dir) if docs_dir else (cell_dir if smoke else REPO / "docs")
     distilled_dir = Path(distilled_dir) if distilled_dir else (cell_dir / "distilled" if smoke else REPO / "distilled")
     row = docs.cell_row(cell, cell_dir, rec)
-    docs.record_row(docs_dir, row)
+    docs.record_row(docs_dir, row, load_cells())
     if row["status"] == "complete":
         docs.ship_sets(cell, cell_dir, rec, distilled_dir, row)
     rec["row"] = row
