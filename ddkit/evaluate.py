@@ -217,7 +217,7 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     DSA draws from the device's generator seeded ``seed``, so the same seed gives the same numbers on
     the same device, and the accuracies agree with the one-by-one loop in distribution). "auto"
     (default) does so on CUDA whenever it applies: the set given as tensors, no CutMix, ``amp`` off,
-    ``compile`` off, one process, a reference-style DSA (mode 'S') or none, and networks without
+    ``compile`` False or "auto" (the graph replaces the compiler), one process, a reference-style DSA (mode 'S') or none, and networks without
     buffers, BatchNorm or dropout; True also runs it (uncaptured) on the CPU and raises where it
     does not apply. ``settings["trainer"]`` records which loop trained the networks.
     """
@@ -257,7 +257,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                     num_classes=dataset.num_classes, batch_source=batch_source, steps_per_epoch=steps_per_epoch,
                     amp=amp)
     captured = _use_graphs(graphs, dev, model, dataset, model_kw, aug, x_syn, batch_source, steps_per_epoch,
-                           cutmix_p, amp, use_compile, group.world_size)
+                           cutmix_p, amp, use_compile and compile != "auto", group.world_size)
+    use_compile = use_compile and not captured        # "auto": the captured epoch needs no compiler
     wanted = batched is True or (batched == "auto" and dev.type == "cuda")
     together = (wanted and not captured and not use_compile and group.world_size == 1
                 and _together_ok(model, dataset, model_kw, num_models))
