@@ -266,13 +266,15 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
         raise ValueError(f"batched=True: {model} cannot be trained together here (needs num_models >= 2, no "
                          f"BatchNorm or buffers, compile off, one process); use batched='auto' or False")
     mine = _finished_networks(store, my_items(num_models))  # network -> (accuracy, checkpoints) of this rank
-    if captured and len(mine) < num_models:
-        nets = [_fresh_net(model, dataset, model_kw, seed * 1000 + i, dev) for i in range(num_models)]
+    if captured and len(mine) < num_models:    # the unfinished networks, together; draws seeded by the first
+        todo = [i for i in range(num_models) if i not in mine]
+        nets = [_fresh_net(model, dataset, model_kw, seed * 1000 + i, dev) for i in todo]
         c_accs, c_points = train_and_test(nets, x_syn, y_syn, epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug,
-                                          schedule=schedule, seed=seed, test=(data.x_test, data.y_test),
-                                          checkpoints=checkpoints, val=val, capture=dev.type == "cuda")
-        mine = dict(enumerate(zip(c_accs, c_points)))
-        for i, (acc, points) in mine.items():
+                                          schedule=schedule, seed=seed * 1000 + todo[0],
+                                          test=(data.x_test, data.y_test), checkpoints=checkpoints, val=val,
+                                          capture=dev.type == "cuda")
+        for i, acc, points in zip(todo, c_accs, c_points):
+            mine[i] = (acc, points)
             if store is not None:
                 store.put(i, {"acc": acc, "points": points})
     elif together and len(mine) < num_models:

@@ -46,7 +46,7 @@ def test_batchnorm_models_get_per_class_passes(tiny_ds):
 def _run(tiny_ds, iterations, **kw):
     syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
     pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=16)
-    hist = distill(syn, tiny_ds, dm_objective, pool, iterations, batch_real=4, seed=0, progress=False, **kw)
+    hist = distill(syn, tiny_ds, dm_objective, pool, iterations, batch_real=4, seed=0, progress=False, **kw, graphs=False)
     return syn.images.detach().clone(), hist
 
 
@@ -98,7 +98,7 @@ def test_per_class_image_steps_equal_the_reference_loop(tiny_ds, factor, determi
     ref = _reference_per_class_loop(tiny_ds, 3, factor=factor)
     syn = init_synthetic(tiny_ds, 2, factor=factor, generator=make_generator(0))
     pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=16)
-    distill(syn, tiny_ds, dm_objective, pool, 3, batch_real=4, seed=0, progress=False, image_step="per_class")
+    distill(syn, tiny_ds, dm_objective, pool, 3, batch_real=4, seed=0, progress=False, image_step="per_class", graphs=False)
     assert torch.allclose(syn.images.detach(), ref, atol=1e-5)
 
 
@@ -108,7 +108,7 @@ def test_per_class_steps_differ_from_joint_under_momentum_and_agree_without(tiny
     def run(step, momentum):
         syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
         distill(syn, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds, width=16), 3,
-                batch_real=4, seed=0, progress=False, image_step=step, momentum=momentum)
+                batch_real=4, seed=0, progress=False, image_step=step, momentum=momentum, graphs=False)
         return syn.images.detach()
 
     assert (run("joint", 0.5) - run("per_class", 0.5)).abs().max() > 1e-3
@@ -135,7 +135,7 @@ def test_per_class_equals_joint_at_momentum_zero_when_classes_are_smaller_than_b
     def run(step):
         syn = init_synthetic(ds, 2, generator=make_generator(0), device=device)
         distill(syn, ds, dm_objective, RandomPool.for_dataset("ConvNet", ds, device=device, width=16), 2, device=device,
-                batch_real=batch_real, seed=0, progress=False, image_step=step, momentum=0.0)
+                batch_real=batch_real, seed=0, progress=False, image_step=step, momentum=0.0, graphs=False)
         return syn.images.detach()
 
     assert torch.allclose(run("joint"), run("per_class"), atol=1e-4)
@@ -152,7 +152,7 @@ def test_distill_rejects_an_unknown_image_step(tiny_ds):
     syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
     with pytest.raises(ValueError, match="image_step='perclass'"):
         distill(syn, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds, width=16), 1,
-                progress=False, image_step="perclass")
+                progress=False, image_step="perclass", graphs=False)
 
 
 def test_distill_rejects_foreign_checkpoint(tiny_ds, tmp_path):
@@ -161,7 +161,7 @@ def test_distill_rejects_foreign_checkpoint(tiny_ds, tmp_path):
     syn = init_synthetic(tiny_ds, 3, generator=make_generator(0))
     with pytest.raises(ValueError, match="shape"):
         distill(syn, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds), 2, checkpoint=ck,
-                progress=False)
+                progress=False, graphs=False)
 
 
 def test_dm_beats_random_real_images_at_ipc1(mnist5k):
@@ -170,10 +170,10 @@ def test_dm_beats_random_real_images_at_ipc1(mnist5k):
     syn = init_synthetic(mnist5k, 1, generator=g)
     x0, y0 = syn.detached()
     pool = RandomPool.for_dataset("ConvNet", mnist5k)
-    hist = distill(syn, mnist5k, dm_objective, pool, 30, batch_real=32, seed=0, progress=False)
+    hist = distill(syn, mnist5k, dm_objective, pool, 30, batch_real=32, seed=0, progress=False, graphs=False)
     assert hist[-1]["loss"] < hist[0]["loss"]
     x1, y1 = syn.detached()
     kw = dict(num_models=2, epochs=60, seed=0, progress=False)
-    random_acc = evaluate_synset(x0, y0, mnist5k, **kw).mean
-    dm_acc = evaluate_synset(x1, y1, mnist5k, **kw).mean
+    random_acc = evaluate_synset(x0, y0, mnist5k, **kw, graphs=False).mean
+    dm_acc = evaluate_synset(x1, y1, mnist5k, **kw, graphs=False).mean
     assert dm_acc > random_acc + 5, (dm_acc, random_acc)

@@ -34,11 +34,11 @@ def tiny_run(ds, out=None) -> dict:
         syn = init_synthetic(ds, 2, generator=make_generator(0))
         pool = RandomPool.for_dataset("ConvNet", ds, width=8)
         hist = distill(syn, ds, dm_objective, pool, 3, lr_img=1.0, batch_real=8, seed=0, progress=False,
-                       image_step=step)
+                       image_step=step, graphs=False)
         result[step] = (syn.images.detach().clone(), [h["loss"] for h in hist])
     x, y = syn.detached()
     res = evaluate_synset(x, y, ds, model="ConvNet", model_kw={"width": 8}, num_models=3, epochs=2,
-                          batch_size=4, progress=False)
+                          batch_size=4, progress=False, graphs=False)
     result["accs"] = res.accs
     result["world_size"] = current().world_size
     if out is not None and Group(*_rank_world()).is_main:

@@ -36,7 +36,7 @@ def library(ds, device):
     syn = start(ds, device)
     history = distill(syn, ds, dm_objective, RandomPool.for_dataset("ConvNet", ds, device=device), ITERATIONS,
                       lr_img=1.0, momentum=0.5, batch_real=BATCH_REAL, dsa=True, seed=SEED, device=device,
-                      progress=False, compile=False)
+                      progress=False, compile=False, graphs=False)
     return syn.images.detach(), [h["loss"] for h in history]
 
 

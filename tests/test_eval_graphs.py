@@ -131,3 +131,29 @@ def test_captured_replay_equals_eager(tiny_ds, device):
     finally:
         (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
+
+
+def test_graphs_resume_trains_only_the_unfinished_networks(tiny_ds, tmp_path):
+    x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
+    kw = dict(num_models=3, epochs=2, model_kw={"width": 8}, progress=False, graphs=True,
+              checkpoint=tmp_path / "eval.json")
+    first = evaluate_synset(x, y, tiny_ds, **kw)
+    import json
+    stored = json.loads((tmp_path / "eval.json").read_text())
+    units = next(iter(stored.values())) if isinstance(stored, dict) and len(stored) == 1 else stored
+    assert first.settings["trainer"] == "graphs"
+    calls = []
+    import ddkit.evaluate as ev
+    real = ev.train_and_test
+
+    def spy(nets, *a, **k):
+        calls.append(len(nets))
+        return real(nets, *a, **k)
+
+    ev.train_and_test = spy
+    try:
+        again = evaluate_synset(x, y, tiny_ds, **kw)
+    finally:
+        ev.train_and_test = real
+    assert calls == [] and again.accs == first.accs            # every network read back from the store
+    assert units

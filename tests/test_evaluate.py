@@ -16,8 +16,8 @@ def test_soft_cross_entropy_matches_hard():
 
 def test_evaluation_learns_and_is_deterministic(tiny_ds):
     x, y = tiny_ds.x_train, tiny_ds.y_train
-    r1 = evaluate_synset(x, y, tiny_ds, num_models=2, epochs=15, batch_size=32, seed=3, progress=False)
-    r2 = evaluate_synset(x, y, tiny_ds, num_models=2, epochs=15, batch_size=32, seed=3, progress=False)
+    r1 = evaluate_synset(x, y, tiny_ds, num_models=2, epochs=15, batch_size=32, seed=3, progress=False, graphs=False)
+    r2 = evaluate_synset(x, y, tiny_ds, num_models=2, epochs=15, batch_size=32, seed=3, progress=False, graphs=False)
     assert r1.accs == r2.accs and len(r1.accs) == 2
     assert r1.mean > 50  # 4 classes: chance is 25 %
     assert r1.settings["dsa"] == tiny_ds.dsa_strategy and r1.settings["schedule"] == "standard"
@@ -25,9 +25,9 @@ def test_evaluation_learns_and_is_deterministic(tiny_ds):
 
 def test_soft_labels_one_hot_equal_hard(tiny_ds):
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
-    hard = evaluate_synset(x, y, tiny_ds, num_models=1, epochs=5, dsa=False, progress=False)
+    hard = evaluate_synset(x, y, tiny_ds, num_models=1, epochs=5, dsa=False, progress=False, graphs=False)
     soft = evaluate_synset(x, F.one_hot(y, 4).float(), tiny_ds, num_models=1, epochs=5, dsa=False,
-                           progress=False)
+                           progress=False, graphs=False)
     assert abs(hard.mean - soft.mean) <= 2.5
     assert (hard.settings["labels"], soft.settings["labels"]) == ("hard", "soft")  # a protocol setting
 
@@ -58,11 +58,11 @@ def test_dsdm_protocol_runs_with_cutmix(tiny_ds, monkeypatch):
     monkeypatch.setattr(tr, "cutmix", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
     kw = {**PROTOCOLS["dsdm"], "epochs": 3}
-    r = evaluate_synset(x, y, tiny_ds, num_models=1, progress=False, **kw)
+    r = evaluate_synset(x, y, tiny_ds, num_models=1, progress=False, **kw, graphs=False)
     assert r.settings["schedule"] == "multistep" and r.settings["cutmix_p"] == 0.5
     assert calls, "the dsdm protocol trained without a single CutMix batch"
     calls.clear()
-    evaluate_synset(x, y, tiny_ds, num_models=1, progress=False, **{**kw, "cutmix_p": 0.0})
+    evaluate_synset(x, y, tiny_ds, num_models=1, progress=False, **{**kw, "cutmix_p": 0.0}, graphs=False)
     assert not calls
 
 
@@ -84,18 +84,18 @@ def test_batch_source_protocol(tiny_ds):
         return tiny_ds.x_train[:8], tiny_ds.y_train[:8]
 
     r = evaluate_synset(None, None, tiny_ds, num_models=1, epochs=2, batch_source=source, steps_per_epoch=3,
-                        progress=False)
+                        progress=False, graphs=False)
     assert calls == list(range(6)) and len(r.accs) == 1
 
 
 def test_bad_synsets_fail_clearly(tiny_ds):
     x = tiny_ds.x_train[:4]
     with pytest.raises(ValueError, match="4 images but y_syn has 3"):
-        evaluate_synset(x, tiny_ds.y_train[:3], tiny_ds, progress=False)
+        evaluate_synset(x, tiny_ds.y_train[:3], tiny_ds, progress=False, graphs=False)
     with pytest.raises(ValueError, match="soft labels have 10 classes"):
-        evaluate_synset(x, torch.full((4, 10), 0.1), tiny_ds, progress=False)
+        evaluate_synset(x, torch.full((4, 10), 0.1), tiny_ds, progress=False, graphs=False)
     with pytest.raises(ValueError, match="needs"):
-        evaluate_synset(torch.zeros(4, 3, 32, 32), tiny_ds.y_train[:4], tiny_ds, progress=False)
+        evaluate_synset(torch.zeros(4, 3, 32, 32), tiny_ds.y_train[:4], tiny_ds, progress=False, graphs=False)
 
 
 def test_cross_arch_table(tiny_ds):
@@ -155,11 +155,11 @@ def test_validation_selection_records_three_labelled_accuracies(tiny_ds, monkeyp
 
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
     kw = dict(num_models=2, epochs=6, batch_size=32, seed=1, progress=False)
-    plain = evaluate_synset(x, y, tiny_ds, **kw)
+    plain = evaluate_synset(x, y, tiny_ds, **kw, graphs=False)
     seen, real_accuracy = [], evalmod.accuracy
     monkeypatch.setattr(evalmod, "accuracy", lambda net, xs, ys, **k: seen.append((xs, ys)) or
                         real_accuracy(net, xs, ys, **k))
-    sel = evaluate_synset(x, y, tiny_ds, val_per_class=5, eval_every_epochs=2, **kw)
+    sel = evaluate_synset(x, y, tiny_ds, val_per_class=5, eval_every_epochs=2, **kw, graphs=False)
     monkeypatch.setattr(evalmod, "accuracy", real_accuracy)
     assert sel.accs == plain.accs, "testing at checkpoints must not change training"
     assert plain.epoch_curve == [] and plain.selection == {} and "val_per_class" not in plain.settings
@@ -183,7 +183,7 @@ def test_validation_selection_records_three_labelled_accuracies(tiny_ds, monkeyp
     best = sel.select("best_test")
     assert best.accs == sel.selection["best_test"] and best.settings["selection"] == "best_test"
     with pytest.raises(ValueError, match="'best_val' not recorded"):
-        evaluate_synset(x, y, tiny_ds, eval_every_epochs=3, **kw).select("best_val")
+        evaluate_synset(x, y, tiny_ds, eval_every_epochs=3, **kw, graphs=False).select("best_val")
     xv, yv = validation_split(tiny_ds, 5, seed=1)
     assert torch.bincount(yv, minlength=4).tolist() == [5, 5, 5, 5]
     assert torch.equal(xv, validation_split(tiny_ds, 5, seed=1)[0])
@@ -208,7 +208,7 @@ def test_together_path_selects_by_validation_and_resumes_without_training(tiny_d
     kw = dict(num_models=2, epochs=4, batch_size=32, seed=1, progress=False, val_per_class=5, eval_every_epochs=2,
               batched=True, model_kw={"width": 8}, checkpoint=tmp_path / "eval.json")
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
-    first = evaluate_synset(x, y, tiny_ds, **kw)
+    first = evaluate_synset(x, y, tiny_ds, **kw, graphs=False)
     assert script == {"test": [], "val": []}
     assert [(p["epoch"], p["test"], p["val"]) for p in first.epoch_curve] == [(2, [50.0, 60.0], [70.0, 40.0]),
                                                                               (4, [55.0, 58.0], [60.0, 45.0])]
@@ -217,5 +217,5 @@ def test_together_path_selects_by_validation_and_resumes_without_training(tiny_d
     fail = lambda *a, **k: pytest.fail("trained a network the checkpoint holds")  # noqa: E731
     monkeypatch.setattr(evalmod, "train_together", fail)
     monkeypatch.setattr(evalmod, "train_classifier", fail)
-    again = evaluate_synset(x, y, tiny_ds, **kw)
+    again = evaluate_synset(x, y, tiny_ds, **kw, graphs=False)
     assert (again.accs, again.selection, again.epoch_curve) == (first.accs, first.selection, first.epoch_curve)

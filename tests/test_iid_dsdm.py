@@ -173,7 +173,7 @@ def test_iid_objective_runs_in_the_shared_loop_with_factor_2(channels_last):
     obj = make_iid_objective(cc_pool=FixedPool(frozen_net("ResNet10", ds=ds, device="auto")), lambda_cc=0.05,
                              lambda_cm=0.01)
     before = syn.images.detach().clone()
-    hist = distill(syn, ds, obj, pool, 3, lr_img=0.1, batch_real=8, progress=False, **kw)
+    hist = distill(syn, ds, obj, pool, 3, lr_img=0.1, batch_real=8, progress=False, **kw, graphs=False)
     assert len(hist) == 3 and {"dm", "cm", "cc"} <= set(hist[0])
     assert not torch.equal(before, syn.images.detach())
 
@@ -253,7 +253,7 @@ def test_dsdm_bank_update_after_each_step_in_the_shared_loop():
         seen.append(it)
 
     hist = distill(syn, ds, make_dsdm_objective(bank), pool, 3, lr_img=0.1, batch_real=8, after_step=after_step,
-                   progress=False)
+                   progress=False, graphs=False)
     assert seen == [0, 1, 2] and bank.num_updates == 3
     assert "h" not in hist[0] and "h" in hist[1]
 
@@ -375,7 +375,7 @@ def _iid_on_idm_run(ds, iterations, checkpoint=None):
     obj = make_iid_objective(cc_pool=cc_pool, lambda_cc=0.05, lambda_cm=0.01, generator=cc_draws.generator)
     hist = distill(syn, ds, obj, queue, iterations, lr_img=0.2, batch_real=8, progress=False,
                    image_step="per_class", checkpoint=checkpoint, checkpoint_every=1,
-                   extra_state={"cc_draws": cc_draws})
+                   extra_state={"cc_draws": cc_draws}, graphs=False)
     return syn.images.detach().clone(), hist
 
 
@@ -410,7 +410,7 @@ def _dsdm_run(ds, iterations, checkpoint=None):
     hist = distill(syn, ds, make_dsdm_objective(bank, lambda_h=0.2), pool, iterations, lr_img=0.5, batch_real=8,
                    progress=False, image_step="per_class", clamp=(lo, hi), after_step=chain_steps(after_step, curve),
                    checkpoint=checkpoint, checkpoint_every=1,
-                   extra_state={"bank": bank, "bank_draws": bank_draws, "curve": curve})
+                   extra_state={"bank": bank, "bank_draws": bank_draws, "curve": curve}, graphs=False)
     return syn.images.detach().clone(), hist, bank.value.clone(), curve.points
 
 

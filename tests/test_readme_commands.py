@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -211,12 +212,20 @@ TEXT = {".py", ".md", ".ipynb", ".yaml", ".yml", ".toml", ".cfg", ".txt", ".csv"
 
 
 def _repository_files() -> list[Path]:
+    """The clone's text files: what git tracks or would add (build outputs such as ``*.egg-info`` and
+    the virtualenv are ignored), else a walk of the tree."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        paths = [REPO / f for f in listed]
+    except (OSError, subprocess.CalledProcessError):
+        paths = sorted(REPO.rglob("*"))
     out = []
-    for path in sorted(REPO.rglob("*")):
+    for path in paths:
         rel = path.relative_to(REPO)
         if path.is_file() and not SKIP_DIRS & set(rel.parts[:-1]) and path.suffix in TEXT and rel.parts[0] != ".git":
             out.append(path)
-    return out
+    return sorted(out)
 
 
 def test_no_file_refers_outside_the_clone():

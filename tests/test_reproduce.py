@@ -65,7 +65,7 @@ def test_distill_stops_at_the_deadline_and_resumes_equal(tiny_ds, tmp_path, monk
     def run(ck):
         syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
         distill(syn, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds, width=8), 5, batch_real=4,
-                progress=False, checkpoint=ck)
+                progress=False, checkpoint=ck, graphs=False)
         return syn.images.detach().clone()
 
     whole = run(tmp_path / "a.pt")

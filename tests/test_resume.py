@@ -162,7 +162,7 @@ def _evaluate(small, checkpoint=None, **kw):
     x = small.x_train[::10][:10]
     y = small.y_train[::10][:10]
     return evaluate_synset(x, y, small, model="ConvNet", num_models=3, epochs=2, batch_size=8, seed=5,
-                           progress=False, model_kw=SMALL, checkpoint=checkpoint, **kw)
+                           progress=False, model_kw=SMALL, checkpoint=checkpoint, **kw, graphs=False)
 
 
 def test_evaluation_resumes_at_network_granularity(small, tmp_path, monkeypatch):
@@ -190,7 +190,7 @@ def test_evaluation_checkpoint_is_keyed_by_the_synset_and_settings(small, tmp_pa
     assert seen["n"] == 3
     x = small.x_train[::10][:10] + 0.01  # another synthetic set
     evaluate_synset(x, small.y_train[::10][:10], small, num_models=3, epochs=2, batch_size=8, seed=5,
-                    progress=False, model_kw=SMALL, checkpoint=ck)
+                    progress=False, model_kw=SMALL, checkpoint=ck, graphs=False)
     assert seen["n"] == 6 and len(json.loads(ck.read_text())["keys"]) == 3
 
 

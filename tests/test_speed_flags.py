@@ -57,7 +57,7 @@ def test_resolve_compile():
 def _dm_run(ds, **flags):
     syn = init_synthetic(ds, 2, generator=make_generator(0))
     pool = RandomPool.for_dataset("ConvNet", ds, width=16)
-    hist = distill(syn, ds, dm_objective, pool, 3, batch_real=8, seed=3, progress=False, **flags)
+    hist = distill(syn, ds, dm_objective, pool, 3, batch_real=8, seed=3, progress=False, **flags, graphs=False)
     return [h["loss"] for h in hist], syn.images.detach()
 
 
@@ -105,8 +105,8 @@ def test_train_classifier_channels_last_equals_plain(tiny_ds):
 def test_evaluate_synset_channels_last_same_accuracy(tiny_ds):
     x, y = init_synthetic(tiny_ds, 2, generator=make_generator(0)).detached()
     kw = dict(num_models=2, epochs=4, progress=False, model_kw={"width": 16})
-    a = evaluate_synset(x, y, tiny_ds, **kw)
-    b = evaluate_synset(x, y, tiny_ds, channels_last=True, **kw)
+    a = evaluate_synset(x, y, tiny_ds, **kw, graphs=False)
+    b = evaluate_synset(x, y, tiny_ds, channels_last=True, **kw, graphs=False)
     assert a.accs == pytest.approx(b.accs, abs=5.0)
 
 

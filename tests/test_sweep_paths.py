@@ -54,7 +54,7 @@ def test_force_reruns_finished_runs_and_without_it_they_are_skipped(runs, execut
 
 @pytest.mark.parametrize("key", sorted(sw.IGNORED_IN_MATCH))
 def test_keys_ignored_in_match_do_not_make_a_finished_run_changed(runs, key):
-    assert sw.IGNORED_IN_MATCH == {"run_name", "results_dir", "data_root", "device"}  # where a run ran, not what
+    assert sw.IGNORED_IN_MATCH == {"run_name", "results_dir", "data_root", "device", "deterministic"}  # where a run ran, not what
     finish(runs[0], **{key: "/elsewhere"})
     assert sw.run_status(runs[0]) == ("done", "")
     finish(runs[0], **{key: "/elsewhere", "ipc": 9})
