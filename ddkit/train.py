@@ -91,8 +91,11 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
         compile = resolve_compile("auto", work)
     fwd = fast_view(model, resolve_compile(compile), channels_last)
     model.train()
+    dev = _device_of(model)
+    if x is not None:                     # the set follows the network (one copy of a small set)
+        x, y = x.to(dev), y.to(dev)
     opt = sgd(model, lr, momentum, weight_decay)
-    scaler = grad_scaler(amp, next(model.parameters()).device)
+    scaler = grad_scaler(amp, dev)
     step = 0
     for ep in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         opt = schedule_epoch(opt, ep, epochs, schedule, lambda new_lr: sgd(model, new_lr, momentum, weight_decay))
@@ -100,6 +103,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor |
         for b in range(steps):
             xb, yb = training_batch(x, y, perm, b, batch_size, step, generator, batch_source=batch_source, dsa=dsa,
                                     cutmix_p=cutmix_p, num_classes=num_classes)
+            xb, yb = xb.to(dev), yb.to(dev)   # a batch_source may draw elsewhere
             with autocast(amp, xb.device):
                 logits = fwd(xb)
             loss = soft_cross_entropy(logits.float(), yb)
@@ -182,15 +186,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     comp = resolve_compile(compile)
     fwd = fast_view(model, comp, channels_last)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    dev = _device_of(model, x.device)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i:i + batch_size].to(dev)  # the test set may live elsewhere: batches follow the network
         n = len(xb)
         if comp and n < batch_size and len(x) > batch_size:
             xb = torch.cat([xb, xb.new_zeros((batch_size - n,) + tuple(xb.shape[1:]))])
         with autocast(amp, xb.device):
             logits = fwd(xb)
-        correct += (logits[:n].argmax(1) == y[i:i + batch_size]).sum()
+        correct += (logits[:n].argmax(1) == y[i:i + batch_size].to(dev)).sum()
     model.train(was_training)
     return 100.0 * int(correct) / len(x)
 
@@ -205,9 +210,10 @@ def train_steps(model: nn.Module, dataset, steps: int, *, batch_size: int = 256,
     model.train()
     n = len(dataset.x_train)
     gdev = generator.device if generator is not None else torch.device("cpu")
+    dev = _device_of(model, dataset.device)
     for _ in range(steps):
         idx = torch.randint(n, (batch_size,), generator=generator, device=gdev).to(dataset.device)
-        loss = F.cross_entropy(model(dataset.x_train[idx]), dataset.y_train[idx])
+        loss = F.cross_entropy(model(dataset.x_train[idx].to(dev)), dataset.y_train[idx].to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -220,4 +226,12 @@ def embed_all(net: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 
     ``no_grad`` rather than ``inference_mode``: callers keep the result in state updated later
     (e.g. DSDM's prototype bank)."""
-    return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    dev = _device_of(net, x.device)
+    return torch.cat([net.embed(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
+
+
+def _device_of(model: nn.Module, fallback: torch.device | None = None) -> torch.device | None:
+    """Where ``model``'s parameters live (``fallback`` for a module without parameters): the trainers
+    move their data there (no-op when already there)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else fallback

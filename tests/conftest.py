@@ -50,3 +50,13 @@ def _deterministic_on_cuda(request):
     test file means there what it means on the CPU (whose suite this leaves untouched)."""
     if torch.cuda.is_available():
         request.getfixturevalue("deterministic")
+
+
+@pytest.fixture(autouse=True)
+def _default_device(request, monkeypatch):
+    """``device=None`` / ``"auto"`` inside a test means the test's own device: the ``device`` fixture's
+    for a device-taking test (``DDKIT_TEST_DEVICES``), the CPU for every other test. So the suite
+    computes on a GPU machine what it computes on the CPU, and only the device-taking tests move to
+    CUDA (``$DDKIT_DEVICE``, :func:`ddkit.core.utils.resolve_device`)."""
+    dev = request.getfixturevalue("device") if "device" in request.fixturenames else torch.device("cpu")
+    monkeypatch.setenv("DDKIT_DEVICE", str(dev))

@@ -27,6 +27,23 @@ SMALL = {"width": 8}
 EVAL = dict(num_models=1, epochs=1, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_default_device(monkeypatch):
+    """These tests are about the rule itself: no ``$DDKIT_DEVICE`` (tests/conftest.py sets one)."""
+    monkeypatch.delenv(utils.DEVICE_ENV, raising=False)
+
+
+def test_ddkit_device_names_what_auto_means(monkeypatch):
+    _mock_cuda(monkeypatch, 1)
+    assert resolve_device(None) == torch.device("cuda")
+    monkeypatch.setenv(utils.DEVICE_ENV, "cpu")
+    assert resolve_device(None) == resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cuda") == torch.device("cuda")          # an explicit device still wins
+    monkeypatch.setenv(utils.DEVICE_ENV, "cuda:7")
+    with pytest.raises(ValueError, match="cuda:7"):
+        resolve_device(None)
+
+
 def _mock_cuda(monkeypatch, count):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)

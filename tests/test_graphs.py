@@ -85,7 +85,7 @@ def test_reinit_on_device_refuses_unknown_layers():
 
 
 def _loop(ds, net, lr=1.0, momentum=0.5, batch_real=5, seed=0):
-    syn = init_synthetic(ds, 2, generator=make_generator(seed))
+    syn = init_synthetic(ds, 2, generator=make_generator(seed), device="cpu")
     gen = make_generator(seed, ds.x_train.device)
     loop = DeviceIteration(syn, ds, dm_objective, net, DSA(ds.dsa_strategy), batch_real, lr, momentum, None, gen,
                            torch.zeros_like(syn.images))
@@ -107,7 +107,7 @@ def _per_class_dm(net, ds, aug, idx, p, images, labels, batch_real):
 
 
 def test_device_iteration_equals_per_class_dm_and_sgd(tiny_ds):
-    net = RandomPool.for_dataset("ConvNet", tiny_ds, width=16).net
+    net = RandomPool.for_dataset("ConvNet", tiny_ds, width=16, device="cpu").net
     syn, loop = _loop(tiny_ds, net)
     ref = syn.images.detach().clone().requires_grad_(True)
     opt = torch.optim.SGD([ref], lr=1.0, momentum=0.5)
@@ -147,7 +147,7 @@ class _NoHostReads:
 
 
 def test_device_iteration_step_reads_nothing_on_the_host(tiny_ds, monkeypatch):
-    net = RandomPool.for_dataset("ConvNet", tiny_ds, width=8).net
+    net = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu").net
     syn, loop = _loop(tiny_ds, net)
     loop.step()  # the first call may set things up
     before = syn.images.detach().clone()
@@ -163,10 +163,10 @@ def test_device_iteration_step_reads_nothing_on_the_host(tiny_ds, monkeypatch):
 
 def test_distill_graphs_on_cpu_runs_the_device_loop_and_resumes(tiny_ds, tmp_path):
     def run(iterations, checkpoint=None):
-        syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
-        pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8)
+        syn = init_synthetic(tiny_ds, 2, generator=make_generator(0), device="cpu")
+        pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu")
         hist = distill(syn, tiny_ds, dm_objective, pool, iterations, batch_real=5, progress=False, graphs=True,
-                       checkpoint=checkpoint, checkpoint_every=2)
+                       checkpoint=checkpoint, checkpoint_every=2, device="cpu")
         return syn.images.detach(), hist
 
     straight, h_straight = run(5)
@@ -177,25 +177,25 @@ def test_distill_graphs_on_cpu_runs_the_device_loop_and_resumes(tiny_ds, tmp_pat
     resumed, h_resumed = run(5, ck)
     assert torch.equal(resumed, straight)
     assert h_resumed == h_straight and len(h_straight) == 5 and all(h["loss"] > 0 for h in h_straight)
-    eager, _ = (lambda s: (s, distill(s, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds, width=8),
-                                       5, batch_real=5, progress=False, graphs=False)))(
-        init_synthetic(tiny_ds, 2, generator=make_generator(0)))
+    eager, _ = (lambda s: (s, distill(s, tiny_ds, dm_objective, RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu"),
+                                       5, batch_real=5, progress=False, graphs=False, device="cpu")))(
+        init_synthetic(tiny_ds, 2, generator=make_generator(0), device="cpu"))
     assert not torch.equal(eager.images.detach(), straight)  # its own draws: not the eager loop's
 
 
 def test_graphs_auto_on_cpu_is_the_eager_loop(tiny_ds):
     out = []
     for graphs in ("auto", False):
-        syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
-        pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8)
-        out.append((distill(syn, tiny_ds, dm_objective, pool, 3, batch_real=5, progress=False, graphs=graphs),
+        syn = init_synthetic(tiny_ds, 2, generator=make_generator(0), device="cpu")
+        pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu")
+        out.append((distill(syn, tiny_ds, dm_objective, pool, 3, batch_real=5, progress=False, graphs=graphs, device="cpu"),
                     syn.images.detach()))
     assert out[0][0] == out[1][0] and torch.equal(out[0][1], out[1][1])
 
 
 def test_graphs_unsupported_names_the_reason(tiny_ds):
-    syn = init_synthetic(tiny_ds, 2, generator=make_generator(0))
-    pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8)
+    syn = init_synthetic(tiny_ds, 2, generator=make_generator(0), device="cpu")
+    pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu")
     assert graphs_unsupported(syn, tiny_ds, dm_objective, pool, 5) is None
     assert "per_class" in graphs_unsupported(syn, tiny_ds, dm_objective, pool, 5, image_step="per_class")
     assert "smallest class" in graphs_unsupported(syn, tiny_ds, dm_objective, pool, 21)
@@ -203,9 +203,9 @@ def test_graphs_unsupported_names_the_reason(tiny_ds):
     queue = IDMQueue("ConvNet", 1, 4, (28, 28), initial_nets=1, width=8, generator=make_generator(0))
     assert "IDMQueue" in graphs_unsupported(syn, tiny_ds, dm_objective, queue, 5)
     with pytest.raises(ValueError, match="graphs=True.*image_step"):
-        distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs=True, image_step="per_class")
+        distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs=True, image_step="per_class", device="cpu")
     with pytest.raises(ValueError, match="graphs='yes'"):
-        distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs="yes")
+        distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs="yes", device="cpu")
 
 
 # --------------------------------------------------------------------------- CUDA only

@@ -51,15 +51,23 @@ def available_devices() -> list:
     return devices
 
 
+#: Environment variable naming the device that ``None`` / ``"auto"`` stand for (e.g. ``cpu`` to keep a
+#: session off the GPU, ``cuda:1``); unset: CUDA when present, else the CPU.
+DEVICE_ENV = "DDKIT_DEVICE"
+
+
 def _auto_device() -> torch.device:
+    chosen = os.environ.get(DEVICE_ENV, "").strip()
+    if chosen and chosen != "auto":
+        return resolve_device(chosen)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """The device rule of every ddkit function that takes ``device``.
 
-    ``None``, ``""`` and ``"auto"`` mean CUDA when present, else the CPU (never MPS: it must be
-    asked for). Anything else must name a device this machine has (``"cpu"``, ``"cuda"``,
+    ``None``, ``""`` and ``"auto"`` mean the device named by ``$DDKIT_DEVICE`` when it is set, else
+    CUDA when present, else the CPU (never MPS: it must be asked for). Anything else must name a device this machine has (``"cpu"``, ``"cuda"``,
     ``"cuda:N"``, ``"mps"`` or a ``torch.device``); a string that is not a device, a GPU the
     machine lacks (``"cuda:7"`` on a one-GPU machine, ``"cuda"`` without CUDA) or an absent
     ``"mps"`` is refused here, before any compute, with a ``ValueError`` listing the devices the

@@ -336,8 +336,7 @@ class PretrainedPool:
             self.build()
 
     # -- building
-    def _train_subset(self, generator):
-        ds = self.dataset
+    def _train_subset(self, generator, ds):
         n = self.meta["train_per_class"]
         if not n:
             return ds.x_train, ds.y_train
@@ -354,7 +353,7 @@ class PretrainedPool:
                    disable=not self.progress)
         for i in bar:
             g = make_generator(self.meta["seed"] * 100003 + i)
-            x, y = self._train_subset(g)
+            x, y = self._train_subset(g, ds)
             net = get_model(self.model_name, ds.channels, ds.num_classes, ds.im_size,
                             **self.model_kw).to(self.device)
             reinit_(net, g)
