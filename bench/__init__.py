@@ -1,4 +1,4 @@
-"""ddkit benchmark suite (issue 7): ``python -m bench`` (or ``make bench``).
+"""ddkit benchmark suite: ``python -m bench`` (or ``make bench``).
 
 Every benchmark times ddkit's path and a *reference-style* path in the same process,
 alternating them repeat by repeat, and writes ``results/bench/<name>.json`` (median and spread

@@ -1,4 +1,4 @@
-"""Does ``distill(amp="bf16")`` give the same accuracy as float32? (issue 18: the accuracy check of
+"""Does ``distill(amp="bf16")`` give the same accuracy as float32? (the accuracy check of
 the mixed-precision flag.)
 
 ``python -m bench.amp_accuracy [--seeds 0 1 2] [--iterations 200] [--out results/bench/amp_accuracy.json]``

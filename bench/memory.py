@@ -1,4 +1,4 @@
-"""Memory of a DM run (issue 18): peak resident memory (``ru_maxrss``) after 50 and after 200
+"""Memory of a DM run: peak resident memory (``ru_maxrss``) after 50 and after 200
 iterations of ``distill`` + ``dm_objective`` (IPC 10, batch_real 256, DSA, ConvNet-3; quick: 10 and
 40 iterations at batch_real 64), and of the float32 against the bf16 path. A leak shows as growth
 between the two checkpoints. Each run is its own process (``ru_maxrss`` never goes down)."""

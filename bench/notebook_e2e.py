@@ -1,4 +1,4 @@
-"""notebooks/00_quickstart.ipynb end to end, as a user runs it (issue 18's notebook target).
+"""notebooks/00_quickstart.ipynb end to end, as a user runs it.
 
 The notebook is executed with papermill in a fresh process (its own kernel) at the issue's
 setting, :data:`PARAMS` (Fashion-MNIST, IPC 10, 200 DM iterations, batch_real 256, 3 evaluation

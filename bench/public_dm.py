@@ -1,4 +1,4 @@
-"""ddkit against the public DM code itself (VICO-UoE/DatasetCondensation, issue 18).
+"""ddkit against the public DM code itself (VICO-UoE/DatasetCondensation).
 
 ``python -m bench --public-dm PATH``: PATH is a checkout of VICO-UoE/DatasetCondensation made by the
 user (nothing of it is copied into this repository). Each side runs in its own process, the sides

@@ -1,4 +1,4 @@
-"""Train the evaluation protocol's N networks together (issue 18).
+"""Train the evaluation protocol's N networks together.
 
 The protocol trains N independent networks on a tiny set (100 images at IPC 10): one network's
 step is too small to keep the cores busy. Here the N networks' parameters are stacked
