@@ -107,9 +107,9 @@ def _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_
         raise ValueError("checkpoint needs x_syn / y_syn (a batch_source has no content key to store results under)")
 
 
-def validation_split(dataset, per_class: int, seed: int = 0):
-    """``per_class`` random real training images of every class (``(x_val, y_val)``, on the dataset's
-    device), drawn with their own generator (seed ``seed``), for validation-split model selection."""
+def validation_indices(dataset, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Training-set indices of ``per_class`` random real images of every class, drawn with their own
+    generator (seed ``seed``): the validation split of validation-split model selection."""
     if per_class < 0 or int(per_class) != per_class:
         raise ValueError(f"val_per_class={per_class!r} must be a non-negative integer (0 = no validation split)")
     gen = make_generator(seed, "cpu")
@@ -120,8 +120,27 @@ def validation_split(dataset, per_class: int, seed: int = 0):
             raise ValueError(f"val_per_class={per_class} but class {c} of {dataset.name} has only {len(idx)} "
                              f"training images; use at most {len(idx)}")
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
-    keep = torch.cat(picks).to(dataset.x_train.device)
+    return torch.cat(picks)
+
+
+def validation_split(dataset, per_class: int, seed: int = 0):
+    """``(x_val, y_val)`` of :func:`validation_indices`, on the dataset's device."""
+    keep = validation_indices(dataset, per_class, seed).to(dataset.x_train.device)
     return dataset.x_train[keep], dataset.y_train[keep]
+
+
+def without_validation(dataset, per_class: int, seed: int = 0):
+    """The dataset without its validation split (:func:`validation_indices` with the same ``per_class`` and
+    ``seed`` as the evaluation): what distillation, coresets and pools may draw from when a run selects by
+    validation, so that the selection never sees images the set was built from. ``per_class=0``: the
+    dataset itself."""
+    if not per_class:
+        return dataset
+    keep = torch.ones(len(dataset.y_train), dtype=torch.bool)
+    keep[validation_indices(dataset, per_class, seed)] = False
+    rows = keep.nonzero().squeeze(1).to(dataset.x_train.device)
+    return type(dataset)(dataset.name, dataset.x_train[rows], dataset.y_train[rows], dataset.x_test, dataset.y_test,
+                         dataset.mean, dataset.std, dataset.classes, dataset.dsa_strategy)
 
 
 def checkpoint_epochs(epochs: int, eval_every_epochs: int, val_per_class: int) -> list:

@@ -151,7 +151,7 @@ def test_checkpoint_epochs():
 
 def test_validation_selection_records_three_labelled_accuracies(tiny_ds, monkeypatch):
     from ddkit import evaluate as evalmod
-    from ddkit.evaluate import validation_split
+    from ddkit.evaluate import validation_split, without_validation
 
     x, y = tiny_ds.x_train[::4], tiny_ds.y_train[::4]
     kw = dict(num_models=2, epochs=6, batch_size=32, seed=1, progress=False)
@@ -186,6 +186,10 @@ def test_validation_selection_records_three_labelled_accuracies(tiny_ds, monkeyp
         evaluate_synset(x, y, tiny_ds, eval_every_epochs=3, **kw, graphs=False).select("best_val")
     xv, yv = validation_split(tiny_ds, 5, seed=1)
     assert torch.bincount(yv, minlength=4).tolist() == [5, 5, 5, 5]
+    fit = without_validation(tiny_ds, 5, seed=1)                  # what distillation may draw from
+    assert len(fit.x_train) == len(tiny_ds.x_train) - 20 and not rows(xv) & rows(fit.x_train)
+    assert rows(fit.x_train) | rows(xv) == rows(tiny_ds.x_train) and torch.equal(fit.x_test, tiny_ds.x_test)
+    assert without_validation(tiny_ds, 0) is tiny_ds
     assert torch.equal(xv, validation_split(tiny_ds, 5, seed=1)[0])
     with pytest.raises(ValueError, match="val_per_class=21 but class 0 .* only 20"):
         validation_split(tiny_ds, 21)
