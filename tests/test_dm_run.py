@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 
 from ddkit.data import ImageDataset  # noqa: E402
 from ddkit.methods.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
-from ddkit.methods.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, idm_queue_settings,  # noqa: E402
-                              plot_accuracy_curves, real_start, start_fields)
+from ddkit.methods.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, evaluation_record,  # noqa: E402
+                              idm_queue_settings, plot_accuracy_curves, real_start)
 from ddkit.evaluate import EvalResult  # noqa: E402
 from ddkit.losses import mean_embedding_loss  # noqa: E402
 from ddkit.models import get_model  # noqa: E402
@@ -90,7 +90,7 @@ def test_idm_queue_settings_read_the_idm_parameters():
         idm_queue_settings({k: v for k, v in params.items() if k != "idm_train_batch"})
 
 
-def test_entries_and_the_run_record_every_set_architecture_curve_and_start(tmp_path, capsys, deterministic):
+def test_the_record_and_the_run_keep_every_set_architecture_curve_and_start(tmp_path, capsys, deterministic):
     ds = tiny(n=8)
     syn, _ = real_start(ds, 2, factor=2, seed=0)
     res = {"M": {"ConvNet": EvalResult([60.0, 62.0]), "MLP": EvalResult([40.0], model="MLP")},
@@ -104,14 +104,18 @@ def test_entries_and_the_run_record_every_set_architecture_curve_and_start(tmp_p
     assert set(by) == {("M", "ConvNet"), ("M", "MLP"), ("Base", "ConvNet"), ("Random real", "ConvNet")}
     assert "curve" in by["M", "ConvNet"] and "curve" not in by["M", "MLP"] and "curve" not in by["Base", "ConvNet"]
     assert by["Random real", "ConvNet"]["variant"] == "init" and by["M", "MLP"]["protocol"]["labels"] == "hard"
-    assert start_fields(None) == {} and start_fields(init)["init_mean"] == 31.0
+    record = evaluation_record(res, ipc=2, protocol="standard", eval_model="ConvNet",
+                               ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []}, res_init=init)
+    assert record == {"evaluations": entries, "init_accs": [30.0, 32.0], "init_mean": 31.0, "init_std": 1.0}
+    assert set(evaluation_record(res, ipc=2, protocol="standard", eval_model="ConvNet",
+                                 ledgers={"M": ledger, "Base": ledger})) == {"evaluations"}
 
     # what notebooks 03 and 04 do with them: the set, then result.json through the run
     params = {"dataset": "tiny", "ipc": 2, "model": "ConvNet", "eval_model": "ConvNet", "eval_protocol": "standard",
               "seed": 0, "device": "cpu", "results_dir": str(tmp_path), "run_name": "r"}
     run = Run(params, "03_iid")
     run.save_set(syn)
-    run.finish("M", res["M"]["ConvNet"], evaluations=entries, **start_fields(init), note="x")
+    run.finish("M", res["M"]["ConvNet"], **record, note="x")
     stored = json.loads((run.dir / "result.json").read_text())
     assert stored["accs"] == [60.0, 62.0] and stored["note"] == "x" and stored["init_accs"] == [30.0, 32.0]
     assert stored["evaluations"] == entries and stored["eval_model"] == "ConvNet" and stored["dataset"] == "tiny"

@@ -371,14 +371,6 @@ def _selection_entries(entry: dict, result, record: dict) -> list:
     return out
 
 
-def start_fields(res_init) -> dict:
-    """``result.json``'s fields for the evaluated starting point (``init_accs`` / ``init_mean`` /
-    ``init_std``); ``{}`` when it was not evaluated (``res_init`` None)."""
-    if res_init is None:
-        return {}
-    return {"init_accs": res_init.accs, "init_mean": res_init.mean, "init_std": res_init.std}
-
-
 def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: str, ledgers: dict,
                        curves: dict | None = None, res_init=None) -> list:
     """``result.json``'s ``evaluations``: one entry per evaluated set and architecture of
@@ -398,6 +390,18 @@ def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: st
     if res_init is not None:
         entries.append(evaluation_entry("Random real", res_init, ipc=ipc, protocol=record, variant="init"))
     return entries
+
+
+def evaluation_record(results: dict, *, ipc: int, protocol: str, eval_model: str, ledgers: dict,
+                      curves: dict | None = None, res_init=None) -> dict:
+    """The evaluation fields of a DM-family run's ``result.json`` (keywords of
+    ``ddkit.runs.results.Run.finish``): ``evaluations`` (:func:`evaluation_entries`, same arguments) and,
+    when the starting point was evaluated, its accuracies as ``init_accs`` / ``init_mean`` / ``init_std``."""
+    record = {"evaluations": evaluation_entries(results, ipc=ipc, protocol=protocol, eval_model=eval_model,
+                                                ledgers=ledgers, curves=curves, res_init=res_init)}
+    if res_init is not None:
+        record.update(init_accs=res_init.accs, init_mean=res_init.mean, init_std=res_init.std)
+    return record
 
 
 def idm_queue_settings(params: dict, *, track_accuracy: bool = False) -> dict:
