@@ -83,6 +83,10 @@ def test_run_opens_the_folder_seeds_and_records_the_environment(tmp_path, determ
     named = Run(run_params(tmp_path, run_name="mine", deterministic=True), "00_quickstart")
     assert named.dir == tmp_path / "quickstart" / "mine" and torch.equal(torch.rand(3), drawn)  # seeded again
     assert determinism_settings()["use_deterministic_algorithms"] is True
+    with pytest.raises(ValueError, match="deterministic='yes'"):
+        Run(run_params(tmp_path, deterministic="yes"), "00_quickstart")
+    with pytest.raises(ValueError, match="needs the dataset"):
+        Run({"seed": 0, "results_dir": str(tmp_path)}, "00_quickstart")
     rec = run.finish("DM", [50.0, 52.0])
     for k in ("ddkit_version", "git_commit", "device", "created", "torch_version"):
         assert rec[k]
@@ -117,6 +121,7 @@ def test_run_saves_the_set_and_only_the_figures_it_drew(tmp_path, deterministic)
     path = run.save_set(x, y, ipc=2, soft_labels=False)
     x2, y2, meta = load_synset(path, expect={"dataset": "mnist5k"})
     assert path == run.dir / "synset.pt" and torch.equal(x2, x) and torch.equal(y2, y) and meta["ipc"] == 2
+    assert meta["notebook"] == "ead" and not meta["soft_labels"]
     assert load_synset(run.save_set(x, y, dataset="other"))[2]["dataset"] == "other"
     fig = plt.figure()
     assert run.save_figures({"a.png": fig, "b.png": None}) == [run.dir / "a.png"]

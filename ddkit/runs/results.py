@@ -249,9 +249,11 @@ class Run:
         from ..core.utils import resolve_device, seed_everything, set_deterministic
 
         self.params = params.as_dict() if hasattr(params, "as_dict") else dict(params)
+        if "dataset" not in self.params:
+            raise ValueError(f"Run needs the dataset parameter (result.json records it); got {sorted(self.params)}")
         self.notebook = notebook_key(notebook)
         self.device = resolve_device(self.params.get("device", "auto"))
-        set_deterministic(bool(self.params.get("deterministic", False)))
+        set_deterministic(self.params.get("deterministic", False))
         seed_everything(int(self.params.get("seed", 0)))
         self.name = self.params.get("run_name") or "_".join(filter(None, (auto_run_name(self.params), suffix)))
         self.dir = resolve_results_dir(self.params.get("results_dir", "")) / self.notebook / self.name
@@ -280,7 +282,8 @@ class Run:
             syn = images
             images, labels = syn.detached()
             meta = {"ipc": syn.ipc, "factor": syn.factor, "stored": syn.images.detach().cpu(), **meta}
-        return save_synset(self.dir, images, labels, name=name, **{"dataset": self.params["dataset"], **meta})
+        meta = {"dataset": self.params["dataset"], "notebook": self.notebook, **meta}
+        return save_synset(self.dir, images, labels, name=name, **meta)
 
     def save_figures(self, figures: dict) -> list:
         """Save ``{file name: figure}`` in the run folder with :func:`save_figure` (None entries: figures
