@@ -99,3 +99,13 @@ def test_the_counter_counts_distinct_names_and_sees_whole_params():
                        "g(P.seed)\n")]
     assert ddkit_names(trees) == {"ddkit.data.load_dataset", "ddkit.data.ImageDataset", "ddkit.losses"}
     assert whole_params_calls(trees) == {"Run", "f"}
+
+
+@pytest.mark.parametrize("path", METHOD_NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_checks_a_sweep_runs_stop_before_the_run_opens(path):
+    """A sweep validates every run with the notebook's own checks before any run starts: those must not open a
+    run folder (seed, create folders) or load data."""
+    from ddkit.runs.notebook_params import notebook_checks
+
+    names = set(notebook_checks(path).co_names)
+    assert "check_params" in names and not names & {"Run", "load_dataset"}, sorted(names)
