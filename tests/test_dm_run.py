@@ -1,6 +1,7 @@
 """The run bookkeeping notebooks 03 and 04 share (ddkit.methods.dm): start, curve plot, records, saved files,
 and ``MatchBatch.features`` (the real side without grad)."""
 import json
+import re
 
 import matplotlib
 import pytest
@@ -10,12 +11,12 @@ matplotlib.use("Agg")
 
 from ddkit.data import ImageDataset  # noqa: E402
 from ddkit.methods.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
-from ddkit.methods.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, idm_queue_settings,  # noqa: E402
-                              plot_accuracy_curves, real_start, save_run, start_fields)
+from ddkit.methods.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, evaluation_record,  # noqa: E402
+                              idm_queue_settings, plot_accuracy_curves, real_start)
 from ddkit.evaluate import EvalResult  # noqa: E402
 from ddkit.losses import mean_embedding_loss  # noqa: E402
 from ddkit.models import get_model  # noqa: E402
-from ddkit.runs.results import budget_ledger, load_synset, result_line, save_figures  # noqa: E402
+from ddkit.runs.results import Run, budget_ledger, load_synset  # noqa: E402
 
 
 def tiny(classes=3, n=6, size=8):
@@ -89,12 +90,12 @@ def test_idm_queue_settings_read_the_idm_parameters():
         idm_queue_settings({k: v for k, v in params.items() if k != "idm_train_batch"})
 
 
-def test_entries_and_save_run_record_every_set_architecture_curve_and_start(tmp_path):
-    ds = tiny()
-    syn, _ = real_start(ds, 2, seed=0)
+def test_the_record_and_the_run_keep_every_set_architecture_curve_and_start(tmp_path, capsys, deterministic):
+    ds = tiny(n=8)
+    syn, _ = real_start(ds, 2, factor=2, seed=0)
     res = {"M": {"ConvNet": EvalResult([60.0, 62.0]), "MLP": EvalResult([40.0], model="MLP")},
            "Base": {"ConvNet": EvalResult([55.0])}}
-    ledger = budget_ledger(3, images=syn.images)
+    ledger = budget_ledger(3, images=syn.images, factor=2)
     init = EvalResult([30.0, 32.0])
     entries = evaluation_entries(res, ipc=2, protocol="standard", eval_model="ConvNet",
                                  ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []},
@@ -103,22 +104,24 @@ def test_entries_and_save_run_record_every_set_architecture_curve_and_start(tmp_
     assert set(by) == {("M", "ConvNet"), ("M", "MLP"), ("Base", "ConvNet"), ("Random real", "ConvNet")}
     assert "curve" in by["M", "ConvNet"] and "curve" not in by["M", "MLP"] and "curve" not in by["Base", "ConvNet"]
     assert by["Random real", "ConvNet"]["variant"] == "init" and by["M", "MLP"]["protocol"]["labels"] == "hard"
-    assert start_fields(None) == {} and start_fields(init)["init_mean"] == 31.0
+    record = evaluation_record(res, ipc=2, protocol="standard", eval_model="ConvNet",
+                               ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []}, res_init=init)
+    assert record == {"evaluations": entries, "init_accs": [30.0, 32.0], "init_mean": 31.0, "init_std": 1.0}
+    assert set(evaluation_record(res, ipc=2, protocol="standard", eval_model="ConvNet",
+                                 ledgers={"M": ledger, "Base": ledger})) == {"evaluations"}
 
-    params = {"dataset": "tiny", "ipc": 2, "model": "ConvNet", "eval_model": "ConvNet", "eval_protocol": "standard"}
-    rec = save_run(tmp_path, syn, res, method="M", params=params, ledgers={"M": ledger, "Base": ledger},
-                   seconds=1.5, res_init=init, note="x")
-    stored = json.loads((tmp_path / "result.json").read_text())
+    # what notebooks 03 and 04 do with them: the set, then result.json through the run
+    params = {"dataset": "tiny", "ipc": 2, "model": "ConvNet", "eval_model": "ConvNet", "eval_protocol": "standard",
+              "seed": 0, "device": "cpu", "results_dir": str(tmp_path), "run_name": "r"}
+    run = Run(params, "03_iid")
+    run.save_set(syn)
+    run.finish("M", res["M"]["ConvNet"], **record, note="x")
+    stored = json.loads((run.dir / "result.json").read_text())
     assert stored["accs"] == [60.0, 62.0] and stored["note"] == "x" and stored["init_accs"] == [30.0, 32.0]
-    assert len(stored["evaluations"]) == 4
-    x, y, meta = load_synset(tmp_path / "synset.pt")
-    assert torch.equal(x, syn.images.detach()) and meta["dataset"] == "tiny" and meta["ipc"] == 2
-    assert result_line(tmp_path, rec).endswith("61.00 ± 1.00 (2s)")
-
-
-def test_save_figures_skips_figures_a_run_did_not_draw(tmp_path):
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure()
-    assert save_figures(tmp_path, {"a.png": fig, "b.png": None}) == [tmp_path / "a.png"]
-    assert (tmp_path / "a.png").stat().st_size > 0 and not (tmp_path / "b.png").exists()
+    assert stored["evaluations"] == entries and stored["eval_model"] == "ConvNet" and stored["dataset"] == "tiny"
+    x, y, meta = load_synset(run.dir / "synset.pt")
+    dx, dy = syn.detached()
+    assert torch.equal(x, dx.cpu()) and torch.equal(y, dy.cpu()) and len(x) == 4 * len(syn.images)  # decoded 2x2
+    assert torch.equal(meta["stored"], syn.images.detach()) and meta["dataset"] == "tiny"
+    assert meta["ipc"] == 2 and meta["factor"] == 2
+    assert re.search(r"r/result\.json M 61\.00 ± 1\.00 \(\d+s\)$", capsys.readouterr().out.strip())

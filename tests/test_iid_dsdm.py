@@ -454,17 +454,6 @@ def test_term_shares_equal_the_terms_own_gradients():
     assert shares["b"]["share"] == pytest.approx(nb / (na + nb))
 
 
-def test_loop_key_ignores_iterations_and_evaluation_unless_a_curve_is_recorded(tmp_path):
-    from ddkit.methods.dm import checkpoint_path, loop_key
-
-    p = {"lambda_h": 0.2, "iterations": 10, "eval_epochs": 20, "eval_every": 0, "resume": True}
-    assert loop_key(p) == loop_key({**p, "iterations": 99, "eval_epochs": 300})
-    assert loop_key(p) != loop_key({**p, "lambda_h": 0.0})
-    assert loop_key({**p, "eval_every": 5}) != loop_key({**p, "eval_every": 5, "eval_epochs": 300})
-    assert checkpoint_path(tmp_path, "dsdm", p).name == f"checkpoint_dsdm_{loop_key(p)}.pt"
-    assert checkpoint_path(tmp_path, "dsdm", {**p, "resume": False}) is None
-
-
 def test_image_step_auto_follows_the_reference_codes():
     from ddkit.methods.dm import resolve_image_step
 

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from ddkit.runs.results import REQUIRED_KEYS, auto_run_name, load_synset, notebook_key, read_result, run_dir, \
-    save_synset, start_run, write_result
+from ddkit.runs.results import REQUIRED_KEYS, Run, auto_run_name, load_synset, loop_key, notebook_key, read_result, \
+    save_synset, write_result
 from ddkit.core.utils import atomic_write_json, safe_torch_load
 
 
@@ -15,10 +15,10 @@ def test_notebook_key_and_run_name():
 
 
 def test_write_and_read_result(tmp_path):
-    rd = run_dir(tmp_path, "03_iid", "r1")
+    rd = tmp_path / "iid" / "r1"
+    rd.mkdir(parents=True)
     rec = write_result(rd, method="IID", dataset="mnist5k", ipc=10, model="ConvNet", params={"a": 1},
                        accs=[90.0, 92.0], seconds=1.5, device="cpu")
-    assert rd == tmp_path / "iid" / "r1"
     back = read_result(rd / "result.json")
     assert back == json.loads((rd / "result.json").read_text()) == rec
     assert set(REQUIRED_KEYS) <= set(back) and back["mean"] == 91.0 and back["std"] == 1.0
@@ -68,15 +68,65 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         safe_torch_load(foreign)
 
 
-def test_start_run_records_environment(tmp_path):
-    params = {"dataset": "mnist5k", "ipc": 1, "seed": 3, "device": "cpu", "run_name": "", "results_dir": str(tmp_path),
-              "eval_model": "ConvNet"}
-    run = start_run(params, "00_quickstart", load_data=False)
-    assert run.dir == tmp_path / "quickstart" / "mnist5k_ipc1_s3"
-    rec = run.finish(method="DM", accs=[50.0])
+def run_params(tmp_path, **kw):
+    return {"dataset": "mnist5k", "ipc": 1, "model": "ConvNet", "seed": 3, "device": "cpu", "run_name": "",
+            "results_dir": str(tmp_path), "eval_model": "ConvNet", "deterministic": False, "resume": True, **kw}
+
+
+def test_run_opens_the_folder_seeds_and_records_the_environment(tmp_path, deterministic):
+    from ddkit.core.utils import determinism_settings
+
+    run = Run(run_params(tmp_path), "00_quickstart.ipynb", suffix="dm")
+    assert run.dir == tmp_path / "quickstart" / "mnist5k_ipc1_s3_dm" and run.dir.is_dir()
+    assert str(run.device) == "cpu" and determinism_settings()["use_deterministic_algorithms"] is False
+    drawn = torch.rand(3)
+    named = Run(run_params(tmp_path, run_name="mine", deterministic=True), "00_quickstart")
+    assert named.dir == tmp_path / "quickstart" / "mine" and torch.equal(torch.rand(3), drawn)  # seeded again
+    assert determinism_settings()["use_deterministic_algorithms"] is True
+    with pytest.raises(ValueError, match="deterministic='yes'"):
+        Run(run_params(tmp_path, deterministic="yes"), "00_quickstart")
+    with pytest.raises(ValueError, match="needs the dataset"):
+        Run({"seed": 0, "results_dir": str(tmp_path)}, "00_quickstart")
+    rec = run.finish("DM", [50.0, 52.0])
     for k in ("ddkit_version", "git_commit", "device", "created", "torch_version"):
         assert rec[k]
-    assert rec["device"] == "cpu" and rec["params"]["seed"] == 3
+    assert rec["device"] == "cpu" and rec["params"]["seed"] == 3 and rec["ipc"] == 1 and rec["model"] == "ConvNet"
+    assert (rec["notebook"], rec["run_name"], rec["eval_model"]) == ("quickstart", "mnist5k_ipc1_s3_dm", "ConvNet")
+    assert read_result(run.dir / "result.json") == rec and rec["evaluations"][0]["accs"] == [50.0, 52.0]
+    assert run.finish("DM", [50.0], ipc=10, dataset="MNIST-5k")["ipc"] == 10  # a field the run measured itself
+    assert read_result(run.dir / "result.json")["dataset"] == "MNIST-5k"
+
+
+def test_run_checkpoints_are_keyed_by_the_loop_and_off_without_resume(tmp_path, deterministic):
+    p = {"lambda_h": 0.2, "iterations": 10, "eval_epochs": 20, "eval_every": 0}
+    assert loop_key(p) == loop_key({**p, "iterations": 99, "eval_epochs": 300})
+    assert loop_key(p) != loop_key({**p, "lambda_h": 0.0})
+    assert loop_key({**p, "eval_every": 5}) != loop_key({**p, "eval_every": 5, "eval_epochs": 300})
+    run = Run(run_params(tmp_path, **p), "04_dsdm")
+    assert run.checkpoint("dsdm") == run.dir / f"checkpoint_dsdm_{loop_key(run.params)}.pt"
+    longer = Run(run_params(tmp_path, **{**p, "iterations": 99}), "04_dsdm")  # resumes the shorter run's state
+    assert longer.checkpoint("dsdm") == run.checkpoint("dsdm")
+    assert Run(run_params(tmp_path, **{**p, "ipc": 2}), "04_dsdm").checkpoint("dsdm").name != run.checkpoint("dsdm").name
+    assert Run(run_params(tmp_path, resume=False), "04_dsdm").checkpoint("dsdm") is None
+
+
+def test_run_saves_the_set_and_only_the_figures_it_drew(tmp_path, deterministic):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Run(run_params(tmp_path), "05_ead")
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 1])
+    path = run.save_set(x, y, ipc=2, soft_labels=False)
+    x2, y2, meta = load_synset(path, expect={"dataset": "mnist5k"})
+    assert path == run.dir / "synset.pt" and torch.equal(x2, x) and torch.equal(y2, y) and meta["ipc"] == 2
+    assert meta["notebook"] == "ead" and not meta["soft_labels"]
+    assert load_synset(run.save_set(x, y, dataset="other"))[2]["dataset"] == "other"
+    fig = plt.figure()
+    assert run.save_figures({"a.png": fig, "b.png": None}) == [run.dir / "a.png"]
+    assert (run.dir / "a.png").stat().st_size > 0 and not (run.dir / "b.png").exists()
+    plt.close(fig)
 
 
 def test_paired_difference_matches_a_hand_computed_t_interval():

@@ -57,8 +57,9 @@ def test_a_notebook_run_from_notebooks_writes_into_the_repository_results(no_env
     name = f"pytest-{uuid.uuid4().hex[:8]}"
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
-        "from ddkit.runs.results import run_dir\n"
-        f"d = run_dir('', '00_quickstart.ipynb', {name!r})\n"
+        "from ddkit.runs.results import Run\n"
+        f"d = Run({{'dataset': 'mnist5k', 'device': 'cpu', 'results_dir': '', 'run_name': {name!r}}}, "
+        "'00_quickstart.ipynb').dir\n"
         "(d / 'result.json').write_text('{}')")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src = tmp_path / "probe.ipynb"

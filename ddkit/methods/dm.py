@@ -6,7 +6,8 @@ would otherwise copy lives here: the pool factory with its checks, the (embeddin
 feature map) pair from one forward pass, feature extraction for t-SNE, the DSDM
 learning-rate rule, pixel-range clamping and the memory-bank update of DSDM's Algorithm 1, and
 the run's bookkeeping around the loop: the real-image start and its evaluation, the accuracy
-curve and its plot, the protocol record and the saved set.
+curve and its plot, and the ``evaluations`` of ``result.json`` (the run folder, checkpoints and
+files are ``ddkit.runs.results.Run``'s).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch.nn as nn
 from ..augment import decode
 from ..losses import PrototypeBank, class_prototypes
 from ..runs.params import Param
-from ..runs.results import evaluation_entry, save_synset, write_result
+from ..runs.results import evaluation_entry
 from .distill import IMAGE_STEPS, init_synthetic
 from .pools import IDMQueue, PretrainedPool, RandomPool
 from ..train import embed_all  # noqa: F401  (re-exported: the notebooks import it from here)
@@ -223,13 +224,6 @@ def eval_model_list(eval_model: str, eval_models) -> list:
     return out
 
 
-def checkpoint_path(run_folder, tag: str, params: dict):
-    """``<run folder>/checkpoint_<tag>_<loop_key(params)>.pt`` when ``params["resume"]``, else None.
-    Keyed by what determines the loop: a run with other settings never resumes this one's state."""
-    from pathlib import Path
-    return Path(run_folder) / f"checkpoint_{tag}_{loop_key(params)}.pt" if params.get("resume") else None
-
-
 class GeneratorState:
     """A ``torch.Generator`` that ``distill``'s checkpoints can save and restore (``extra_state``):
     e.g. the generator an objective uses to draw its pretrained network."""
@@ -377,14 +371,6 @@ def _selection_entries(entry: dict, result, record: dict) -> list:
     return out
 
 
-def start_fields(res_init) -> dict:
-    """``result.json``'s fields for the evaluated starting point (``init_accs`` / ``init_mean`` /
-    ``init_std``); ``{}`` when it was not evaluated (``res_init`` None)."""
-    if res_init is None:
-        return {}
-    return {"init_accs": res_init.accs, "init_mean": res_init.mean, "init_std": res_init.std}
-
-
 def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: str, ledgers: dict,
                        curves: dict | None = None, res_init=None) -> list:
     """``result.json``'s ``evaluations``: one entry per evaluated set and architecture of
@@ -406,12 +392,16 @@ def evaluation_entries(results: dict, *, ipc: int, protocol: str, eval_model: st
     return entries
 
 
-def save_distilled(run_folder, syn, dataset_name: str):
-    """``synset.pt``: the decoded training set (what evaluation trains on) with the stored images (mosaics
-    with factor > 1) in its metadata; returns the path."""
-    x, y = syn.detached()
-    return save_synset(run_folder, x, y, dataset=dataset_name, ipc=syn.ipc, factor=syn.factor,
-                       stored=syn.images.detach().cpu())
+def evaluation_record(results: dict, *, ipc: int, protocol: str, eval_model: str, ledgers: dict,
+                      curves: dict | None = None, res_init=None) -> dict:
+    """The evaluation fields of a DM-family run's ``result.json`` (keywords of
+    ``ddkit.runs.results.Run.finish``): ``evaluations`` (:func:`evaluation_entries`, same arguments) and,
+    when the starting point was evaluated, its accuracies as ``init_accs`` / ``init_mean`` / ``init_std``."""
+    record = {"evaluations": evaluation_entries(results, ipc=ipc, protocol=protocol, eval_model=eval_model,
+                                                ledgers=ledgers, curves=curves, res_init=res_init)}
+    if res_init is not None:
+        record.update(init_accs=res_init.accs, init_mean=res_init.mean, init_std=res_init.std)
+    return record
 
 
 def idm_queue_settings(params: dict, *, track_accuracy: bool = False) -> dict:
@@ -424,22 +414,6 @@ def idm_queue_settings(params: dict, *, track_accuracy: bool = False) -> dict:
     return dict(max_nets=params["idm_max_nets"], interval=params["idm_interval"],
                 train_steps=params["idm_train_steps"], batch_size=params["idm_train_batch"],
                 track_accuracy=bool(track_accuracy))
-
-
-def save_run(run_folder, syn, results: dict, *, method: str, params: dict, ledgers: dict, seconds: float,
-             device=None, curves: dict | None = None, res_init=None, **extra) -> dict:
-    """A DM-family run's outputs: ``synset.pt`` (:func:`save_distilled`) and ``result.json``
-    (``ddkit.runs.results.write_result``) whose headline is ``results[method][eval_model]`` and whose
-    ``evaluations`` are :func:`evaluation_entries` of every set and architecture of ``results``.
-    Dataset, IPC, matching model, evaluation model and protocol are read from ``params`` (the validated
-    parameters cell), so the record cannot disagree with them. Returns the record."""
-    save_distilled(run_folder, syn, params["dataset"])
-    evaluations = evaluation_entries(results, ipc=params["ipc"], protocol=params["eval_protocol"],
-                                     eval_model=params["eval_model"], ledgers=ledgers, curves=curves,
-                                     res_init=res_init)
-    return write_result(run_folder, method=method, dataset=params["dataset"], ipc=params["ipc"],
-                        model=params["model"], params=params, accs=results[method][params["eval_model"]],
-                        seconds=seconds, device=device, evaluations=evaluations, **extra, **start_fields(res_init))
 
 
 def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float, budget: str) -> str:
@@ -458,22 +432,3 @@ def claim_sentence(method: str, res, baseline: str, res_base, paper_gain: float,
     return (f"{method} {res.mean:.2f} ± {res.std:.2f} vs {baseline} {res_base.mean:.2f} ± {res_base.std:.2f}: "
             f"{diff:+.2f} points ({verdict}; paper: {paper_gain:+.1f}). At this budget ({budget}) the paper's claim "
             f"{held} in this run.")
-
-
-#: Parameters that do not change what the distillation loop computes (the checkpoint key leaves them out;
-#: the evaluation settings count only when ``eval_every`` records a curve inside the loop).
-LOOP_NEUTRAL_KEYS = ("iterations", "run_name", "results_dir", "device", "resume", "checkpoint_every", "compile",
-                     "tsne", "tsne_class", "compare_dm", "compare_no_h", "eval_no_h", "eval_init", "eval_models",
-                     "baselines", "deterministic")
-EVAL_KEYS = ("eval_model", "eval_epochs", "num_eval", "eval_protocol")
-
-
-def loop_key(params: dict) -> str:
-    """A short hash of the parameters that determine a distillation loop's result (not ``iterations``:
-    a longer run resumes a shorter one's checkpoint)."""
-    import hashlib
-    import json
-
-    drop = set(LOOP_NEUTRAL_KEYS) | (set(EVAL_KEYS) if not params.get("eval_every") else set())
-    kept = {k: v for k, v in sorted(params.items()) if k not in drop}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]

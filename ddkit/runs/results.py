@@ -71,13 +71,6 @@ def auto_run_name(params: dict, keys=("dataset", "ipc", "seed")) -> str:
     return "_".join(parts)
 
 
-def run_dir(results_dir, notebook: str, run_name: str) -> Path:
-    """``<results_dir>/<notebook_key>/<run_name>/`` (created)."""
-    d = resolve_results_dir(results_dir) / notebook_key(notebook) / run_name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def evaluation_entry(method: str, accs, *, ipc, eval_model: str | None = None, variant: str = "",
                      protocol: dict | str | None = None, curve: list | None = None, **extra) -> dict:
     """One entry of ``result.json``'s ``evaluations`` list: one evaluated synthetic set.
@@ -194,11 +187,6 @@ def read_result(path) -> dict:
     return rec
 
 
-def result_line(rd: Path, rec: dict) -> str:
-    """One line for a notebook's last print: where ``result.json`` is, its headline mean ± std and the run's seconds."""
-    return f"{Path(rd) / 'result.json'} {rec['mean']:.2f} ± {rec['std']:.2f} ({rec['seconds']:.0f}s)"
-
-
 def save_synset(rd: Path, x: torch.Tensor, y: torch.Tensor, name: str = "synset.pt", **meta) -> Path:
     """Save a synthetic set (images in the normalised space, labels hard or soft) atomically;
     loadable with ``torch.load(..., weights_only=True)``."""
@@ -223,67 +211,97 @@ def save_figure(fig, path) -> Path:
     return Path(path)
 
 
-def save_figures(rd: Path, figures: dict) -> list:
-    """Save ``{file name: figure}`` under the run folder with :func:`save_figure` (None entries: figures a
-    run did not draw, skipped); returns the paths written."""
-    return [save_figure(fig, Path(rd) / name) for name, fig in figures.items() if fig is not None]
+#: Parameters that do not change what a distillation loop computes: :func:`loop_key` leaves them out
+#: (the evaluation settings count only when ``eval_every`` records a curve inside the loop).
+LOOP_NEUTRAL_KEYS = ("iterations", "run_name", "results_dir", "device", "resume", "checkpoint_every", "compile",
+                     "tsne", "tsne_class", "compare_dm", "compare_no_h", "eval_no_h", "eval_init", "eval_models",
+                     "baselines", "deterministic")
+EVAL_KEYS = ("eval_model", "eval_epochs", "num_eval", "eval_protocol")
+
+
+def loop_key(params: dict) -> str:
+    """A short hash of the parameters that determine a distillation loop's result (not ``iterations``:
+    a longer run resumes a shorter one's checkpoint)."""
+    import hashlib
+
+    drop = set(LOOP_NEUTRAL_KEYS) | (set(EVAL_KEYS) if not params.get("eval_every") else set())
+    kept = {k: v for k, v in sorted(params.items()) if k not in drop}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class Run:
-    """One notebook run: validated params, device, dataset, run folder and a clock.
+    """One notebook run, the one lifecycle of every method notebook: open, checkpoint, save, finish.
 
-        run = start_run(P, "03_iid")        # right after check_params
-        ...
-        run.save_synset(x, y); run.save_figure(fig, "grid.png")
-        run.finish(method="IID", accs=result, model=P.eval_model)   # result.json, atomic
-    """
+        run = Run(P, "03_iid", suffix=P.base)    # right after check_params: device, determinism, seed, folder
+        distill(..., device=run.device, checkpoint=run.checkpoint("iid"))
+        run.save_set(syn); run.save_figures({"images.png": fig})     # synset.pt, figures
+        rec = run.finish("IID", res, evaluations=[...], **fields)     # result.json, atomically
 
-    def __init__(self, params, notebook: str, name_keys=("dataset", "ipc", "seed"), load_data: bool = True):
+    Opening resolves ``params["device"]``, applies ``params["deterministic"]``
+    (``ddkit.core.utils.set_deterministic``), seeds every RNG with ``params["seed"]``, creates
+    ``<results>/<notebook_key>/<run name>/`` (``run_name``, else ``<dataset>_ipc<ipc>_s<seed>_<suffix>``;
+    the results folder from :func:`resolve_results_dir`) and starts the clock that ``result.json``'s
+    ``seconds`` reads. ``params``: the validated parameters (``as_dict()`` or a dict)."""
+
+    def __init__(self, params, notebook: str, suffix: str = ""):
         import time
 
-        from ..core.utils import resolve_device, seed_everything
-        from ..data import load_dataset
+        from ..core.utils import resolve_device, seed_everything, set_deterministic
 
         self.params = params.as_dict() if hasattr(params, "as_dict") else dict(params)
+        if "dataset" not in self.params:
+            raise ValueError(f"Run needs the dataset parameter (result.json records it); got {sorted(self.params)}")
         self.notebook = notebook_key(notebook)
         self.device = resolve_device(self.params.get("device", "auto"))
+        set_deterministic(self.params.get("deterministic", False))
         seed_everything(int(self.params.get("seed", 0)))
-        self.dataset = load_dataset(self.params["dataset"], self.params.get("data_root") or None) \
-            if load_data else None
-        self.name = self.params.get("run_name") or auto_run_name(self.params, name_keys)
-        self.dir = run_dir(self.params.get("results_dir", ""), self.notebook, self.name)
+        self.name = self.params.get("run_name") or "_".join(filter(None, (auto_run_name(self.params), suffix)))
+        self.dir = resolve_results_dir(self.params.get("results_dir", "")) / self.notebook / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._t0 = time.time()
 
     @property
     def seconds(self) -> float:
+        """Seconds since the run was opened."""
         import time
         return time.time() - self._t0
 
-    def sub(self, suffix: str) -> Path:
-        """A sibling run folder (e.g. a baseline evaluated in the same notebook)."""
-        return run_dir(self.params.get("results_dir", ""), self.notebook, f"{self.name}_{suffix}")
+    def checkpoint(self, tag: str) -> Path | None:
+        """``<run folder>/checkpoint_<tag>_<loop_key(params)>.pt``, or None when ``params["resume"]`` is
+        False. Keyed by what determines the loop: a run with other settings never resumes this one's state."""
+        if not self.params.get("resume", True):
+            return None
+        return self.dir / f"checkpoint_{tag}_{loop_key(self.params)}.pt"
 
-    def save_synset(self, x, y, name: str = "synset.pt", rd: Path | None = None, **meta) -> Path:
+    def save_set(self, images, labels=None, name: str = "synset.pt", **meta) -> Path:
+        """``synset.pt`` (:func:`save_synset`; the metadata names the dataset): a synthetic set object
+        (``detached()`` gives the decoded training set, what evaluation trains on; its stored images, the
+        mosaics when ``factor`` > 1, go into the metadata with ``ipc`` and ``factor``) or ``images`` and
+        ``labels`` tensors."""
+        if labels is None:
+            syn = images
+            images, labels = syn.detached()
+            meta = {"ipc": syn.ipc, "factor": syn.factor, "stored": syn.images.detach().cpu(), **meta}
         meta = {"dataset": self.params["dataset"], "notebook": self.notebook, **meta}
-        return save_synset(rd or self.dir, x, y, name=name, **meta)
+        return save_synset(self.dir, images, labels, name=name, **meta)
 
-    def save_figure(self, fig, name: str, rd: Path | None = None) -> Path:
-        return save_figure(fig, (rd or self.dir) / name)
+    def save_figures(self, figures: dict) -> list:
+        """Save ``{file name: figure}`` in the run folder with :func:`save_figure` (None entries: figures
+        the run did not draw, skipped); returns the paths written."""
+        return [save_figure(fig, self.dir / name) for name, fig in figures.items() if fig is not None]
 
-    def finish(self, *, method: str, accs, model: str | None = None, ipc=None, rd: Path | None = None,
-               seconds: float | None = None, **extra) -> dict:
-        """Write ``result.json`` (contract keys + ``extra``) and return the record.
+    def finish(self, method: str, accs, *, evaluations: list | None = None, **extra) -> dict:
+        """Write ``result.json`` atomically (:func:`write_result`) and print where it is with its headline.
 
-        ``model`` is the distillation/matching model (the ``model`` parameter); the architecture
-        the accuracies were measured on is recorded as ``eval_model``."""
-        return write_result(rd or self.dir, method=method, dataset=self.params["dataset"],
-                            ipc=self.params.get("ipc") if ipc is None else ipc,
-                            model=model or self.params.get("model"), params=self.params, accs=accs,
-                            seconds=self.seconds if seconds is None else seconds, device=self.device,
-                            notebook=self.notebook, run_name=self.name,
-                            **{"eval_model": self.params.get("eval_model"), **extra})
-
-
-def start_run(params, notebook: str, **kw) -> Run:
-    """Resolve device, seed every RNG, load the dataset and create the run folder (see :class:`Run`)."""
-    return Run(params, notebook, **kw)
+        ``accs``: the headline (an ``EvalResult`` or test accuracies in percent); ``evaluations``: every
+        evaluated set (:func:`evaluation_entry`); ``extra``: the run's own JSON-able fields. ``dataset``,
+        ``ipc``, the matching ``model`` and ``eval_model`` are read from the parameters unless ``extra``
+        gives them (the loaded dataset's name, another IPC), so the record cannot disagree with the
+        parameters by accident; ``notebook``, ``run_name`` and ``seconds`` come from the run."""
+        p = self.params
+        fields = {"dataset": p["dataset"], "ipc": p.get("ipc"), "model": p.get("model"),
+                  "eval_model": p.get("eval_model"), **extra}
+        rec = write_result(self.dir, method=method, params=p, accs=accs, seconds=self.seconds, device=self.device,
+                           evaluations=evaluations, notebook=self.notebook, run_name=self.name, **fields)
+        print(f"{self.dir / 'result.json'} {method} {rec['mean']:.2f} ± {rec['std']:.2f} ({rec['seconds']:.0f}s)")
+        return rec
