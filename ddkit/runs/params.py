@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 __all__ = ["Range", "Choice", "Dataset", "Model", "Device", "RunName", "Augment", "ExistingFile", "Rule",
            "COMMON", "DM_FAMILY", "Params", "check_params", "parameters_cell", "require"]
@@ -211,6 +210,8 @@ def _literal_assignments(source: str) -> dict | None:
             out[target.id] = ast.literal_eval(st.value)
         except ValueError:
             return None
+        if isinstance(st, ast.AnnAssign) and ast.unparse(st.annotation) == "float" and type(out[target.id]) is int:
+            out[target.id] = float(out[target.id])  # ``x: float = 2`` declares a float
     return out or None
 
 
