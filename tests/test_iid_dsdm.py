@@ -135,8 +135,6 @@ def test_iid_objective_terms_switch_off_and_match_the_dm_objective():
     assert set(only_cm) == {"loss", "dm", "cm"}
     with pytest.raises(ValueError, match="cc_pool"):
         make_iid_objective(lambda_cc=0.05)
-    with pytest.raises(ValueError, match="lambda_cm"):
-        make_iid_objective(lambda_cc=0.0, lambda_cm=-0.01)
 
 
 def test_iid_idm_variant_with_class_aware_ce_uses_queue_accuracy():

@@ -241,16 +241,16 @@ def check_params(namespace: dict, checks: dict | None = None, *, defaults: dict 
     ``defaults``: the parameters cell's literals (default: read from ``In``; a plain script, without
     ``In``, takes its values' own types); ``extra``: values checked in place of namespace entries
     (sweeps and tests)."""
-    checks = checks or {}
+    checks, injected = checks or {}, _injected_names(namespace)
     if defaults is None:
         defaults = parameters_cell(namespace)
-    if defaults is None:
+    if defaults is None:  # no parameters cell in the history: the values' own types, less the injected keys
         defaults = {k: v for k, v in namespace.items() if k in checks or (not k.startswith("_") and isinstance(
-            v, (bool, int, float, str, list)) and k not in _IPYTHON_NAMES)}
+            v, (bool, int, float, str, list)) and k not in _IPYTHON_NAMES | injected)}
     stray = sorted(set(checks) - set(defaults))
     if stray:
         raise ValueError(f"constraints for {stray}, which the parameters cell does not have")
-    unknown = sorted((_injected_names(namespace) | set(extra or {})) - set(defaults) - _IPYTHON_NAMES)
+    unknown = sorted((injected | set(extra or {})) - set(defaults) - _IPYTHON_NAMES)
     if unknown:
         hints = [f"{u!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, defaults, 1)) else "")
                  for u in unknown]
