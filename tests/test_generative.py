@@ -947,7 +947,7 @@ def test_tagged_cell_loader_refuses_a_missing_tag():
 @pytest.mark.parametrize("notebook", ["01_gan_global_local.ipynb", "02_gan_skd.ipynb"])
 def test_every_params_run_of_01_and_02_passes_the_notebooks_own_check(notebook, tmp_path):
     """Every run of params/paper, params/cpu and params/evidence for the notebook passes the notebook's
-    check cell (its SPEC and ``check_notebook_params``), with the notebook's own parameter names."""
+    check cell (its CHECKS and ``check_notebook_params``), with the notebook's own parameter names."""
     import json
     from pathlib import Path
 

@@ -99,3 +99,12 @@ def test_require():
     require(True, "never")
     with pytest.raises(ValueError, match="IPC 1"):
         require(False, "IPC 1 has no covariance")
+
+
+def test_an_item_of_another_type_in_an_empty_list_default_is_refused():
+    """An empty list default gives no item type: the constraint still refuses what it cannot check."""
+    from ddkit.runs.params import Model
+    with pytest.raises(ValueError, match=r"models=1 is not a str"):
+        Rule.of([], Model()).validate("models", ["ConvNet", 1])
+    with pytest.raises(ValueError, match=r"ipcs='1' is not a number"):
+        Rule.of([], Range(1)).validate("ipcs", ["1"])

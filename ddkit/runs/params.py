@@ -32,6 +32,13 @@ class Constraint:
         raise NotImplementedError
 
 
+class _Text(Constraint):
+    """A constraint on a string: any other value is refused before :meth:`text_problem` sees it."""
+
+    def problem(self, v):
+        return self.text_problem(v) if isinstance(v, str) else "is not a str"
+
+
 @dataclass(frozen=True)
 class Range(Constraint):
     """A finite number in ``[lo, hi]`` (``lo_open`` / ``hi_open``: the bound itself excluded)."""
@@ -42,6 +49,8 @@ class Range(Constraint):
     hi_open: bool = False
 
     def problem(self, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "is not a number"
         if isinstance(v, float) and not math.isfinite(v):
             return "is not a finite number"
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
@@ -71,21 +80,21 @@ class Choice(Constraint):
 
 
 @dataclass(frozen=True)
-class Dataset(Constraint):
+class Dataset(_Text):
     """A ``ddkit.data.load_dataset`` name or a ``.npz`` path."""
 
-    def problem(self, v):
+    def text_problem(self, v):
         from ..data import DATASET_NAMES, is_dataset_name
         return None if is_dataset_name(v) else f": unknown dataset; expected one of {list(DATASET_NAMES)} or a .npz path"
 
 
 @dataclass(frozen=True)
-class Model(Constraint):
+class Model(_Text):
     """A name of ``ddkit.models.MODEL_NAMES`` (``ignore_case``: in any case)."""
 
     ignore_case: bool = False
 
-    def problem(self, v):
+    def text_problem(self, v):
         from ..models import MODEL_NAMES
         names = {n.lower() for n in MODEL_NAMES} if self.ignore_case else set(MODEL_NAMES)
         return None if (v.lower() if self.ignore_case else v) in names else \
@@ -93,28 +102,28 @@ class Model(Constraint):
 
 
 @dataclass(frozen=True)
-class Device(Constraint):
+class Device(_Text):
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
-    def problem(self, v):
+    def text_problem(self, v):
         ok = v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v)
         return None if ok else ": expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
 @dataclass(frozen=True)
-class RunName(Constraint):
+class RunName(_Text):
     """A folder name: letters, digits and ``_ . = + -`` ('' = automatic)."""
 
-    def problem(self, v):
+    def text_problem(self, v):
         return None if re.fullmatch(r"[A-Za-z0-9_.=+-]*", v) and v not in (".", "..") else \
             ": use letters, digits and _ . = + - only (it becomes a folder name)"
 
 
 @dataclass(frozen=True)
-class Augment(Constraint):
+class Augment(_Text):
     """A DSA strategy string of ``ddkit.augment.DSA`` ('' = off)."""
 
-    def problem(self, v):
+    def text_problem(self, v):
         from ..augment import DSA
         try:
             DSA(v)
@@ -124,10 +133,10 @@ class Augment(Constraint):
 
 
 @dataclass(frozen=True)
-class ExistingFile(Constraint):
+class ExistingFile(_Text):
     """A path to an existing file ('' = none)."""
 
-    def problem(self, v):
+    def text_problem(self, v):
         return None if not v or Path(v).is_file() else ": no such checkpoint file"
 
 
