@@ -247,8 +247,10 @@ def check_params(namespace: dict, checks: dict | None = None, *, defaults: dict 
                  extra: dict | None = None) -> Params:
     """Check the notebook's parameters (``globals()``) against their defaults' types and ``checks``.
 
-    ``defaults``: the parameters cell's literals (default: read from ``In``; a plain script, without
-    ``In``, takes its values' own types); ``extra``: values checked in place of namespace entries
+    ``defaults``: the parameters cell's literals, by default read from IPython's history ``In`` (Jupyter
+    and papermill keep it, so a value papermill injects is held to the type of the cell's literal).
+    Where the history lacks the cell (nbval, a plain script) nothing was injected: the values are the
+    cell's own and their types are taken. ``extra``: values checked in place of namespace entries
     (sweeps and tests)."""
     checks, injected = checks or {}, _injected_names(namespace)
     if defaults is None:
