@@ -11,7 +11,7 @@ import torch
 
 from ddkit.data import ImageDataset
 from ddkit.methods.distill import MatchBatch, init_synthetic, distill
-from ddkit.methods.dm import (check_weights, clamp_pixels_, dsdm_lr, embed_and_map, pixel_bounds, pixel_lr_to_normalized,
+from ddkit.methods.dm import (clamp_pixels_, dsdm_lr, embed_and_map, pixel_bounds, pixel_lr_to_normalized,
                               update_bank)
 from ddkit.core.utils import make_generator, resolve_device
 from ddkit.losses import PrototypeBank, class_prototypes
@@ -135,8 +135,6 @@ def test_iid_objective_terms_switch_off_and_match_the_dm_objective():
     assert set(only_cm) == {"loss", "dm", "cm"}
     with pytest.raises(ValueError, match="cc_pool"):
         make_iid_objective(lambda_cc=0.05)
-    with pytest.raises(ValueError, match="lambda_cm"):
-        make_iid_objective(lambda_cc=0.0, lambda_cm=-0.01)
 
 
 def test_iid_idm_variant_with_class_aware_ce_uses_queue_accuracy():
@@ -225,12 +223,6 @@ def test_dsdm_objective_is_differentiable_descends_and_uses_the_bank():
     t_d = make_dsdm_objective(bank, lambda_sd=0.0, h_scale="1/d")(batch(1))["h"]
     t_1 = make_dsdm_objective(bank, lambda_sd=0.0, h_scale="1")(batch(1))["h"]
     assert float(t_d) > 0 and torch.allclose(t_1, t_d * d, rtol=1e-4)
-
-
-def test_dsdm_objective_rejects_negative_weights():
-    make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
-    with pytest.raises(ValueError, match="lambda_h"):
-        make_dsdm_objective(PrototypeBank(3, 4), lambda_h=-0.2)
 
 
 def test_dsdm_bank_update_after_each_step_in_the_shared_loop():
@@ -343,13 +335,6 @@ def test_embed_and_map_matches_embed_and_feature_maps(name):
         assert torch.allclose(m, net.feature_maps(x)[-1], atol=1e-5)
         f2, _ = embed_and_map(net, x, y, ds.num_classes)  # per-class passes for BatchNorm
         assert f2.shape == f.shape
-
-
-def test_check_weights():
-    check_weights(a=0.0, b=1)
-    for bad in (-1e-3, float("nan"), float("inf"), "0.1"):
-        with pytest.raises(ValueError, match="w="):
-            check_weights(w=bad)
 
 
 # --------------------------------------------------------------------------- resume, stepping, diagnostics

@@ -1,73 +1,110 @@
 import pytest
 
-from ddkit.runs.params import COMMON, DM_FAMILY, Param, check_params, require
+from ddkit.runs.params import COMMON, DM_FAMILY, Choice, Range, Rule, check_params, parameters_cell, require
 
 GOOD = dict(dataset="mnist5k", data_root="", ipc=10, model="ConvNet", iterations=5, seed=0, device="auto",
             eval_model="ConvNet", eval_epochs=3, num_eval=1, run_name="", results_dir="", batch_real=8,
-            lr_img=1.0)
-SPEC = {**COMMON, **DM_FAMILY, "lam": Param(float, min=0), "mode": Param(str, choices=("a", "b"))}
+            lr_img=1.0, lam=0.5, mode="a", ipcs=[1, 10])
+CHECKS = {**COMMON, **DM_FAMILY, "lam": Range(0), "mode": Choice("a", "b"), "ipcs": Range(1)}
 
 
 def ns(**over):
-    return {**GOOD, "lam": 0.5, "mode": "a", **over}
+    return {**GOOD, **over}
+
+
+def check(space, **kw):
+    return check_params(space, CHECKS, defaults=GOOD, **kw)
 
 
 def test_good_params_pass_and_convert():
-    P = check_params(ns(lr_img=1), SPEC)
+    P = check(ns(lr_img=1))
     assert P.ipc == 10 and isinstance(P.lr_img, float) and P.as_dict()["mode"] == "a"
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("ipc", 0, "ipc=0 is too small"),
-    ("ipc", "10", "ipc must be int"),
+    ("ipc", 0, "ipc=0 is too small; expected >= 1"),
+    ("ipc", "10", "ipc must be int, got str '10'"),
     ("ipc", True, "ipc must be int"),
     ("iterations", -1, "iterations=-1"),
     ("dataset", "imagenet", "unknown dataset"),
     ("model", "ResNet999", "unknown model"),
     ("eval_model", "convnet3", "unknown model"),
     ("device", "gpu", "device='gpu'"),
-    ("lr_img", 0.0, "lr_img=0.0 is too small"),
+    ("lr_img", 0.0, "lr_img=0.0 is too small; expected > 0"),
+    ("lr_img", "1.0", "lr_img must be float"),
     ("lam", -0.1, "lam=-0.1 is too small"),
-    ("mode", "c", "expected one of \\['a', 'b'\\]"),
+    ("lam", float("nan"), "lam=nan is not a finite number"),
+    ("lam", float("inf"), "lam=inf is not a finite number"),
+    ("mode", "c", "mode='c' is not allowed; expected one of \\['a', 'b'\\]"),
     ("run_name", "../x", "run_name"),
+    ("data_root", None, "data_root must be str"),
+    ("ipcs", [1, "a"], r"ipcs\[1\] must be int"),
+    ("ipcs", [0], "ipcs=0 is too small"),
+    ("ipcs", 1, "ipcs must be list"),
 ])
 def test_bad_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
-        check_params(ns(**{key: value}), SPEC)
+        check(ns(**{key: value}))
 
 
 def test_missing_key():
     bad = ns()
     del bad["seed"]
     with pytest.raises(ValueError, match="seed"):
-        check_params(bad, SPEC)
+        check(bad)
+
+
+def test_a_constraint_for_a_key_the_cell_lacks_is_refused():
+    with pytest.raises(ValueError, match=r"constraints for \['nope'\]"):
+        check_params(ns(), {"nope": Range(0)}, defaults=GOOD)
 
 
 def test_unknown_injected_key_is_reported_with_suggestion():
     space = ns(In=["", "# Parameters\nlr_imgg = 2.0\nipc = 1\n"])
     space["lr_imgg"] = 2.0
     with pytest.raises(ValueError, match="did you mean 'lr_img'"):
-        check_params(space, SPEC)
+        check(space)
     with pytest.raises(ValueError, match="unknown parameter"):
-        check_params(ns(), SPEC, extra={"typo": 1})
+        check(ns(), extra={"typo": 1})
 
 
-def test_modules_and_ipython_names_are_ignored():
+def test_types_come_from_the_parameters_cell_in_the_history():
+    """Inside IPython the defaults are the first all-literal cell of ``In``: papermill's injected cell
+    (after it) cannot change a key's type."""
+    cell = 'ipc = 10  # images per class\nlr = 1.0\nnames = ["a"]\n'
+    assert parameters_cell({"In": ["", "import math", cell, "# Parameters\nipc = 2\n"]}) == \
+        {"ipc": 10, "lr": 1.0, "names": ["a"]}
+    space = {"In": ["", cell, '# Parameters\nipc = "2"\n'], "ipc": "2", "lr": 1, "names": ["b"]}
+    with pytest.raises(ValueError, match="ipc must be int, got str '2'"):
+        check_params(space, {"ipc": Range(1)})
+    assert check_params({**space, "ipc": 2}, {"ipc": Range(1)}).lr == 1.0
+
+
+def test_a_script_without_history_takes_its_values_types():
     import math
-    space = ns(math=math, In=["x = 1"], Out={}, SPEC=SPEC, _private=3)
-    assert check_params(space, SPEC).ipc == 10
+    P = check_params({"ipc": 3, "math": math, "_x": 1}, {"ipc": Range(1)})
+    assert P.as_dict() == {"ipc": 3}
+    with pytest.raises(ValueError, match="ipc=0 is too small"):
+        check_params({"ipc": 0}, {"ipc": Range(1)})
 
 
-def test_list_params():
-    spec = {"ipcs": Param(list, item=int, min=1)}
-    assert check_params({"ipcs": [1, 10]}, spec).ipcs == [1, 10]
-    with pytest.raises(ValueError, match=r"ipcs\[1\] must be int"):
-        check_params({"ipcs": [1, "a"]}, spec)
-    with pytest.raises(ValueError, match="too small"):
-        check_params({"ipcs": [0]}, spec)
+def test_rule_of_a_default():
+    assert Rule.of([0.0, 1]).validate("b", [0, 0.5]) == [0.0, 0.5]
+    assert Rule.of(None).validate("x", object) is object
+    with pytest.raises(ValueError, match=r"b=1.0 is too large; expected < 1"):
+        Rule.of([0.5], Range(0, 1, hi_open=True)).validate("b", [0.5, 1.0])
 
 
 def test_require():
     require(True, "never")
     with pytest.raises(ValueError, match="IPC 1"):
         require(False, "IPC 1 has no covariance")
+
+
+def test_an_item_of_another_type_in_an_empty_list_default_is_refused():
+    """An empty list default gives no item type: the constraint still refuses what it cannot check."""
+    from ddkit.runs.params import Model
+    with pytest.raises(ValueError, match=r"models=1 is not a str"):
+        Rule.of([], Model()).validate("models", ["ConvNet", 1])
+    with pytest.raises(ValueError, match=r"ipcs='1' is not a number"):
+        Rule.of([], Range(1)).validate("ipcs", ["1"])

@@ -4,7 +4,7 @@ The examples are read from README.md, params/README.md, docs/*.md and the source
 comments) of ddkit/*.py:
 
 * ``ddkit sweep <file> ...``: the file exists and ``ddkit sweep <file> <the example's options>
-  --dry-run`` succeeds (validation of every run against its notebook's SPEC, nothing executes;
+  --dry-run`` succeeds (validation of every run against its notebook's CHECKS, nothing executes;
   ``--results-dir`` points at a temporary folder);
 * ``ddkit report ...``: its options parse;
 * ``python -m <module>``: the module can be found;

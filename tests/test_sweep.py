@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 from ddkit.batch import sweep as sw
+from ddkit.runs.notebook_params import parameters_source
 
 PARAMS_SRC = '''dataset = "mnist5k"
 data_root = ""
@@ -301,10 +302,9 @@ def test_repo_params_files_match_their_notebooks(path):
 
 # ----------------------------------------------------------------------------- one validator
 SPEC_SRC = '''import json
-from ddkit.runs.params import COMMON, Param, check_params
-LR = Param(float, min=0, min_exclusive=True)
-SPEC = {**COMMON, "lr_img": LR, "fail": Param(bool)}
-P = check_params(globals(), SPEC)
+from ddkit.runs.params import COMMON, Range, check_params
+CHECKS = {**COMMON, "lr_img": Range(0, lo_open=True)}
+P = check_params(globals(), CHECKS)
 '''
 
 
@@ -315,19 +315,18 @@ P = check_params(globals(), SPEC)
     ("{device: [gpu]}", "expected 'auto', 'cpu'"),
 ])
 def test_sweep_rejects_what_the_notebooks_spec_rejects(env, grid, needle):
-    """The sweep validates with the notebook's own SPEC (ranges, choices, checks), not types guessed from
-    defaults: a value check_params would refuse inside the notebook fails the expansion."""
-    from ddkit.runs.params import check_params
+    """The sweep validates with the notebook's own CHECKS (ranges, choices, checks, read with ast) and the
+    types of its defaults: a value check_params would refuse inside the notebook fails the expansion."""
 
     nb = make_notebook(env["nbdir"], "91_spec.ipynb")
     book = nbformat.read(str(nb), as_version=4)
     book.cells.insert(2, nbformat.v4.new_code_cell(SPEC_SRC))
     nbformat.write(book, str(nb))
-    assert sw.notebook_spec(nb)["lr_img"].min_exclusive
+    assert sw.notebook_spec(nb)["lr_img"].check.lo_open and sw.notebook_spec(nb)["fail"].type is bool
     bad = write(env["tmp"] / "spec.yaml", f"notebook: 91_spec.ipynb\nname: '{{index}}'\ngrid: {grid}\n")
     with pytest.raises(ValueError, match=needle):
         sw.expand([bad], results_dir=env["results"], notebooks_dir=env["nbdir"])
     key, values = next(iter(__import__("yaml").safe_load(grid).items()))
     defaults = {k: i.default for k, i in sw.notebook_parameters(nb).items()}
-    with pytest.raises(ValueError, match=needle):  # the notebook's own check says the same
-        check_params({}, sw.notebook_spec(nb), extra={**defaults, key: values[-1]})
+    with pytest.raises(ValueError, match=needle):  # the notebook's own check cell says the same
+        exec(SPEC_SRC, {"In": ["", parameters_source(nb)], **defaults, key: values[-1]})

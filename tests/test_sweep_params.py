@@ -8,7 +8,7 @@ import pytest
 
 from ddkit.batch.sweep_grid import SWEEP_KEYS, expand
 from ddkit.cli import main
-from ddkit.runs.notebook_params import notebook_parameters, papermill_blind_spots
+from ddkit.runs.notebook_params import notebook_parameters, notebook_spec, papermill_blind_spots
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -68,6 +68,41 @@ def test_sweep_set_reaches_eval_amp(capsys):
 def test_dry_run_applies_the_notebooks_own_checks(argv, message, capsys, tmp_path):
     assert main(["sweep", *argv, "--dry-run", "--results-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("notebook, weights", [
+    ("01_gan_global_local", ["w_global", "w_local", "gan_weight", "aux_weight"]),
+    ("02_gan_skd", ["w_global", "lambda_skd", "gan_weight", "aux_weight"]),
+    ("03_iid", ["lambda_cc", "lambda_cm", "idm_ce_weight"]),
+    ("04_dsdm", ["lambda_sd", "lambda_h"]),
+])
+def test_loss_weights_are_checked_once_before_compute(notebook, weights):
+    """The notebooks' CHECKS refuse a negative or non-finite loss weight (the objectives do not check again)."""
+    spec = notebook_spec(REPO / "notebooks" / f"{notebook}.ipynb")
+    for key in weights:
+        assert spec[key].validate(key, 0) == 0.0
+        for bad, match in ((-0.01, "is too small; expected >= 0"), (float("nan"), "is not a finite number")):
+            with pytest.raises(ValueError, match=f"{key}={bad!r} {match}"):
+                spec[key].validate(key, bad)
+
+
+def test_checks_are_read_not_run(tmp_path):
+    """CHECKS holds literals and ddkit names only; anything else is named, never executed."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("ipc = 1\nmode = 'a'\n")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from ddkit.runs.params import Choice, Range\nCHECKS = {'ipc': Range(1), 'mode': Choice(*open('x'))}\n")]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match="CHECKS holds \"open\\("):
+        notebook_spec(path)
+    nb.cells[1].source = "from ddkit.runs.params import Range\nCHECKS = {'ipcc': Range(1)}\n"
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match=r"constrains \['ipcc'\], which its parameters cell lacks"):
+        notebook_spec(path)
 
 
 @pytest.mark.parametrize("option", ["--workers=0", "--workers=-3", "--threads=0", "--timeout=-5", "--timeout=0"])

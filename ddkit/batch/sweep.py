@@ -1,7 +1,7 @@
 """Papermill sweeps, the execution: runs -> ``results/<notebook_key>/<run_name>/``.
 
 The runs come from grid files (``ddkit.batch.sweep_grid``: format, defaults, validation; each
-notebook's parameters and ``SPEC`` from ``ddkit.runs.notebook_params``); this module executes them.
+notebook's parameters and ``CHECKS`` from ``ddkit.runs.notebook_params``); this module executes them.
 
 Execution
 =========

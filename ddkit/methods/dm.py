@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..augment import decode
 from ..losses import PrototypeBank, class_prototypes
-from ..runs.params import Param
+from ..runs.params import Choice, Model, Range
 from ..runs.results import evaluation_entry
 from .distill import IMAGE_STEPS, init_synthetic
 from .pools import IDMQueue, PretrainedPool, RandomPool
@@ -53,13 +53,6 @@ def conv_kw(architecture: str, width: int) -> dict:
     if not isinstance(width, int) or isinstance(width, bool) or width < 0:
         raise ValueError(f"width={width!r} must be an int >= 0 (0 = the architecture's default)")
     return {"width": width} if width and architecture.startswith("ConvNet") else {}
-
-
-def check_weights(**weights) -> None:
-    """``ValueError`` naming the first negative (or non-finite) loss weight."""
-    for name, w in weights.items():
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not (w >= 0) or w == float("inf"):
-            raise ValueError(f"{name}={w!r}: loss weights must be finite numbers >= 0")
 
 
 def embed_and_map(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
@@ -163,37 +156,21 @@ def term_shares(cumulative_grads: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the notebooks' run settings
-#: The IDM queue's parameters (IDM's defaults: 100 nets, a new one every 30 iterations, 10 SGD steps of
-#: batch 256 per iteration); read by :func:`idm_queue_settings`.
-IDM_QUEUE = {
-    "idm_max_nets": Param(int, min=1, help="queue length"),
-    "idm_interval": Param(int, min=1, help="iterations between new nets"),
-    "idm_train_steps": Param(int, min=0, help="SGD steps per iteration for each queued net"),
-    "idm_train_batch": Param(int, min=1, help="batch of those steps"),
-}
+#: Constraints of the IDM queue's parameters (IDM's defaults: 100 nets, a new one every 30 iterations, 10 SGD
+#: steps of batch 256 per iteration); read by :func:`idm_queue_settings`.
+IDM_QUEUE = {"idm_max_nets": Range(1), "idm_interval": Range(1), "idm_train_steps": Range(0),
+             "idm_train_batch": Range(1)}
 
-
-def _model_names_check(v):
-    from ..models import MODEL_NAMES
-    return None if v in MODEL_NAMES else f"unknown model; expected one of {list(MODEL_NAMES)}"
-
-
-#: Loop, evaluation and resume parameters shared by notebooks 03 and 04 (added to their SPEC).
+#: Constraints of the loop, evaluation and resume parameters shared by notebooks 03 and 04.
 DM_LOOP = {
-    "momentum_img": Param(float, min=0, max=0.999, help="SGD momentum of the images (DM / IDM / DSDM code: 0.5)"),
-    "image_step": Param(str, choices=("auto",) + IMAGE_STEPS,
-                        help="'auto' = the reference's: joint for DM, per_class for IDM and DSDM"),
-    "eval_models": Param(list, item=str, check=_model_names_check,
-                         help="architectures to evaluate on ([] = just eval_model; cross-architecture tables)"),
-    "eval_every": Param(int, min=0, help="evaluate every N iterations (accuracy curve); 0 = only at the end"),
-    "compile": Param(str, choices=("auto", "on", "off"), help="torch.compile: 'auto' = when the run is long"),
-    "amp": Param(str, choices=("off", "bf16", "fp16"),
-                 help="mixed precision of the distillation objective ('off' = float32; evaluation: eval_amp)"),
-    "eval_amp": Param(str, choices=("off", "bf16", "fp16"),
-                      help="mixed precision of the evaluation networks' training and test passes ('off' = "
-                           "float32, the protocol of the published numbers; bench/README.md: speed and accuracy)"),
-    "resume": Param(bool, help="checkpoint the loop in the run folder and resume from it"),
-    "checkpoint_every": Param(int, min=1, help="iterations between checkpoints"),
+    "momentum_img": Range(0, 0.999),
+    "image_step": Choice("auto", *IMAGE_STEPS),
+    "eval_models": Model(),
+    "eval_every": Range(0),
+    "compile": Choice("auto", "on", "off"),
+    "amp": Choice("off", "bf16", "fp16"),
+    "eval_amp": Choice("off", "bf16", "fp16"),
+    "checkpoint_every": Range(1),
 }
 
 

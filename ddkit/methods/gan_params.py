@@ -1,14 +1,11 @@
-"""The parameters shared by the generative notebooks (01, 02): their ``SPEC`` entries
+"""The parameters shared by the generative notebooks (01, 02): their constraints
 (:func:`gan_spec`, merged with ``ddkit.runs.params.COMMON``) and the impossible-setting checks that run
 before any compute (:func:`validate_gan_config`, :func:`check_notebook_params`)."""
 from __future__ import annotations
 
-import math
-from pathlib import Path
 
-from ..augment import DSA
 from ..models import MODEL_NAMES
-from ..runs.params import Param
+from ..runs.params import Augment, Choice, ExistingFile, Model, Range
 from .gan_checkpoint import check_checkpoint
 from .gan_eval import FIXED_SETS, NOTEBOOK_PROTOCOLS
 from .gan_losses import GAN_LOSSES, MATCH_FORMS, check_gan_loss
@@ -19,11 +16,11 @@ from .gan_stage2 import stage2_schedule
 __all__ = ["gan_spec", "validate_gan_config", "check_notebook_params"]
 
 
-def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None = None,
+def validate_gan_config(*, gan_loss=None, pool_models=None,
                         eval_protocol=None, deploy_ipcs=None, gen_width=None, disc_width=None,
                         z_dim=None, mid_layer=None, gan_betas=None) -> None:
     """Fail early (ValueError) on settings that cannot run: an unknown GAN loss, pool model or
-    protocol, a negative loss weight, non-positive widths/IPCs, Adam betas that are not two
+    protocol, non-positive widths/IPCs, Adam betas that are not two
     numbers in [0, 1)."""
     if gan_loss is not None:
         check_gan_loss(gan_loss)
@@ -35,9 +32,6 @@ def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None
         bad = [n for n in names if str(n).lower() not in lookup]
         if bad:
             raise ValueError(f"unknown pool model(s) {bad}; expected names from {MODEL_NAMES}")
-    for k, v in (weights or {}).items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
     if eval_protocol is not None and eval_protocol not in NOTEBOOK_PROTOCOLS:
         raise ValueError(f"unknown eval_protocol {eval_protocol!r}; expected one of {NOTEBOOK_PROTOCOLS}")
     if deploy_ipcs is not None:
@@ -53,72 +47,24 @@ def validate_gan_config(*, gan_loss=None, pool_models=None, weights: dict | None
         check_betas("gan_betas", gan_betas)
 
 
-def _beta_check(v) -> str | None:
-    """One Adam beta: in [0, 1) (the pair: :func:`validate_gan_config`)."""
-    return None if 0 <= v < 1 else "an Adam beta is in [0, 1)"
-
-
 def gan_spec() -> dict:
-    """Parameter spec of the keys shared by the generative notebooks (01, 02), to merge with
-    ``ddkit.runs.params.COMMON``: ``SPEC = {**COMMON, **gan_spec(), <paper keys>}``."""
-
-    def pool_check(v):
-        return None if str(v).lower() in {n.lower() for n in MODEL_NAMES} else \
-            f"unknown pool model; expected names from {list(MODEL_NAMES)}"
-
-    def exists(v):
-        return None if (not v or Path(v).is_file()) else "no such checkpoint file"
-
-    def strategy(v):
-        try:
-            DSA(v)
-        except ValueError as e:
-            return str(e)
-        return None
-
+    """Constraints of the parameters shared by the generative notebooks (01, 02), to merge with
+    ``ddkit.runs.params.COMMON``: ``CHECKS = {**COMMON, **gan_spec(), <paper keys>}`` (the types come
+    from the parameters cell)."""
+    beta = Range(0, 1, hi_open=True)  # one Adam beta; the pair: :func:`validate_gan_config`
     return {
-        "gan_loss": Param(str, choices=GAN_LOSSES, help="'cgan' = papers' Eq. 1-4; 'wgan_gp' = DiM code"),
-        "gan_epochs": Param(int, min=0, help="stage-1 epochs"),
-        "gan_seed": Param(int, min=-1, help="stage-1 seed (-1 = seed): a fixed one shares stage 1 across seeds"),
-        "gan_iters": Param(int, min=0, help="stage-1 iterations per epoch (0 = one pass over the data)"),
-        "gan_batch_size": Param(int, min=1),
-        "gan_lr": Param(float, min=0, min_exclusive=True),
-        "gan_betas": Param(list, item=float, check=_beta_check,
-                           help="stage-1 Adam (beta1, beta2); DiM: [0.0, 0.9]"),
-        "d_steps": Param(int, min=1, help="discriminator updates per generator update (stage 1)"),
-        "fake_aux": Param(bool, help="D's class head also trained on fakes (DiM code: True)"),
-        "step_order": Param(str, choices=STEP_ORDERS, help="per GAN iteration: 'd_first' or DiM's 'g_first'"),
-        "d_labels": Param(str, choices=D_LABELS, help="labels of D's fakes: the real batch's or DiM's 'random'"),
-        "gen_arch": Param(str, choices=GEN_ARCHS, help="'dim': DiM's 8-conv generator; 'compact': 3 deconvs"),
-        "gen_conditioning": Param(str, choices=CONDITIONINGS,
-                                  help="'concat' [z (+) y] (Eq. 5) or DiM's 'overwrite' of z[:, :K]"),
-        "gp_lambda": Param(float, min=0),
-        "aux_weight": Param(float, min=0, help="auxiliary class CE (AC-GAN); 0 = pure Eq. 4 cGAN"),
-        "z_dim": Param(int, min=1),
-        "gen_width": Param(int, min=1, help="DiM: 196"),
-        "disc_width": Param(int, min=1, help="DiM: 196"),
-        "match_epochs": Param(int, min=0, help="stage-2 epochs (a new pool model each epoch)"),
-        "batch_size": Param(int, min=1, help="stage-2 real/synthetic batch"),
-        "match_lr": Param(float, min=0, min_exclusive=True, help="stage-2 lr of G and D (DiM 5e-6)"),
-        "match_betas": Param(list, item=float, check=_beta_check, help="stage-2 Adam betas of G and D (DiM [0, 0.9])"),
-        "match_aug": Param(str, check=strategy, help="siamese DSA before matching ('' = off; DiM color_crop_cutout)"),
-        "pool_dsa": Param(str, check=strategy, help="DSA of the pool warm-up batches ('' = off; DiM color_crop)"),
-        "pool_lr": Param(float, min=0, min_exclusive=True, help="SGD lr of the pool warm-up (DiM 0.01)"),
-        "gan_weight": Param(float, min=0, help="weight of L_CGAN in stage 2 (Eq. 7/8: 1)"),
-        "pool_models": Param(list, item=str, check=pool_check, help="[] = [model]"),
-        "pool_train_steps": Param(int, min=0, help="SGD steps of the pool model before each G step"),
-        "pool_batch_size": Param(int, min=1),
-        "mid_layer": Param(int, min=-1, help="-1 = each model's own mid layer"),
-        "deploy_ipcs": Param(list, item=int, min=1, help="IPCs sampled from the saved generator"),
-        "eval_protocol": Param(str, choices=NOTEBOOK_PROTOCOLS,
-                               help="'fixed' set, DiM's 'dim' validate, or 'both'"),
-        "dim_batch": Param(int, min=1, help="dim protocol: generated images per step (DiM 64; validate.py 128)"),
-        "dim_test_every": Param(int, min=1, help="dim protocol: test evaluation every that many epochs (DiM 200)"),
-        "fixed_sets": Param(str, choices=FIXED_SETS, help="fixed protocol: one set, or one per network"),
-        "baselines": Param(list, item=str, choices=("random", "cgan", "dim")),
-        "dim_form": Param(str, choices=MATCH_FORMS, help="DiM baseline's logit term: DiM code or Eq. 6 sum"),
-        "gan_checkpoint": Param(str, check=exists, help="'' = train stage 1 (cached)"),
-        "use_cache": Param(bool),
+        "gan_loss": Choice(*GAN_LOSSES), "gan_epochs": Range(0), "gan_seed": Range(-1), "gan_iters": Range(0),
+        "gan_batch_size": Range(1), "gan_lr": Range(0, lo_open=True), "gan_betas": beta, "d_steps": Range(1),
+        "step_order": Choice(*STEP_ORDERS), "d_labels": Choice(*D_LABELS), "gen_arch": Choice(*GEN_ARCHS),
+        "gen_conditioning": Choice(*CONDITIONINGS), "gp_lambda": Range(0), "aux_weight": Range(0),
+        "z_dim": Range(1), "gen_width": Range(1), "disc_width": Range(1), "match_epochs": Range(0),
+        "batch_size": Range(1), "match_lr": Range(0, lo_open=True), "match_betas": beta,
+        "match_aug": Augment(), "pool_dsa": Augment(), "pool_lr": Range(0, lo_open=True), "gan_weight": Range(0),
+        "pool_models": Model(ignore_case=True), "pool_train_steps": Range(0), "pool_batch_size": Range(1),
+        "mid_layer": Range(-1), "deploy_ipcs": Range(1), "eval_protocol": Choice(*NOTEBOOK_PROTOCOLS),
+        "dim_batch": Range(1), "dim_test_every": Range(1), "fixed_sets": Choice(*FIXED_SETS),
+        "baselines": Choice("random", "cgan", "dim"), "dim_form": Choice(*MATCH_FORMS),
+        "gan_checkpoint": ExistingFile(),
     }
 
 

@@ -1,6 +1,7 @@
 """What a notebook declares and accepts: its ``parameters`` cell (:func:`notebook_parameters`, read
-with :mod:`ast`, whatever its comments say) and its ``SPEC`` (:func:`notebook_spec`, the same
-``ddkit.runs.params.Param`` checks ``check_params`` applies in the notebook: type, range, choices).
+with :mod:`ast`, whatever its comments say) and its ``CHECKS`` (:func:`notebook_spec`, read with
+:mod:`ast` too: the same ``ddkit.runs.params.Rule`` checks ``check_params`` applies in the notebook:
+the literal's type, the declared range or choices).
 
 :func:`check_key` and :func:`check_value` hold one grid value against both, so a sweep rejects
 before any run what the notebook would reject (``ValueError`` naming where the value came from).
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.utils import REPO_ROOT
-from .params import Param
+from .params import Rule
 
 __all__ = ["ParamInfo", "notebook_parameters", "parameters_source", "papermill_blind_spots", "notebook_spec",
            "notebook_checks", "check_run", "check_key", "check_value", "default_notebooks_dir"]
@@ -117,59 +118,93 @@ def papermill_blind_spots(path: str | os.PathLike) -> list[str]:
     return [k for k in notebook_parameters(path) if k not in seen]
 
 
-_SPEC_CACHE: dict[tuple[str, float], dict[str, Param]] = {}
+_SPEC_CACHE: dict[tuple[str, float], dict[str, Rule]] = {}
 
 
-def notebook_spec(path: str | os.PathLike) -> dict[str, Param]:
-    """The :class:`ddkit.runs.params.Param` checks a notebook applies to its parameters, so that a sweep
-    rejects before any run what the notebook's ``check_params(globals(), SPEC)`` would reject.
+def notebook_spec(path: str | os.PathLike) -> dict[str, Rule]:
+    """The :class:`ddkit.runs.params.Rule` of every key of a notebook's parameters cell: the type of its
+    literal and its constraint from the notebook's ``CHECKS``, so that a sweep rejects before any run what
+    the notebook's ``check_params(globals(), CHECKS)`` would reject.
 
-    The notebook's ``SPEC = ...`` (the first code cell assigning it) is evaluated together with the
-    statements of that cell it needs (its imports and assignments, traced by name), nothing else
-    of the notebook. A notebook without ``SPEC`` (a fixture, the report notebook) gets one check
-    per parameter-cell key from its default: the default's type (ints accepted for a float key),
-    any value for a ``None`` default."""
+    ``CHECKS = {...}`` (in the first code cell assigning it) is read with :mod:`ast`, not run: its values
+    are constraint calls whose arguments are literals or names the same cell imports from ddkit
+    (``Choice(*PROTOCOLS)``, ``DM_LOOP["amp"]``), and ``**NAME`` merges a dict imported from ddkit
+    (``**COMMON``). A notebook
+    without ``CHECKS`` (a fixture, the report notebook) gets the types alone."""
     path = Path(path).resolve()
     cache_key = (str(path), path.stat().st_mtime)
     if cache_key not in _SPEC_CACHE:
         params = notebook_parameters(path)
-        source = _spec_source(path)
-        if source is None:
-            _SPEC_CACHE[cache_key] = {k: Param(i.type or object) for k, i in params.items()}
-        else:
-            namespace = {k: i.default for k, i in params.items()}
-            try:
-                exec(compile(source, f"{path.name} (SPEC)", "exec"), namespace)  # noqa: S102 - the notebook's own cell
-            except Exception as exc:
-                raise ValueError(f"notebook {path.name}: cannot evaluate its SPEC ({type(exc).__name__}: {exc})") \
-                    from exc
-            _SPEC_CACHE[cache_key] = dict(namespace["SPEC"])
+        body = _checks_cell(path)
+        checks = {} if body is None else _read_checks(body, path.name)
+        stray = sorted(set(checks) - set(params))
+        if stray:
+            raise ValueError(f"notebook {path.name}: CHECKS constrains {stray}, which its parameters cell lacks")
+        _SPEC_CACHE[cache_key] = {k: _rule(i, checks.get(k)) for k, i in params.items()}
     return _SPEC_CACHE[cache_key]
 
 
-def _spec_source(path: Path) -> str | None:
-    """The statements of the notebook's ``SPEC`` cell that ``SPEC = ...`` depends on (or None)."""
-    body = _spec_cell(path)
-    if body is None:
-        return None
-    at = _assignment_index(body, "SPEC")
-    return ast.unparse(_needed_statements(body, [at]))
+def _rule(info: ParamInfo, check) -> Rule:
+    """The rule of one parameters-cell key: its annotation's or its literal's type, ``check``."""
+    if info.type is None or info.type is list:
+        return Rule.of(info.default if info.type is not None else None, check)
+    return Rule(info.type, None, check)
 
 
-def _spec_cell(path: Path) -> list | None:
-    """The statements of the first code cell (not the parameters cell) that assigns ``SPEC``."""
+def _checks_cell(path: Path) -> list | None:
+    """The statements of the first code cell (not the parameters cell) that assigns ``CHECKS``."""
     import nbformat
 
     for cell in nbformat.read(str(path), as_version=4).cells:
-        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []) or "SPEC" not in cell.source:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []) or "CHECKS" not in cell.source:
             continue
         try:
             body = ast.parse(cell.source).body
         except SyntaxError:
             continue
-        if _assignment_index(body, "SPEC") is not None:
+        if _assignment_index(body, "CHECKS") is not None:
             return body
     return None
+
+
+def _ddkit_imports(body: list) -> dict[str, Any]:
+    """``{name: object}`` of the ``from ddkit... import name`` statements of ``body``, imported."""
+    import importlib
+
+    out = {}
+    for st in body:
+        if isinstance(st, ast.ImportFrom) and st.level == 0 and (st.module or "").split(".")[0] == "ddkit":
+            module = importlib.import_module(st.module)
+            out.update({a.asname or a.name: getattr(module, a.name) for a in st.names})
+    return out
+
+
+def _read_checks(body: list, where: str) -> dict:
+    """The value of ``CHECKS = {...}`` in ``body``, evaluated from literals and ddkit's names only."""
+    names = _ddkit_imports(body)
+
+    def value(node):
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if isinstance(node, ast.Subscript):
+            return value(node.value)[value(node.slice)]
+        if isinstance(node, ast.Dict):
+            out = {}
+            for k, v in zip(node.keys, node.values):
+                out.update(value(v) if k is None else {ast.literal_eval(k): value(v)})
+            return out
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
+            args = []
+            for a in node.args:
+                args.extend(value(a.value) if isinstance(a, ast.Starred) else [value(a)])
+            return names[node.func.id](*args, **{kw.arg: value(kw.value) for kw in node.keywords})
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            raise ValueError(f"notebook {where}: CHECKS holds {ast.unparse(node)!r}; use literals, names imported "
+                             f"from ddkit and calls of them (it is read, not run)") from None
+
+    return value(body[_assignment_index(body, "CHECKS")].value)
 
 
 def _assignment_index(body: list, name: str) -> int | None:
@@ -213,14 +248,14 @@ _CHECKS_CACHE: dict[tuple[str, float], Any] = {}
 
 def notebook_checks(path: str | os.PathLike):
     """The compiled checks the notebook applies to its parameters before any compute: its
-    ``P = check_params(globals(), SPEC)`` and the ``require(...)`` / ``check_...(...)`` statements of
+    ``P = check_params(globals(), CHECKS)`` and the ``require(...)`` / ``check_...(...)`` statements of
     that cell that come before its first other call statement (later ones may need the data), with
-    the assignments they need; None for a notebook without ``SPEC``.
+    the assignments they need; None for a notebook without ``CHECKS``.
     :func:`check_run` executes them on a run's values."""
     path = Path(path).resolve()
     cache_key = (str(path), path.stat().st_mtime)
     if cache_key not in _CHECKS_CACHE:
-        body = _spec_cell(path)
+        body = _checks_cell(path)
         at = None if body is None else _assignment_index(body, "P")
         code = None
         if at is not None:
@@ -251,21 +286,19 @@ def check_run(path: str | os.PathLike, values: dict, where: str, check_files: bo
     if code is None:
         return
     try:
-        exec(code, dict(values))  # noqa: S102 - the notebook's own check statements
+        exec(code, {"In": ["", parameters_source(path)], **values})  # noqa: S102 - the notebook's own check statements
     except Exception as exc:
         raise ValueError(f"{where}: notebook {path.name} would refuse these parameters: {exc}") from None
 
 
-def check_value(key: str, value: Any, check: Param | None, info: ParamInfo, where: str) -> Any:
-    """``value`` as the notebook will see it (``Param.validate``: an int for a float key becomes a float)."""
-    if check is None:
-        raise ValueError(f"{where}: key {key!r} is in the parameters cell but not in the notebook's SPEC, "
-                         f"so the notebook would reject it")
+def check_value(key: str, value: Any, rule: Rule, info: ParamInfo, where: str) -> Any:
+    """``value`` as the notebook will see it (``Rule.validate``: an int for a float key becomes a float)."""
     try:
-        return check.validate(key, list(value) if isinstance(value, tuple) else value)
+        return rule.validate(key, value)
     except ValueError as exc:
-        raise ValueError(f"{where}: key {key!r} expects {getattr(check.type, '__name__', check.type)} "
-                         f"(notebook default {info.default!r}): {exc}") from None
+        type_name = getattr(rule.type, "__name__", "any value")
+        raise ValueError(f"{where}: key {key!r} expects {type_name} (notebook default {info.default!r}): "
+                         f"{exc}") from None
 
 
 def check_key(key: str, spec: dict[str, ParamInfo], nb: Path, where: str) -> ParamInfo:
