@@ -45,13 +45,6 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, dataset, per_class: int | None 
     return tile(np.concatenate([c for row in cells for c in row]), cols=len(cells[0]))
 
 
-def show_image(ax, image: np.ndarray, title: str = ""):
-    """``imshow`` of a display image (gray for (H, W)), no axes."""
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title)
-    ax.axis("off")
-
-
 def image_grid(x: torch.Tensor, y: torch.Tensor, dataset, per_class: int | None = None, title: str = "",
                max_per_class: int = 10, scale: float = 0.9):
     """One row per class (class name at the left), up to ``max_per_class`` images each, denormalised
