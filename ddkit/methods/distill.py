@@ -121,51 +121,13 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     g_aug = make_generator(seed + 1, dev)
     g_pool = make_generator(seed + 2, "cpu")
     opt = torch.optim.SGD([syn.images], lr=lr_img, momentum=momentum)
-    history, start = [], 0
     extra_state = extra_state or {}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = safe_torch_load(checkpoint, expect={"shape": list(syn.images.shape)})
-        if state["iteration"] > iterations:
-            raise ValueError(f"checkpoint {checkpoint} is at iteration {state['iteration']} but iterations={iterations}: "
-                             "ask for at least as many iterations, or delete the checkpoint to start over")
-        with torch.no_grad():
-            syn.images.copy_(state["images"].to(dev))
-        opt.load_state_dict(state["opt"])
-        g_data.set_state(state["g_data"])
-        g_aug.set_state(state["g_aug"].cpu() if dev.type == "cpu" else state["g_aug"])
-        g_pool.set_state(state["g_pool"])
-        for k, obj in extra_state.items():
-            obj.load_state_dict(state["extra"][k])
-        if hasattr(pool, "load_state_dict") and "pool" in state:
-            pool.load_state_dict(state["pool"])
-        history, start = state["history"], state["iteration"]
-
-    def save(iteration):
-        if "momentum_buffer" in opt.state.get(syn.images, {}):
-            shard.sync(opt.state[syn.images]["momentum_buffer"])
-        if not shard.group.is_main:
-            return
-        atomic_torch_save({
-            "meta": {"shape": list(syn.images.shape), "kind": "distill-checkpoint"},
-            "images": syn.images.detach().cpu(), "opt": opt.state_dict(), "iteration": iteration,
-            "history": history, "g_data": g_data.get_state(), "g_aug": g_aug.get_state(),
-            "g_pool": g_pool.get_state(), "extra": {k: o.state_dict() for k, o in extra_state.items()},
-            **({"pool": pool.state_dict()} if hasattr(pool, "state_dict") else {})}, checkpoint)
-
+    gens = {"g_data": g_data, "g_aug": g_aug, "g_pool": g_pool}
+    history, start = _resume(checkpoint, iterations, syn, opt, gens, extra_state, pool, dev)
     k = data.num_classes
     shard = ClassShard(k, syn.ipc, replicate=getattr(objective, "couples_classes", False))
     progress = progress and shard.group.is_main
-    use_compile = compile
-    if compile == "auto":
-        net0 = getattr(pool, "net", None)
-        net0 = getattr(pool, "_net", None) if net0 is None else net0
-        work = None
-        if net0 is not None:
-            n_img = k * batch_real + 3 * len(syn.images) * syn.factor ** 2  # real fwd + syn fwd/bwd
-            work = (iterations - start) * n_img * forward_flops(net0, (data.channels, *data.im_size))
-        use_compile = resolve_compile("auto", work, label="distill")
-    else:
-        use_compile = resolve_compile(compile)
+    use_compile = _loop_compile(compile, pool, data, syn, batch_real, iterations - start)
     channels_last = resolve_channels_last(channels_last, use_compile)
     precision = (lambda: autocast(amp, dev), grad_scaler(amp, dev))
     bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
@@ -200,14 +162,64 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         if progress and it % 10 == 0:
             bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
         if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-            save(it + 1)
+            _save(checkpoint, it + 1, history, syn, opt, gens, extra_state, pool, shard)
         if checkpoint is not None and it + 1 < iterations and shard.group.world_size == 1 and timebox.expired():
             if (it + 1) % checkpoint_every:
-                save(it + 1)
+                _save(checkpoint, it + 1, history, syn, opt, gens, extra_state, pool, shard)
             raise timebox.stop_loop(it + 1, iterations, str(checkpoint))
     if image_step == "per_class":
         _clamp(syn, clamp)
     return history
+
+
+def _resume(checkpoint, iterations: int, syn: SyntheticSet, opt, gens: dict, extra_state: dict, pool, dev) -> tuple:
+    """``(history, first iteration)`` of :func:`distill`: restored from ``checkpoint`` when the file exists
+    (images, optimiser, generators, ``extra_state``, the pool's state), else ``([], 0)``."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return [], 0
+    state = safe_torch_load(checkpoint, expect={"shape": list(syn.images.shape)})
+    if state["iteration"] > iterations:
+        raise ValueError(f"checkpoint {checkpoint} is at iteration {state['iteration']} but iterations={iterations}: "
+                         "ask for at least as many iterations, or delete the checkpoint to start over")
+    with torch.no_grad():
+        syn.images.copy_(state["images"].to(dev))
+    opt.load_state_dict(state["opt"])
+    for name, g in gens.items():
+        g.set_state(state[name].cpu() if g.device.type == "cpu" else state[name])
+    for k, obj in extra_state.items():
+        obj.load_state_dict(state["extra"][k])
+    if hasattr(pool, "load_state_dict") and "pool" in state:
+        pool.load_state_dict(state["pool"])
+    return state["history"], state["iteration"]
+
+
+def _save(checkpoint, iteration: int, history: list, syn: SyntheticSet, opt, gens: dict, extra_state: dict, pool,
+          shard) -> None:
+    """:func:`distill`'s checkpoint after ``iteration`` iterations (atomic; process 0 writes it after the
+    ranks' momentum buffers are synced)."""
+    if "momentum_buffer" in opt.state.get(syn.images, {}):
+        shard.sync(opt.state[syn.images]["momentum_buffer"])
+    if not shard.group.is_main:
+        return
+    atomic_torch_save({
+        "meta": {"shape": list(syn.images.shape), "kind": "distill-checkpoint"},
+        "images": syn.images.detach().cpu(), "opt": opt.state_dict(), "iteration": iteration,
+        "history": history, **{name: g.get_state() for name, g in gens.items()},
+        "extra": {k: o.state_dict() for k, o in extra_state.items()},
+        **({"pool": pool.state_dict()} if hasattr(pool, "state_dict") else {})}, checkpoint)
+
+
+def _loop_compile(compile, pool, data, syn: SyntheticSet, batch_real: int, iterations_left: int) -> bool:
+    """``compile`` of :func:`distill` resolved: "auto" weighs the remaining iterations' work (real forwards
+    plus synthetic forwards and backwards of the pool's network) against a compile's cost."""
+    if compile != "auto":
+        return resolve_compile(compile)
+    net = getattr(pool, "net", None)
+    work = None
+    if net is not None:
+        n_img = data.num_classes * batch_real + 3 * len(syn.images) * syn.factor ** 2
+        work = iterations_left * n_img * forward_flops(net, (data.channels, *data.im_size))
+    return resolve_compile("auto", work, label="distill")
 
 
 def sample_match_batch(syn: SyntheticSet, dataset, net, batch_real: int, dsa=None, generator=None,

@@ -371,6 +371,11 @@ class PretrainedPool:
         return self
 
     # -- use
+    @property
+    def net(self) -> nn.Module:
+        """The one module every drawn network's weights are loaded into (its architecture and device)."""
+        return self._net
+
     def __len__(self) -> int:
         return len(self.states)
 
