@@ -35,7 +35,7 @@ from ddkit.core.utils import atomic_torch_save, make_generator, resolve_device, 
 from ddkit.methods.pools import PretrainedPool, RandomPool
 from ddkit.methods.trajectory import load_trajectory, train_trajectory
 from ddkit.models import get_model
-from ddkit.runs.params import COMMON, check_params
+from ddkit.runs.params import check_params
 from ddkit.runs.results import load_synset, read_result, save_synset
 from ddkit.train import train_classifier
 
@@ -246,17 +246,17 @@ CASES = [
     ("result file that is not a ddkit record", lambda c: read_result(c["tmp"] / "list.json"), ValueError,
      r"list\.json.*lacks"),
     # --- notebook parameters
-    ("misspelt parameter key", lambda c: check_params({}, COMMON, defaults=NB_OK, extra={**NB_OK, "ipcc": 1}), ValueError,
+    ("misspelt parameter key", lambda c: check_params({}, {}, defaults=NB_OK, extra={**NB_OK, "ipcc": 1}), ValueError,
      r"'ipcc' \(did you mean 'ipc'\?\)"),
-    ("string for an int parameter", lambda c: check_params({}, COMMON, defaults=NB_OK, extra={**NB_OK, "ipc": "10"}), ValueError,
+    ("string for an int parameter", lambda c: check_params({}, {}, defaults=NB_OK, extra={**NB_OK, "ipc": "10"}), ValueError,
      r"ipc must be int, got str '10'"),
-    ("bool for a number parameter", lambda c: check_params({}, COMMON, defaults=NB_OK, extra={**NB_OK, "num_eval": True}),
+    ("bool for a number parameter", lambda c: check_params({}, {}, defaults=NB_OK, extra={**NB_OK, "num_eval": True}),
      ValueError, r"num_eval must be int, got bool True"),
-    ("None for a parameter", lambda c: check_params({}, COMMON, defaults=NB_OK, extra={**NB_OK, "seed": None}), ValueError,
+    ("None for a parameter", lambda c: check_params({}, {}, defaults=NB_OK, extra={**NB_OK, "seed": None}), ValueError,
      r"seed must be int, got NoneType None"),
-    ("unknown dataset parameter", lambda c: check_params({}, COMMON, defaults=NB_OK, extra={**NB_OK, "dataset": "mnist6k"}),
+    ("unknown dataset parameter", lambda c: check_params({}, {}, defaults=NB_OK, extra={**NB_OK, "dataset": "mnist6k"}),
      ValueError, r"dataset='mnist6k'"),
-    ("device parameter that does not exist", lambda c: check_params({}, COMMON, defaults=NB_OK, extra={**NB_OK, "device": "tpu"}),
+    ("device parameter that does not exist", lambda c: check_params({}, {}, defaults=NB_OK, extra={**NB_OK, "device": "tpu"}),
      ValueError, r"device='tpu'"),
     # --- sweep grids
     ("grid: unknown top-level key", lambda c: grid(c, GRID + "parms: {ipc: 1}\n"), ValueError, r"'parms'"),

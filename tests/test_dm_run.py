@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 
 from ddkit.data import ImageDataset  # noqa: E402
 from ddkit.methods.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
-from ddkit.methods.dm import (IDM_QUEUE, embed_and_map, evaluate_start, evaluation_entries, evaluation_record,  # noqa: E402
+from ddkit.methods.dm import (IDM_QUEUE_KEYS, embed_and_map, evaluate_start, evaluation_entries, evaluation_record,  # noqa: E402
                               idm_queue_settings, plot_accuracy_curves, real_start)
 from ddkit.evaluate import EvalResult  # noqa: E402
 from ddkit.losses import mean_embedding_loss  # noqa: E402
@@ -85,7 +85,7 @@ def test_idm_queue_settings_read_the_idm_parameters():
     params = {"idm_max_nets": 5, "idm_interval": 3, "idm_train_steps": 2, "idm_train_batch": 16, "seed": 0}
     assert idm_queue_settings(params, track_accuracy=True) == dict(max_nets=5, interval=3, train_steps=2,
                                                                   batch_size=16, track_accuracy=True)
-    assert set(IDM_QUEUE) == {k for k in params if k.startswith("idm_")}
+    assert set(IDM_QUEUE_KEYS) == {k for k in params if k.startswith("idm_")}
     with pytest.raises(ValueError, match="idm_train_batch"):
         idm_queue_settings({k: v for k, v in params.items() if k != "idm_train_batch"})
 

@@ -13,7 +13,7 @@ METHOD_NOTEBOOKS = sorted(NOTEBOOKS.glob("0[0-9]_*.ipynb"))
 MAX_NAMES = 15
 #: Ceilings of the notebooks above the goal: the number they import today, so that it can only fall.
 #: The run lifecycle is one name (``ddkit.runs.results.Run``) in each; what remains above 15 is the
-#: parameter constraints (``COMMON``, ``Range``, ``Choice``, ``check_params``, ``require`` and the shared
+#: parameter constraints (``Range``, ``Choice``, ``check_params`` and the shared
 #: constraints) and each method's own pieces: the DM-family
 #: helpers of ``ddkit.methods.dm`` (pools, the accuracy curve, DSDM's bank and learning-rate rule),
 #: the GAN stages and their evaluation, EAD's trajectory, estimator checks and evidence summary.
@@ -44,15 +44,42 @@ def code_trees(path: Path) -> list:
             if c["cell_type"] == "code"]
 
 
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def ddkit_names(trees) -> set:
-    """Fully qualified ddkit names imported anywhere in the notebook (``from ddkit.x import a`` -> ``ddkit.x.a``,
-    ``import ddkit.x`` -> ``ddkit.x``); the same name imported in two cells counts once."""
-    names = set()
-    for node in (n for t in trees for n in ast.walk(t)):
+    """Fully qualified ddkit names a notebook uses (``from ddkit.x import a`` -> ``ddkit.x.a``); a ddkit
+    module imported as a whole (``import ddkit.x as m``, ``from ddkit import losses``) counts each name read
+    from it (``m.a`` -> ``ddkit.x.a``), so importing modules instead of names does not lower the count.
+    The same name used in two cells counts once."""
+    names, modules = set(), {}
+    nodes = [n for t in trees for n in ast.walk(t)]
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ddkit" and not node.level:
-            names |= {f"{node.module}.{a.name}" for a in node.names}
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if _is_module(full):
+                    modules[a.asname or a.name] = full
+                else:
+                    names.add(full)
         elif isinstance(node, ast.Import):
-            names |= {a.name for a in node.names if a.name.split(".")[0] == "ddkit"}
+            for a in node.names:
+                if a.name.split(".")[0] == "ddkit":
+                    modules[a.asname or a.name] = a.name
+    for node in nodes:
+        if isinstance(node, ast.Attribute):
+            dotted = ast.unparse(node)
+            for alias, full in modules.items():
+                if dotted.startswith(alias + "."):
+                    rest = dotted[len(alias) + 1:].split(".")[0]
+                    if not _is_module(f"{full}.{rest}"):
+                        names.add(f"{full}.{rest}")
     return names
 
 
@@ -96,16 +123,24 @@ def test_only_the_run_and_named_checks_take_the_whole_parameter_set(path):
 def test_the_counter_counts_distinct_names_and_sees_whole_params():
     trees = [ast.parse("from ddkit.data import load_dataset\nimport ddkit.losses\nimport torch\n"),
              ast.parse("from ddkit.data import load_dataset, ImageDataset\nrun = Run(P, 'x')\nf(a, cfg=P.as_dict())\n"
-                       "g(P.seed)\n")]
-    assert ddkit_names(trees) == {"ddkit.data.load_dataset", "ddkit.data.ImageDataset", "ddkit.losses"}
+                       "g(P.seed)\nddkit.losses.skd_loss(1)\n")]
+    assert ddkit_names(trees) == {"ddkit.data.load_dataset", "ddkit.data.ImageDataset", "ddkit.losses.skd_loss"}
     assert whole_params_calls(trees) == {"Run", "f"}
 
 
-@pytest.mark.parametrize("path", METHOD_NOTEBOOKS, ids=lambda p: p.stem)
-def test_the_checks_a_sweep_runs_stop_before_the_run_opens(path):
-    """A sweep validates every run with the notebook's own checks before any run starts: those must not open a
-    run folder (seed, create folders) or load data."""
-    from ddkit.runs.notebook_params import notebook_checks
+def test_importing_modules_instead_of_names_does_not_lower_the_count():
+    tree = ast.parse("from ddkit import losses\nimport ddkit.methods.dm as dm\nfrom ddkit.methods import pools\n"
+                     "losses.skd_loss(1); dm.make_pool(); dm.make_pool(); pools.RandomPool.for_dataset()\n")
+    assert ddkit_names([tree]) == {"ddkit.losses.skd_loss", "ddkit.methods.dm.make_pool",
+                                   "ddkit.methods.pools.RandomPool"}
 
-    names = set(notebook_checks(path).co_names)
-    assert "check_params" in names and not names & {"Run", "load_dataset"}, sorted(names)
+
+@pytest.mark.parametrize("path", METHOD_NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_sweep_reads_the_notebooks_checks_and_rules_without_running_them(path):
+    """The cell that checks the parameters declares CHECKS (and RULES where keys depend on each other) as
+    data: the sweep reads both with ast and runs none of the notebook's code."""
+    from ddkit.runs.notebook_params import notebook_rules, notebook_spec
+
+    spec, rules = notebook_spec(path), notebook_rules(path)
+    assert spec["ipc"].check is not None and all(isinstance(r, str) for r in rules)
+    assert "check_params(globals(), CHECKS" in "".join(ast.unparse(t) for t in code_trees(path))

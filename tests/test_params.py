@@ -1,11 +1,11 @@
 import pytest
 
-from ddkit.runs.params import COMMON, DM_FAMILY, Choice, Range, Rule, check_params, parameters_cell, require
+from ddkit.runs.params import KNOWN, Choice, Range, Rule, check_params, check_rules, parameters_cell, rule_names
 
 GOOD = dict(dataset="mnist5k", data_root="", ipc=10, model="ConvNet", iterations=5, seed=0, device="auto",
             eval_model="ConvNet", eval_epochs=3, num_eval=1, run_name="", results_dir="", batch_real=8,
             lr_img=1.0, lam=0.5, mode="a", ipcs=[1, 10])
-CHECKS = {**COMMON, **DM_FAMILY, "lam": Range(0), "mode": Choice("a", "b"), "ipcs": Range(1)}
+CHECKS = {"lam": Range(0), "mode": Choice("a", "b"), "ipcs": Range(1)}  # the other keys: KNOWN
 
 
 def ns(**over):
@@ -95,10 +95,43 @@ def test_rule_of_a_default():
         Rule.of([0.5], Range(0, 1, hi_open=True)).validate("b", [0.5, 1.0])
 
 
-def test_require():
-    require(True, "never")
-    with pytest.raises(ValueError, match="IPC 1"):
-        require(False, "IPC 1 has no covariance")
+def test_known_keys_are_checked_without_being_listed_and_a_notebook_may_override_them():
+    assert {"ipc", "lr_img", "compile", "idm_max_nets"} <= set(KNOWN)
+    with pytest.raises(ValueError, match="compile='fast' is not allowed"):
+        check_params({"compile": "fast"}, {}, defaults={"compile": "auto"})
+    assert check_params({"lr_img": 0.0}, {"lr_img": Range(0)}, defaults={"lr_img": 1.0}).lr_img == 0.0
+    with pytest.raises(ValueError, match="lr_img=0.0 is too small"):
+        check_params({"lr_img": 0.0}, {}, defaults={"lr_img": 1.0})
+
+
+RULES = {"not use_cm or ipc * factor ** 2 >= 2": "the covariance term needs 2 samples per class"}
+
+
+@pytest.mark.parametrize("ipc, factor, use_cm, ok", [(1, 1, True, False), (1, 2, True, True), (2, 1, True, True),
+                                                      (1, 1, False, True)])
+def test_rules_hold_or_name_the_values_they_read(ipc, factor, use_cm, ok):
+    defaults = {"ipc": 1, "factor": 1, "use_cm": True}
+    space = {"ipc": ipc, "factor": factor, "use_cm": use_cm}
+    if ok:
+        assert check_params(space, {}, RULES, defaults=defaults).ipc == ipc
+    else:
+        with pytest.raises(ValueError, match=r"2 samples per class \(rule: .*; here use_cm=True, ipc=1, factor=1\)"):
+            check_params(space, {}, RULES, defaults=defaults)
+
+
+@pytest.mark.parametrize("rule, match", [
+    ("__import__('os')", "not allowed"), ("ipc.bit_length() > 0", "not allowed"), ("lambda: 1", "not allowed"),
+    ("ipc >", "not a Python expression"), ("open('x')", "not allowed"), ("len(x=ipc)", "not allowed"),
+])
+def test_a_rule_is_an_expression_over_parameters_only(rule, match):
+    with pytest.raises(ValueError, match=match):
+        rule_names(rule)
+
+
+def test_a_rule_reading_an_unknown_name_is_an_error_and_functions_are_not_names():
+    assert rule_names("len(set(objs)) == len(objs) and max(a, 1) > 0") == ["objs", "a"]
+    with pytest.raises(ValueError, match=r"reads \['nope'\]"):
+        check_rules({"ipc": 1}, {"nope > 1": "x"})
 
 
 def test_an_item_of_another_type_in_an_empty_list_default_is_refused():

@@ -136,3 +136,28 @@ def test_ddkit_run_validates_before_torchrun(monkeypatch, capsys):
     assert err.strip().count("\n") == 0 and "unknown key 'ipcc' (did you mean ipc?)" in err
     assert main(["run", "--nproc", "1", "params/cpu/03_iid.yaml", "--set", "ipc=1"]) == 2
     assert "covariance matching term" in capsys.readouterr().err
+
+
+def test_rules_are_read_not_run(tmp_path):
+    """RULES is a dict of string literals read with ast; a rule naming a key the parameters cell lacks is
+    refused when the sweep reads it, and a run breaking a rule is refused before it starts."""
+    import nbformat
+
+    from ddkit.runs.notebook_params import check_run, notebook_rules
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("ipc = 2\nfactor = 1\n")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("RULES = {'ipc * factor ** 2 >= 2': 'two per class'}\n")]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert notebook_rules(path) == {"ipc * factor ** 2 >= 2": "two per class"}
+    check_run(path, {"ipc": 2, "factor": 1}, "here")
+    with pytest.raises(ValueError, match=r"here: notebook n.ipynb would refuse .*two per class"):
+        check_run(path, {"ipc": 1, "factor": 1}, "here")
+    for bad, match in (("RULES = {'ipc > 0': str(1)}\n", "dict of string literals"),
+                       ("RULES = {'ipcc > 0': 'x'}\n", r"reads \['ipcc'\]")):
+        nb.cells[1].source = bad
+        nbformat.write(nb, path)
+        with pytest.raises(ValueError, match=match):
+            notebook_rules(path)

@@ -68,7 +68,7 @@ notebook, unknown key (not in the notebook's ``parameters`` cell,
 ``ddkit.runs.notebook_params.notebook_parameters``), a value the notebook's own ``CHECKS`` rejects (the same
 ``ddkit.runs.params.Rule`` checks ``check_params`` applies in the notebook: the literal's type, range,
 choices; ``ddkit.runs.notebook_params.notebook_spec`` reads them with ``ast``), a combination the notebook's own checks
-refuse (its ``require(...)`` / ``check_...(...)`` statements, ``notebook_params.check_run``), a
+refuse (its ``RULES``, ``notebook_params.check_run``), a
 ``.npz`` dataset that does not exist, empty grid lists, duplicate run names
 and malformed YAML raise ``ValueError`` naming the file and the key.
 

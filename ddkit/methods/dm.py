@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from ..augment import decode
 from ..losses import PrototypeBank, class_prototypes
-from ..runs.params import Choice, Model, Range
 from ..runs.results import evaluation_entry
 from .distill import IMAGE_STEPS, init_synthetic
 from .pools import IDMQueue, PretrainedPool, RandomPool
@@ -156,24 +155,6 @@ def term_shares(cumulative_grads: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the notebooks' run settings
-#: Constraints of the IDM queue's parameters (IDM's defaults: 100 nets, a new one every 30 iterations, 10 SGD
-#: steps of batch 256 per iteration); read by :func:`idm_queue_settings`.
-IDM_QUEUE = {"idm_max_nets": Range(1), "idm_interval": Range(1), "idm_train_steps": Range(0),
-             "idm_train_batch": Range(1)}
-
-#: Constraints of the loop, evaluation and resume parameters shared by notebooks 03 and 04.
-DM_LOOP = {
-    "momentum_img": Range(0, 0.999),
-    "image_step": Choice("auto", *IMAGE_STEPS),
-    "eval_models": Model(),
-    "eval_every": Range(0),
-    "compile": Choice("auto", "on", "off"),
-    "amp": Choice("off", "bf16", "fp16"),
-    "eval_amp": Choice("off", "bf16", "fp16"),
-    "checkpoint_every": Range(1),
-}
-
-
 def resolve_image_step(image_step: str, base: str) -> str:
     """``"auto"`` -> the reference's stepping: ``"joint"`` for the DM base (DM / IID-on-DM code sums the
     class losses, one step), ``"per_class"`` otherwise (IDM, IID-on-IDM, IDC-based DSDM)."""
@@ -182,14 +163,6 @@ def resolve_image_step(image_step: str, base: str) -> str:
     if image_step != "auto":
         return image_step
     return "joint" if base == "dm" else "per_class"
-
-
-def compile_flag(value: str):
-    """Notebook ``compile`` ('auto' / 'on' / 'off') -> the ``compile`` argument of distill/evaluate."""
-    flags = {"auto": "auto", "on": True, "off": False}
-    if value not in flags:
-        raise ValueError(f"compile={value!r}; expected one of {list(flags)}")
-    return flags[value]
 
 
 def eval_model_list(eval_model: str, eval_models) -> list:
@@ -302,7 +275,7 @@ def protocol_evaluator(dataset, protocol: str, *, num_models: int, epochs: int, 
 
     def evaluate(x, y, model: str = "ConvNet"):
         return evaluate_synset(x, y, dataset, model=model, num_models=num_models, epochs=epochs, seed=seed,
-                               device=device, compile=compile_flag(compile), model_kw=conv_kw(model, width),
+                               device=device, compile=compile, model_kw=conv_kw(model, width),
                                amp=amp, eval_every_epochs=every, val_per_class=val_per_class, **settings)
 
     return evaluate
@@ -381,13 +354,17 @@ def evaluation_record(results: dict, *, ipc: int, protocol: str, eval_model: str
     return record
 
 
+#: The notebook parameters of IDM's queue (IDM's defaults: 100 nets, a new one every 30 iterations, 10 SGD
+#: steps of batch 256 per iteration).
+IDM_QUEUE_KEYS = ("idm_max_nets", "idm_interval", "idm_train_steps", "idm_train_batch")
+
+
 def idm_queue_settings(params: dict, *, track_accuracy: bool = False) -> dict:
     """The keyword arguments of ``make_pool("idm", ...)`` (``ddkit.methods.pools.IDMQueue``) from a notebook's
-    ``idm_*`` parameters (:data:`IDM_QUEUE`, validated with the rest of its parameters):
-    ``idm_max_nets``, ``idm_interval``, ``idm_train_steps``, ``idm_train_batch``."""
-    missing = [k for k in IDM_QUEUE if k not in params]
+    ``idm_*`` parameters (:data:`IDM_QUEUE_KEYS`, checked by ``ddkit.runs.params.KNOWN``)."""
+    missing = [k for k in IDM_QUEUE_KEYS if k not in params]
     if missing:
-        raise ValueError(f"the IDM queue settings need the parameters {missing} (ddkit.methods.dm.IDM_QUEUE)")
+        raise ValueError(f"the IDM queue settings need the parameters {missing}")
     return dict(max_nets=params["idm_max_nets"], interval=params["idm_interval"],
                 train_steps=params["idm_train_steps"], batch_size=params["idm_train_batch"],
                 track_accuracy=bool(track_accuracy))

@@ -1,5 +1,6 @@
 """The parameters shared by the generative notebooks (01, 02): their constraints
-(:func:`gan_spec`, merged with ``ddkit.runs.params.COMMON``) and the impossible-setting checks that run
+(:func:`gan_spec`; the keys every notebook shares are checked by
+``ddkit.runs.params.KNOWN``) and the impossible-setting checks that run
 before any compute (:func:`validate_gan_config`, :func:`check_notebook_params`)."""
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def validate_gan_config(*, gan_loss=None, pool_models=None,
 
 
 def gan_spec() -> dict:
-    """Constraints of the parameters shared by the generative notebooks (01, 02), to merge with
-    ``ddkit.runs.params.COMMON``: ``CHECKS = {**COMMON, **gan_spec(), <paper keys>}`` (the types come
-    from the parameters cell)."""
+    """Constraints of the parameters shared by the generative notebooks (01, 02):
+    ``CHECKS = {**gan_spec(), <paper keys>}``; the types come from the parameters cell and the keys
+    every notebook shares (``ipc``, ``model``, ``device``, ...) from ``ddkit.runs.params.KNOWN``."""
     beta = Range(0, 1, hi_open=True)  # one Adam beta; the pair: :func:`validate_gan_config`
     return {
         "gan_loss": Choice(*GAN_LOSSES), "gan_epochs": Range(0), "gan_seed": Range(-1), "gan_iters": Range(0),

@@ -1,10 +1,12 @@
 """What a notebook declares and accepts: its ``parameters`` cell (:func:`notebook_parameters`, read
-with :mod:`ast`, whatever its comments say) and its ``CHECKS`` (:func:`notebook_spec`, read with
-:mod:`ast` too: the same ``ddkit.runs.params.Rule`` checks ``check_params`` applies in the notebook:
-the literal's type, the declared range or choices).
+with :mod:`ast`, whatever its comments say), its ``CHECKS`` (:func:`notebook_spec`: the same
+``ddkit.runs.params.Rule`` checks ``check_params`` applies in the notebook: the literal's type, the
+kit's or the declared range or choices) and its ``RULES`` (:func:`notebook_rules`), all read with
+:mod:`ast`, none of the notebook run.
 
-:func:`check_key` and :func:`check_value` hold one grid value against both, so a sweep rejects
-before any run what the notebook would reject (``ValueError`` naming where the value came from).
+:func:`check_key` and :func:`check_value` hold one grid value against the first two and
+:func:`check_run` a whole run against the rules, so a sweep rejects before any run what the notebook
+would reject (``ValueError`` naming where the value came from).
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.utils import REPO_ROOT
-from .params import Rule
+from .params import KNOWN, Rule, check_rules, rule_names
 
 __all__ = ["ParamInfo", "notebook_parameters", "parameters_source", "papermill_blind_spots", "notebook_spec",
-           "notebook_checks", "check_run", "check_key", "check_value", "default_notebooks_dir"]
+           "notebook_rules", "check_run", "check_key", "check_value", "default_notebooks_dir"]
 
 
 def default_notebooks_dir() -> Path:
@@ -128,9 +130,9 @@ def notebook_spec(path: str | os.PathLike) -> dict[str, Rule]:
 
     ``CHECKS = {...}`` (in the first code cell assigning it) is read with :mod:`ast`, not run: its values
     are constraint calls whose arguments are literals or names the same cell imports from ddkit
-    (``Choice(*PROTOCOLS)``, ``DM_LOOP["amp"]``), and ``**NAME`` merges a dict imported from ddkit
-    (``**COMMON``). A notebook
-    without ``CHECKS`` (a fixture, the report notebook) gets the types alone."""
+    (``Choice(*PROTOCOLS)``), and ``**NAME`` merges a dict imported from ddkit. Keys it does not list get
+    their ``ddkit.runs.params.KNOWN`` constraint; a notebook without ``CHECKS`` (a fixture, the report
+    notebook) gets the types and those alone."""
     path = Path(path).resolve()
     cache_key = (str(path), path.stat().st_mtime)
     if cache_key not in _SPEC_CACHE:
@@ -140,7 +142,7 @@ def notebook_spec(path: str | os.PathLike) -> dict[str, Rule]:
         stray = sorted(set(checks) - set(params))
         if stray:
             raise ValueError(f"notebook {path.name}: CHECKS constrains {stray}, which its parameters cell lacks")
-        _SPEC_CACHE[cache_key] = {k: _rule(i, checks.get(k)) for k, i in params.items()}
+        _SPEC_CACHE[cache_key] = {k: _rule(i, checks.get(k, KNOWN.get(k))) for k, i in params.items()}
     return _SPEC_CACHE[cache_key]
 
 
@@ -151,18 +153,18 @@ def _rule(info: ParamInfo, check) -> Rule:
     return Rule(info.type, None, check)
 
 
-def _checks_cell(path: Path) -> list | None:
-    """The statements of the first code cell (not the parameters cell) that assigns ``CHECKS``."""
+def _checks_cell(path: Path, name: str = "CHECKS") -> list | None:
+    """The statements of the first code cell (not the parameters cell) that assigns ``name``."""
     import nbformat
 
     for cell in nbformat.read(str(path), as_version=4).cells:
-        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []) or "CHECKS" not in cell.source:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []) or name not in cell.source:
             continue
         try:
             body = ast.parse(cell.source).body
         except SyntaxError:
             continue
-        if _assignment_index(body, "CHECKS") is not None:
+        if _assignment_index(body, name) is not None:
             return body
     return None
 
@@ -213,68 +215,41 @@ def _assignment_index(body: list, name: str) -> int | None:
                  and any(isinstance(t, ast.Name) and t.id == name for t in st.targets)), None)
 
 
-def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+_RULES_CACHE: dict[tuple[str, float], dict[str, str]] = {}
 
 
-def _needed_statements(body: list, keep: list[int]) -> ast.Module:
-    """The statements ``body[i]`` for ``i in keep`` and, walking back, the imports and assignments
-    they need (traced by name), in their order in ``body``."""
-    need: set[str] = set().union(*(_names(body[i]) for i in keep))
-    kept = set(keep)
-    for i in range(max(keep), -1, -1):
-        st = body[i]
-        if i in kept:
-            continue
-        if isinstance(st, (ast.Import, ast.ImportFrom)):
-            names = [a for a in st.names if (a.asname or a.name.split(".")[0]) in need]
-            if names:
-                body[i] = type(st)(**{**{f: getattr(st, f) for f in st._fields}, "names": names})
-                kept.add(i)
-        elif isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id in need for t in st.targets):
-            need |= _names(st.value)
-            kept.add(i)
-    return ast.Module(body=[body[i] for i in sorted(kept)], type_ignores=[])
-
-
-def _is_check(st: ast.stmt) -> bool:
-    """``require(...)`` or ``check_...(...)`` as a statement: a notebook's own parameter check."""
-    return (isinstance(st, ast.Expr) and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Name)
-            and (st.value.func.id == "require" or st.value.func.id.startswith("check_")))
-
-
-_CHECKS_CACHE: dict[tuple[str, float], Any] = {}
-
-
-def notebook_checks(path: str | os.PathLike):
-    """The compiled checks the notebook applies to its parameters before any compute: its
-    ``P = check_params(globals(), CHECKS)`` and the ``require(...)`` / ``check_...(...)`` statements of
-    that cell that come before its first other call statement (later ones may need the data), with
-    the assignments they need; None for a notebook without ``CHECKS``.
-    :func:`check_run` executes them on a run's values."""
+def notebook_rules(path: str | os.PathLike) -> dict[str, str]:
+    """The notebook's ``RULES = {expression: message}`` (cross-key conditions its
+    ``check_params(globals(), CHECKS, RULES)`` applies), read with :mod:`ast`; ``{}`` when it has none.
+    ``ValueError`` when it is not a dict of string literals, or a rule reads a name the parameters cell
+    lacks."""
     path = Path(path).resolve()
     cache_key = (str(path), path.stat().st_mtime)
-    if cache_key not in _CHECKS_CACHE:
-        body = _checks_cell(path)
-        at = None if body is None else _assignment_index(body, "P")
-        code = None
-        if at is not None:
-            keep = [at]
-            for i in range(at + 1, len(body)):  # up to the first compute (a call that is not a check)
-                if _is_check(body[i]):
-                    keep.append(i)
-                elif not isinstance(body[i], ast.Assign):
-                    break
-            code = compile(ast.unparse(_needed_statements(body, keep)), f"{path.name} (parameter checks)", "exec")
-        _CHECKS_CACHE[cache_key] = code
-    return _CHECKS_CACHE[cache_key]
+    if cache_key not in _RULES_CACHE:
+        body = _checks_cell(path, "RULES")
+        rules = {}
+        if body is not None:
+            node = body[_assignment_index(body, "RULES")].value
+            try:
+                rules = ast.literal_eval(node)
+            except ValueError:
+                rules = None
+            if not isinstance(rules, dict) or not all(isinstance(v, str) for kv in rules.items() for v in kv):
+                raise ValueError(f"notebook {path.name}: RULES must be a dict of string literals "
+                                 f"{{expression: message}} (it is read, not run)")
+            params = notebook_parameters(path)
+            for rule in rules:
+                unknown = [n for n in rule_names(rule) if n not in params]
+                if unknown:
+                    raise ValueError(f"notebook {path.name}: rule {rule!r} reads {unknown}, not parameters")
+        _RULES_CACHE[cache_key] = rules
+    return _RULES_CACHE[cache_key]
 
 
 def check_run(path: str | os.PathLike, values: dict, where: str, check_files: bool = True) -> None:
-    """Apply the notebook's own parameter checks (:func:`notebook_checks`) to one run's full values
-    (defaults plus what the run sets) and, with ``check_files``, check that a ``.npz`` dataset exists
-    (relative paths are taken from the notebook's folder, where papermill runs it); ``ValueError``
-    naming ``where``."""
+    """Apply the notebook's ``RULES`` (:func:`notebook_rules`) to one run's full values (defaults plus
+    what the run sets) and, with ``check_files``, check that a ``.npz`` dataset exists (relative paths
+    are taken from the notebook's folder, where papermill runs it); ``ValueError`` naming ``where``."""
     path = Path(path).resolve()
     dataset = values.get("dataset")
     if check_files and isinstance(dataset, str) and dataset.endswith(".npz"):
@@ -282,12 +257,9 @@ def check_run(path: str | os.PathLike, values: dict, where: str, check_files: bo
         file = file if file.is_absolute() else path.parent / file
         if not file.is_file():
             raise ValueError(f"{where}: dataset {dataset!r}: no such file ({file})")
-    code = notebook_checks(path)
-    if code is None:
-        return
     try:
-        exec(code, {"In": ["", parameters_source(path)], **values})  # noqa: S102 - the notebook's own check statements
-    except Exception as exc:
+        check_rules(values, notebook_rules(path))
+    except ValueError as exc:
         raise ValueError(f"{where}: notebook {path.name} would refuse these parameters: {exc}") from None
 
 

@@ -1,15 +1,19 @@
 """Notebook parameters, declared once: the type of each key comes from its literal in the ``parameters``
-cell, the notebook declares only the constraints of the keys that need them, and one call checks
-everything before compute::
+cell, the keys the kit knows (:data:`KNOWN`: ``dataset``, ``ipc``, ``seed``, ``lr_img``, ``compile``, ...)
+carry their constraints wherever they appear, a notebook declares only its own keys' constraints and its
+cross-key rules, and one call checks everything before compute::
 
-    CHECKS = {**COMMON, "lambda_cc": Range(0), "cc_form": Choice("squared", "exp")}
-    P = check_params(globals(), CHECKS)
+    CHECKS = {"lambda_cc": Range(0), "cc_form": Choice("squared", "exp")}
+    RULES = {"not use_cm or ipc * factor ** 2 >= 2": "the covariance term needs 2 samples per class"}
+    P = check_params(globals(), CHECKS, RULES)
 
 Every key of the parameters cell must hold a value of its default's type (an int is fine for a float
 key) that its constraint allows; a key papermill injected that the parameters cell does not have (a typo
-in a sweep file) is an error too. Errors are ``ValueError`` naming the key, the bad value and what is
-allowed. A constraint's arguments are literals or names imported from ddkit, so a sweep reads the same
-declaration from the notebook file (``ddkit.runs.notebook_params.notebook_spec``) without running it.
+in a sweep file) is an error too. A rule is a Python expression over the parameter names (comparisons,
+arithmetic, ``and``/``or``/``not``, ``len``/``min``/``max``/``set``) that must hold. Errors are
+``ValueError`` naming the key, the bad value and what is allowed. A constraint's arguments are literals or
+names imported from ddkit and rules are text, so a sweep reads the same declaration from the notebook file
+(``ddkit.runs.notebook_params.notebook_spec`` / ``notebook_rules``) without running any of it.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 __all__ = ["Range", "Choice", "Dataset", "Model", "Device", "RunName", "Augment", "ExistingFile", "Rule",
-           "COMMON", "DM_FAMILY", "Params", "check_params", "parameters_cell", "require"]
+           "KNOWN", "Params", "check_params", "check_rules", "parameters_cell"]
 
 
 class Constraint:
@@ -140,12 +144,19 @@ class ExistingFile(_Text):
         return None if not v or Path(v).is_file() else ": no such checkpoint file"
 
 
-#: The constraints of the contract keys every method notebook has (the other contract keys need none).
-COMMON = {"dataset": Dataset(), "ipc": Range(1), "model": Model(), "iterations": Range(0), "seed": Range(0),
-          "device": Device(), "eval_model": Model(), "eval_epochs": Range(1), "num_eval": Range(1),
-          "run_name": RunName()}
-#: DM-family notebooks add these.
-DM_FAMILY = {"batch_real": Range(1), "lr_img": Range(0, lo_open=True)}
+#: Constraints of the keys the kit knows, applied wherever a notebook's parameters cell has the key (a
+#: notebook's ``CHECKS`` adds its own keys and may override one of these): the contract keys, the
+#: DM-family loop (``batch_real``, ``lr_img``, ``momentum_img``, ``image_step``), the evaluation and speed
+#: settings, resume, and IDM's queue (``idm_*``).
+KNOWN = {
+    "dataset": Dataset(), "ipc": Range(1), "model": Model(), "iterations": Range(0), "seed": Range(0),
+    "device": Device(), "eval_model": Model(), "eval_epochs": Range(1), "num_eval": Range(1), "run_name": RunName(),
+    "batch_real": Range(1), "lr_img": Range(0, lo_open=True), "momentum_img": Range(0, 1, hi_open=True),
+    "image_step": Choice("auto", "joint", "per_class"), "eval_models": Model(), "eval_every": Range(0),
+    "compile": Choice("auto", "on", "off"), "amp": Choice("off", "bf16", "fp16"),
+    "eval_amp": Choice("off", "bf16", "fp16"), "checkpoint_every": Range(1),
+    "idm_max_nets": Range(1), "idm_interval": Range(1), "idm_train_steps": Range(0), "idm_train_batch": Range(1),
+}
 
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list"}
 
@@ -243,9 +254,10 @@ def _injected_names(namespace) -> set:
             for k in (_literal_assignments(src) or {})}
 
 
-def check_params(namespace: dict, checks: dict | None = None, *, defaults: dict | None = None,
-                 extra: dict | None = None) -> Params:
-    """Check the notebook's parameters (``globals()``) against their defaults' types and ``checks``.
+def check_params(namespace: dict, checks: dict | None = None, rules: dict | None = None, *,
+                 defaults: dict | None = None, extra: dict | None = None) -> Params:
+    """Check the notebook's parameters (``globals()``) against their defaults' types, :data:`KNOWN` and
+    ``checks`` (``{key: constraint}``, overriding :data:`KNOWN`), then ``rules`` (:func:`check_rules`).
 
     ``defaults``: the parameters cell's literals, by default read from IPython's history ``In`` (Jupyter
     and papermill keep it, so a value papermill injects is held to the type of the cell's literal).
@@ -270,10 +282,44 @@ def check_params(namespace: dict, checks: dict | None = None, *, defaults: dict 
     missing = [k for k in defaults if k not in values]
     if missing:
         raise ValueError(f"parameter(s) {missing} missing from the parameters cell")
-    return Params(**{k: Rule.of(d, checks.get(k)).validate(k, values[k]) for k, d in defaults.items()})
+    checks = {**KNOWN, **checks}
+    params = {k: Rule.of(d, checks.get(k)).validate(k, values[k]) for k, d in defaults.items()}
+    check_rules(params, rules or {})
+    return Params(**params)
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition``: notebook-specific impossible settings."""
-    if not condition:
-        raise ValueError(message)
+#: What a rule may call besides the parameters.
+RULE_FUNCTIONS = {"len": len, "min": min, "max": max, "abs": abs, "set": set, "any": any, "all": all}
+_RULE_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.BinOp,
+               ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.Compare, ast.Eq, ast.NotEq,
+               ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot, ast.IfExp, ast.Call,
+               ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Subscript)
+
+
+def rule_names(rule: str) -> list[str]:
+    """The names a rule reads, in order of first use; ``ValueError`` for anything but an expression of
+    the allowed forms (it is evaluated, so it may not reach attributes, lambdas or other functions)."""
+    try:
+        tree = ast.parse(rule, mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"rule {rule!r} is not a Python expression ({exc.msg})") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _RULE_NODES) or (isinstance(node, ast.Call) and not (
+                isinstance(node.func, ast.Name) and node.func.id in RULE_FUNCTIONS and not node.keywords)):
+            raise ValueError(f"rule {rule!r}: {ast.unparse(node) if hasattr(node, 'lineno') else type(node).__name__}"
+                             f" is not allowed (parameters, literals, operators and {sorted(RULE_FUNCTIONS)})")
+    return list(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in RULE_FUNCTIONS))
+
+
+def check_rules(params: dict, rules: dict) -> None:
+    """``rules`` is ``{expression: message}``: each expression, over the parameter names, must hold;
+    ``ValueError(message)`` with the values it read otherwise (an unknown name is an error too)."""
+    for rule, message in rules.items():
+        names = rule_names(rule)
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ValueError(f"rule {rule!r} reads {unknown}, which are not parameters of this notebook")
+        if not eval(compile(rule, "<rule>", "eval"), {"__builtins__": {}, **RULE_FUNCTIONS},  # noqa: S307
+                    {n: params[n] for n in names}):
+            here = ", ".join(f"{n}={params[n]!r}" for n in names)
+            raise ValueError(f"{message} (rule: {rule}; here {here})")
