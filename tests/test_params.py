@@ -1,6 +1,7 @@
 import pytest
 
-from ddkit.runs.params import KNOWN, Choice, Range, Rule, check_params, check_rules, parameters_cell, rule_names
+from ddkit.runs.params import KNOWN, Choice, Range, Rule, as_constraint, check_params, check_rules, parameters_cell, \
+    rule_names
 
 GOOD = dict(dataset="mnist5k", data_root="", ipc=10, model="ConvNet", iterations=5, seed=0, device="auto",
             eval_model="ConvNet", eval_epochs=3, num_eval=1, run_name="", results_dir="", batch_real=8,
@@ -141,3 +142,24 @@ def test_an_item_of_another_type_in_an_empty_list_default_is_refused():
         Rule.of([], Model()).validate("models", ["ConvNet", 1])
     with pytest.raises(ValueError, match=r"ipcs='1' is not a number"):
         Rule.of([], Range(1)).validate("ipcs", ["1"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[0, inf)", Range(0)), ("(0, inf)", Range(0, lo_open=True)), ("[0, 1)", Range(0, 1, hi_open=True)),
+    ("(-1, 1]", Range(-1, 1, lo_open=True)), ("[-inf, 2.5]", Range(None, 2.5)), ("[1e-3, 1]", Range(0.001, 1)),
+])
+def test_an_interval_literal_is_the_range_it_reads(text, expected):
+    assert as_constraint(text) == expected
+
+
+def test_literal_constraints_check_like_their_objects():
+    ns = {"tau": 0.0, "form": "exp", "beta": 0.5}
+    checks = {"tau": "(0, inf)", "form": ["squared", "exp"], "beta": "[0, 1)"}
+    with pytest.raises(ValueError, match=r"tau.*expected > 0"):
+        check_params(ns, checks, defaults=dict(ns))
+    with pytest.raises(ValueError, match=r"form.*expected one of \['squared', 'exp'\]"):
+        check_params(ns, checks, defaults=dict(ns), extra={"tau": 1.0, "form": "cube"})
+    assert check_params(ns, checks, defaults=dict(ns), extra={"tau": 1.0, "beta": 0.0}).beta == 0.0
+    for bad in ("0..1", "[2, 1]", 3, "[0, 1"):
+        with pytest.raises(ValueError, match="interval|constraint"):
+            as_constraint(bad)

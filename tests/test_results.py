@@ -242,3 +242,15 @@ def test_budget_ledger_by_hand():
                  "images_per_class_per_epoch": 70.4}
     with pytest.raises(ValueError, match="factor=0"):
         budget_ledger(10, images=x, factor=0)
+
+
+def test_run_evaluation_takes_the_runs_ipc_and_its_ledger(tmp_path, deterministic):
+    from ddkit.runs.results import budget_ledger, evaluation_entry
+
+    run = Run(run_params(tmp_path), "00_quickstart")
+    x = torch.zeros(10, 1, 28, 28)
+    entry = run.evaluation("DM", [50.0, 52.0], variant="v", ledger=run.ledger(10, images=x))
+    assert entry == evaluation_entry("DM", [50.0, 52.0], ipc=1, variant="v", ledger=budget_ledger(10, images=x))
+    assert entry["ipc"] == 1 and entry["ledger"]["images_per_class_per_epoch"] == 1.0
+    assert run.evaluation("Whole dataset", [90.0], ipc=None)["ipc"] is None
+    assert run.finish("DM", [50.0, 52.0], evaluations=[entry])["evaluations"] == [entry]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.utils import REPO_ROOT
-from .params import KNOWN, Rule, check_rules, rule_names
+from .params import KNOWN, Rule, as_constraint, check_rules, rule_names
 
 __all__ = ["ParamInfo", "notebook_parameters", "parameters_source", "papermill_blind_spots", "notebook_spec",
            "notebook_rules", "check_run", "check_key", "check_value", "default_notebooks_dir"]
@@ -142,7 +142,8 @@ def notebook_spec(path: str | os.PathLike) -> dict[str, Rule]:
         stray = sorted(set(checks) - set(params))
         if stray:
             raise ValueError(f"notebook {path.name}: CHECKS constrains {stray}, which its parameters cell lacks")
-        _SPEC_CACHE[cache_key] = {k: _rule(i, checks.get(k, KNOWN.get(k))) for k, i in params.items()}
+        _SPEC_CACHE[cache_key] = {k: _rule(i, as_constraint(checks[k]) if k in checks else KNOWN.get(k))
+                                  for k, i in params.items()}
     return _SPEC_CACHE[cache_key]
 
 

@@ -3,13 +3,15 @@ cell, the keys the kit knows (:data:`KNOWN`: ``dataset``, ``ipc``, ``seed``, ``l
 carry their constraints wherever they appear, a notebook declares only its own keys' constraints and its
 cross-key rules, and one call checks everything before compute::
 
-    CHECKS = {"lambda_cc": Range(0), "cc_form": Choice("squared", "exp")}
+    CHECKS = {"lambda_cc": "[0, inf)", "cc_form": ["squared", "exp"]}
     RULES = {"not use_cm or ipc * factor ** 2 >= 2": "the covariance term needs 2 samples per class"}
     P = check_params(globals(), CHECKS, RULES)
 
 Every key of the parameters cell must hold a value of its default's type (an int is fine for a float
 key) that its constraint allows; a key papermill injected that the parameters cell does not have (a typo
-in a sweep file) is an error too. A rule is a Python expression over the parameter names (comparisons,
+in a sweep file) is an error too. A constraint is written as a literal (:func:`as_constraint`: an interval
+``"[0, 1)"`` or a list of the allowed values) or as a constraint object (:class:`Range`, :class:`Choice`,
+:class:`Model`, ...). A rule is a Python expression over the parameter names (comparisons,
 arithmetic, ``and``/``or``/``not``, ``len``/``min``/``max``/``set``) that must hold. Errors are
 ``ValueError`` naming the key, the bad value and what is allowed. A constraint's arguments are literals or
 names imported from ddkit and rules are text, so a sweep reads the same declaration from the notebook file
@@ -26,7 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 __all__ = ["Range", "Choice", "Dataset", "Model", "Device", "RunName", "Augment", "ExistingFile", "Rule",
-           "KNOWN", "Params", "check_params", "check_rules", "parameters_cell"]
+           "KNOWN", "Params", "as_constraint", "check_params", "check_rules", "parameters_cell"]
 
 
 class Constraint:
@@ -142,6 +144,29 @@ class ExistingFile(_Text):
 
     def text_problem(self, v):
         return None if not v or Path(v).is_file() else ": no such checkpoint file"
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf)"
+_INTERVAL = re.compile(rf"\s*([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])])\s*")
+
+
+def as_constraint(check) -> Constraint:
+    """A constraint from its literal form: an interval string in the usual notation (``"[0, inf)"``: at
+    least 0; ``"(0, inf)"``: positive; ``"[0, 1)"``; ``inf`` / ``-inf`` for no bound) is a :class:`Range`,
+    a list or tuple of values is a :class:`Choice`, a constraint object is itself."""
+    if isinstance(check, Constraint):
+        return check
+    if isinstance(check, (list, tuple)):
+        return Choice(*check)
+    if isinstance(check, str) and (m := _INTERVAL.fullmatch(check)):
+        lo, hi = float(m[2]), float(m[3])
+        if lo > hi:
+            raise ValueError(f"interval {check!r}: the lower bound is above the upper one")
+        bound = lambda x: None if math.isinf(x) else (int(x) if x.is_integer() else x)  # noqa: E731
+        return Range(bound(lo), bound(hi), lo_open=m[1] == "(" and bound(lo) is not None,
+                     hi_open=m[4] == ")" and bound(hi) is not None)
+    raise ValueError(f"constraint {check!r}: write an interval such as '[0, inf)' or '(0, 1]', a list of the "
+                     f"allowed values, or a constraint object (Range, Choice, Model, ...)")
 
 
 #: Constraints of the keys the kit knows, applied wherever a notebook's parameters cell has the key (a
@@ -282,7 +307,7 @@ def check_params(namespace: dict, checks: dict | None = None, rules: dict | None
     missing = [k for k in defaults if k not in values]
     if missing:
         raise ValueError(f"parameter(s) {missing} missing from the parameters cell")
-    checks = {**KNOWN, **checks}
+    checks = {**KNOWN, **{k: as_constraint(c) for k, c in checks.items()}}
     params = {k: Rule.of(d, checks.get(k)).validate(k, values[k]) for k, d in defaults.items()}
     check_rules(params, rules or {})
     return Params(**params)

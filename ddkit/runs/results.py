@@ -235,7 +235,7 @@ class Run:
         run = Run(P, "03_iid", suffix=P.base)    # right after check_params: device, determinism, seed, folder
         distill(..., device=run.device, checkpoint=run.checkpoint("iid"))
         run.save_set(syn); run.save_figures({"images.png": fig})     # synset.pt, figures
-        rec = run.finish("IID", res, evaluations=[...], **fields)     # result.json, atomically
+        rec = run.finish("IID", res, evaluations=[run.evaluation("IID", res, ledger=run.ledger(10, images=x))])
 
     Opening resolves ``params["device"]``, applies ``params["deterministic"]``
     (``ddkit.core.utils.set_deterministic``), seeds every RNG with ``params["seed"]``, creates
@@ -289,6 +289,15 @@ class Run:
         """Save ``{file name: figure}`` in the run folder with :func:`save_figure` (None entries: figures
         the run did not draw, skipped); returns the paths written."""
         return [save_figure(fig, self.dir / name) for name, fig in figures.items() if fig is not None]
+
+    def evaluation(self, method: str, accs, **fields) -> dict:
+        """One entry of ``result.json``'s ``evaluations`` (:func:`evaluation_entry`); ``ipc``
+        defaults to the run's (``ipc=None``: a set without an IPC, such as the whole training data)."""
+        fields.setdefault("ipc", self.params.get("ipc"))
+        return evaluation_entry(method, accs, **fields)
+
+    #: What a set costs and what its evaluation network sees (:func:`budget_ledger`), an entry's ``ledger``.
+    ledger = staticmethod(budget_ledger)
 
     def finish(self, method: str, accs, *, evaluations: list | None = None, **extra) -> dict:
         """Write ``result.json`` atomically (:func:`write_result`) and print where it is with its headline.
