@@ -117,19 +117,21 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
                    compile, amp):
         return distill_on_device(syn, data, objective, pool, iterations, lr_img, momentum, batch_real, aug, seed,
                                  dev, clamp, checkpoint, checkpoint_every, progress, desc)
-    g_data = make_generator(seed, "cpu")
-    g_aug = make_generator(seed + 1, dev)
-    g_pool = make_generator(seed + 2, "cpu")
+    g_data, g_aug, g_pool = make_generator(seed, "cpu"), make_generator(seed + 1, dev), \
+        make_generator(seed + 2, "cpu")
     opt = torch.optim.SGD([syn.images], lr=lr_img, momentum=momentum)
     extra_state = extra_state or {}
     gens = {"g_data": g_data, "g_aug": g_aug, "g_pool": g_pool}
     history, start = _resume(checkpoint, iterations, syn, opt, gens, extra_state, pool, dev)
     k = data.num_classes
     shard = ClassShard(k, syn.ipc, replicate=getattr(objective, "couples_classes", False))
-    progress = progress and shard.group.is_main
+    step = _ImageStep(image_step, objective, syn, opt, aug, k, shard, clamp,
+                      (lambda: autocast(amp, dev), grad_scaler(amp, dev)))
     use_compile = _loop_compile(compile, pool, data, syn, batch_real, iterations - start)
     channels_last = resolve_channels_last(channels_last, use_compile)
-    precision = (lambda: autocast(amp, dev), grad_scaler(amp, dev))
+    save = (lambda done: _save(checkpoint, done, history, syn, opt, gens, extra_state, pool, shard)) \
+        if checkpoint is not None else None
+    progress = progress and shard.group.is_main
     bar = tqdm(range(start, iterations), desc=desc, disable=not progress, initial=start, total=iterations)
     for it in bar:
         net = fast_view(pool.draw(g_pool), use_compile, channels_last)
@@ -137,23 +139,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         p = aug.sample(k, generator=g_aug, device=dev) if aug is not None else None
         if aug is not None:
             x_real = aug.apply(x_real, p, y_real)
-        if image_step == "joint":
-            batch = _syn_batch(syn, shard.rows(), net, x_real, y_real, aug, p, it, k)
-            terms = _step(objective, batch, opt, syn, clamp, precision)
-        else:
-            _clamp(syn, clamp)
-            per_class_terms = []
-            real_rows = real_class_rows(y_real, shard.classes)
-            for c in range(k):  # the reference's class loop: decode, augment, loss, step on all rows
-                if c not in shard.classes:  # another rank's class: its step moves this rank's rows by momentum
-                    _zero_gradient_step(opt, syn)
-                    continue
-                real_c = real_rows[c]
-                batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], aug, p, it, k)
-                per_class_terms.append(_step(objective, batch, opt, syn, None, precision))
-            terms = {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}
-        shard.sync(syn.images)
-        terms = shard.reduce_terms(terms)
+        terms, batch = step(net, x_real, y_real, p, it)
         if hasattr(pool, "after_iteration"):
             pool.after_iteration(data, g_pool)
         if after_step is not None:
@@ -161,15 +147,68 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
         history.append({name: float(v.detach() if torch.is_tensor(v) else v) for name, v in terms.items()})
         if progress and it % 10 == 0:
             bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
-        if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-            _save(checkpoint, it + 1, history, syn, opt, gens, extra_state, pool, shard)
-        if checkpoint is not None and it + 1 < iterations and shard.group.world_size == 1 and timebox.expired():
-            if (it + 1) % checkpoint_every:
-                _save(checkpoint, it + 1, history, syn, opt, gens, extra_state, pool, shard)
-            raise timebox.stop_loop(it + 1, iterations, str(checkpoint))
-    if image_step == "per_class":
-        _clamp(syn, clamp)
+        if save is not None:
+            _checkpoint_or_stop(save, it + 1, iterations, checkpoint_every, checkpoint, shard)
+    step.finish()
     return history
+
+
+class _ImageStep:
+    """One iteration's image update of :func:`distill` after the real batch is drawn: ``"joint"`` (one
+    step on the whole objective) or ``"per_class"`` (the reference's class loop, one step per class), on
+    this process's classes (:class:`ddkit.fast.distributed.ClassShard`; every class in one process),
+    then the rows synced from their owners and the logged terms summed over processes.
+    ``precision``: ``(autocast context, grad scaler)`` of the ``amp`` flag."""
+
+    def __init__(self, image_step: str, objective, syn: SyntheticSet, opt, aug, num_classes: int, shard, clamp,
+                 precision):
+        self.joint, self.objective, self.syn, self.opt = image_step == "joint", objective, syn, opt
+        self.num_classes = num_classes
+        self.aug, self.shard, self.clamp, self.precision = aug, shard, clamp, precision
+
+    def __call__(self, net, x_real, y_real, p, it: int) -> tuple:
+        """``(terms, last batch)`` of iteration ``it``."""
+        syn, shard = self.syn, self.shard
+        if self.joint:
+            batch = _syn_batch(syn, shard.rows(), net, x_real, y_real, self.aug, p, it, self.num_classes)
+            terms = _step(self.objective, batch, self.opt, syn, self.clamp, self.precision)
+        else:
+            terms, batch = self._class_loop(net, x_real, y_real, p, it)
+        shard.sync(syn.images)
+        return shard.reduce_terms(terms), batch
+
+    def _class_loop(self, net, x_real, y_real, p, it: int) -> tuple:
+        """The reference's class loop: for each class, decode, augment, loss, step on all rows (another
+        process's class: a zero-gradient step, so this process's rows move by their momentum)."""
+        syn, classes = self.syn, self.shard.classes
+        _clamp(syn, self.clamp)
+        per_class_terms, batch = [], None
+        real_rows = real_class_rows(y_real, classes)
+        for c in range(self.num_classes):
+            if c not in classes:
+                _zero_gradient_step(self.opt, syn)
+                continue
+            real_c = real_rows[c]
+            batch = _syn_batch(syn, class_rows(syn, c), net, x_real[real_c], y_real[real_c], self.aug, p, it,
+                               self.num_classes)
+            per_class_terms.append(_step(self.objective, batch, self.opt, syn, None, self.precision))
+        return {name: sum(t[name].detach() for t in per_class_terms) for name in per_class_terms[0]}, batch
+
+    def finish(self) -> None:
+        """With ``"per_class"`` the clamp runs before each class loop: once more, so the set ends in range."""
+        if not self.joint:
+            _clamp(self.syn, self.clamp)
+
+
+def _checkpoint_or_stop(save, done: int, iterations: int, every: int, checkpoint, shard) -> None:
+    """After ``done`` iterations: save every ``every`` iterations and at the end; past the time box
+    (``ddkit.core.timebox``, one process) save and raise ``TimeBoxReached``."""
+    if done % every == 0 or done == iterations:
+        save(done)
+    if done < iterations and shard.group.world_size == 1 and timebox.expired():
+        if done % every:
+            save(done)
+        raise timebox.stop_loop(done, iterations, str(checkpoint))
 
 
 def _resume(checkpoint, iterations: int, syn: SyntheticSet, opt, gens: dict, extra_state: dict, pool, dev) -> tuple:
