@@ -1,4 +1,4 @@
-"""The standard evaluation protocol (DC/DSA/DM ``evaluate_synset``) and cross-architecture tables.
+"""The standard evaluation protocol (DC/DSA/DM ``evaluate_synset``).
 
 Train ``num_models`` freshly initialised networks on the synthetic set only; report the test
 accuracy after the last epoch (no best-epoch selection); mean ± std over the networks.
@@ -190,55 +190,19 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                     graphs="auto") -> EvalResult:
     """Evaluate a synthetic set by the standard protocol (CONTRACT ``evaluate_synset``).
 
-    ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy). ``dsa``: True (the dataset's
-    strategy), False, a strategy string or a DSA object. Network ``i`` is initialised from seed
-    ``seed * 1000 + i``: the same seed on the same device gives the same accuracies.
+    Trains ``num_models`` fresh ``model`` networks on ``(x_syn, y_syn)`` only and returns their test
+    accuracies after the last epoch. ``y_syn``: (N,) ints or (N, K) soft labels (soft cross-entropy).
+    ``dsa``: True (the dataset's strategy), False, a strategy string or a DSA object. Network ``i`` is
+    initialised from seed ``seed * 1000 + i``: the same seed on the same device gives the same accuracies.
     ``batch_source`` (generator protocols) replaces ``x_syn``/``y_syn`` batches, see ``train_classifier``.
 
-    Model selection (module docstring; both 0 = off, the standard protocol unchanged):
-    ``eval_every_epochs`` tests every network every that many epochs and after the last
-    (``EvalResult.epoch_curve``; ``selection["best_test"]``, DiM's "test every 200 epochs, report the
-    best"). ``val_per_class`` holds out that many real training images per class (seed ``seed``) and
-    reports, in ``selection["best_val"]``, the test accuracy at the best validation checkpoint.
-    ``accs`` stays the last-epoch accuracy; checkpoints do not change training (same numbers).
-
-    Speed flags: ``compile`` True / False / "auto" trains and tests through one
-    ``torch.compile``d module per architecture and device, kept for the whole process: each
-    network's fresh weights (same seed rule, so the same initial weights as the plain path) are
-    loaded into it in place, so the graph is compiled once, not once per network; "auto"
-    compiles only when the expected eager work is large (``ddkit.fast.speed.COMPILE_AUTO_SECONDS``).
-    ``channels_last`` True / False / "auto" (default: on when compiled,
-    ``ddkit.fast.speed.resolve_channels_last``) feeds channels-last batches. Accuracies match the plain path within
-    training noise (float reassociation changes the SGD trajectory, not the distribution).
-
-    ``checkpoint``: a JSON file (:class:`ddkit.core.resume.UnitStore`); each finished network's results are
-    stored there atomically under a key of everything that determines them (the synthetic set, the
-    dataset, the model and every setting), and a re-run with the same key skips them (network
-    granularity: a kill loses at most the network in training). One file can serve many evaluations.
-    With a ``checkpoint`` and ``$DDKIT_DEADLINE`` passed (``ddkit.core.timebox``), the loop stops after the
-    network in training with ``TimeBoxReached``.
-
-    Under ``torchrun`` network ``i`` trains on rank ``i % world_size`` (same seed rule) and every rank
-    returns all accuracies, gathered in network order (:mod:`ddkit.fast.distributed`).
-
-    ``batched``: True / False / "auto" trains the N networks together, one vmapped pass per step
-    (:mod:`ddkit.fast.ensemble`; same initialisations and per-network draws, same accuracies up to float
-    reassociation) where ``graphs`` does not apply. "auto" does so on CUDA only (on a CPU the
-    one-by-one loop is faster: bench/README.md), and falls back to one by one when the architecture
-    has BatchNorm or buffers (vmap cannot update running statistics per network), ``compile`` is on
-    (the compiled path trains one module per architecture) or the run is distributed; True raises
-    where it cannot.
-    With a ``checkpoint`` the together path stores all N networks once they finish.
-    ``amp``: "off" (float32) / "bf16" / "fp16" autocast of the training and test forwards
-    (``ddkit.fast.speed.autocast``).
-    ``graphs``: True / False / "auto" trains the N networks together with each epoch captured in
-    one CUDA graph (:mod:`ddkit.fast.eval_graphs`: no host synchronisation inside training; shuffles and
-    DSA draws from the device's generator seeded ``seed``, so the same seed gives the same numbers on
-    the same device, and the accuracies agree with the one-by-one loop in distribution). "auto"
-    (default) does so on CUDA whenever it applies: the set given as tensors, no CutMix, ``amp`` off,
-    ``compile`` False or "auto" (the graph replaces the compiler), one process, a reference-style DSA (mode 'S') or none, and networks without
-    buffers, BatchNorm or dropout; True also runs it (uncaptured) on the CPU and raises where it
-    does not apply. ``settings["trainer"]`` records which loop trained the networks.
+    Model selection (module docstring): ``eval_every_epochs`` (DiM's "test every 200 epochs, report the
+    best") and ``val_per_class`` (a held-out real validation split); both 0 = the standard protocol.
+    ``checkpoint``: a JSON file where each finished network is stored, so that a re-run resumes.
+    Speed options, none of which changes the protocol: ``compile``, ``channels_last``, ``amp``,
+    ``batched`` (networks trained together, vmapped) and ``graphs`` (each epoch one CUDA graph); each
+    is described, with what it applies to, in docs/evaluation.md. ``settings["trainer"]`` records
+    which loop trained the networks.
     """
     _check_protocol_args(num_models, epochs, lr, batch_size, schedule, x_syn, y_syn, dataset, batch_source, checkpoint)
     check_amp(amp)
@@ -251,23 +215,13 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     data = dataset.to(dev)
     aug = _dsa_for(dsa, dataset)
     model_kw = dict(model_kw or {})
-    use_compile = compile
-    if compile == "auto":
-        probe = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
-        n = len(x_syn) if x_syn is not None else batch_size * (steps_per_epoch or 1)
-        steps = steps_per_epoch or -(-n // batch_size)
-        work = num_models * epochs * steps * min(n, batch_size) * 3 * forward_flops(
-            probe, (dataset.channels, *dataset.im_size))
-        use_compile = resolve_compile("auto", work, label="evaluate")
-    else:
-        use_compile = resolve_compile(compile)
+    use_compile = _eval_compile(compile, model, dataset, model_kw, x_syn, batch_size, steps_per_epoch,
+                                num_models * epochs)
     channels_last = resolve_channels_last(channels_last, use_compile)
     checkpoints = checkpoint_epochs(epochs, eval_every_epochs, val_per_class)
     val = validation_split(data, val_per_class, seed) if val_per_class else None
     group = current_group()
-    if checkpoint is not None and group.world_size > 1:       # one store per rank: no two writers per file
-        checkpoint = Path(checkpoint).with_suffix(f".rank{group.rank}{Path(checkpoint).suffix}")
-    store = None if checkpoint is None else UnitStore(checkpoint, settings_key(
+    store = _network_store(checkpoint, group.rank, group.world_size, settings_key(
         synset=tensor_digest(x_syn, y_syn), dataset=[dataset.name, dataset_fingerprint(dataset)], model=model,
         model_kw=model_kw, epochs=epochs, lr=lr, batch_size=batch_size, dsa=repr(aug), seed=seed, schedule=schedule,
         cutmix_p=cutmix_p, steps_per_epoch=steps_per_epoch, checkpoints=checkpoints, val_per_class=val_per_class,
@@ -278,12 +232,8 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
     captured = _use_graphs(graphs, dev, model, dataset, model_kw, aug, x_syn, batch_source, steps_per_epoch,
                            cutmix_p, amp, use_compile and compile != "auto", group.world_size)
     use_compile = use_compile and not captured        # "auto": the captured epoch needs no compiler
-    wanted = batched is True or (batched == "auto" and dev.type == "cuda")
-    together = (wanted and not captured and not use_compile and group.world_size == 1
-                and _together_ok(model, dataset, model_kw, num_models))
-    if batched is True and not together:
-        raise ValueError(f"batched=True: {model} cannot be trained together here (needs num_models >= 2, no "
-                         f"BatchNorm or buffers, compile off, one process); use batched='auto' or False")
+    together = _use_together(batched, dev, captured, use_compile, group.world_size, model, dataset, model_kw,
+                             num_models)
     mine = _finished_networks(store, my_items(num_models))  # network -> (accuracy, checkpoints) of this rank
     if captured and len(mine) < num_models:    # the unfinished networks, together; draws seeded by the first
         todo = [i for i in range(num_models) if i not in mine]
@@ -292,52 +242,93 @@ def evaluate_synset(x_syn, y_syn, dataset, model: str = "ConvNet", num_models: i
                                           schedule=schedule, seed=seed * 1000 + todo[0],
                                           test=(data.x_test, data.y_test), checkpoints=checkpoints, val=val,
                                           capture=dev.type == "cuda")
-        for i, acc, points in zip(todo, c_accs, c_points):
-            mine[i] = (acc, points)
-            if store is not None:
-                store.put(i, {"acc": acc, "points": points})
+        _keep(mine, store, zip(todo, zip(c_accs, c_points)))
     elif together and len(mine) < num_models:
         t_accs, t_points = _evaluate_together(model, dataset, model_kw, num_models, seed, dev, data, val,
                                               checkpoints, x_syn, y_syn, train_kw)
-        mine = dict(enumerate(zip(t_accs, t_points)))
-        for i, (acc, points) in mine.items():
-            if store is not None:
-                store.put(i, {"acc": acc, "points": points})
+        mine = {}
+        _keep(mine, store, enumerate(zip(t_accs, t_points)))
     todo = [] if together or captured else [i for i in my_items(num_models) if i not in mine]
     for i in tqdm(todo, desc=f"eval {model}", disable=not progress, leave=False):
-        run_seed = seed * 1000 + i
-        net = _fresh_net(model, dataset, model_kw, run_seed, dev)
+        net = _fresh_net(model, dataset, model_kw, seed * 1000 + i, dev)
         if use_compile:  # the process-wide module of this architecture, with this network's weights
             shared = _shared_net(model, dataset, model_kw, dev)
             shared.load_state_dict(net.state_dict())
             net = shared
-        gen = make_generator(run_seed, dev)
         points, on_epoch_end = _checkpoint_recorder(net, data, val, checkpoints, compile=use_compile,
                                                     channels_last=channels_last, amp=amp)
-        train_classifier(net, x_syn, y_syn, generator=gen, compile=use_compile, channels_last=channels_last,
-                         on_epoch_end=on_epoch_end, **train_kw)
-        mine[i] = (points[-1]["test"] if points else
-                   accuracy(net, data.x_test, data.y_test, compile=use_compile, channels_last=channels_last, amp=amp),
-                   points)
-        if store is not None:
-            store.put(i, {"acc": mine[i][0], "points": points})
-            if len(mine) < num_models and group.world_size == 1 and timebox.expired():
-                raise timebox.stop_loop(len(mine), num_models, f"evaluation, {checkpoint}", unit="network")
-    gathered = gather_in_order(num_models, mine)
-    accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
+        train_classifier(net, x_syn, y_syn, generator=make_generator(seed * 1000 + i, dev), compile=use_compile,
+                         channels_last=channels_last, on_epoch_end=on_epoch_end, **train_kw)
+        acc = points[-1]["test"] if points else accuracy(net, data.x_test, data.y_test, compile=use_compile,
+                                                         channels_last=channels_last, amp=amp)
+        _keep(mine, store, [(i, (acc, points))])
+        if store is not None and len(mine) < num_models and group.world_size == 1 and timebox.expired():
+            raise timebox.stop_loop(len(mine), num_models, f"evaluation, {checkpoint}", unit="network")
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, dsa=aug.strategy if aug else "none",
                     schedule=schedule, cutmix_p=cutmix_p, num_models=num_models, seed=seed,
                     trainer="graphs" if captured else "together" if together else "one_by_one")
+    return _result(gather_in_order(num_models, mine), model, settings, amp, y_syn, checkpoints,
+                   eval_every_epochs, val_per_class, val is not None)
+
+
+def _eval_compile(compile, model, dataset, model_kw, x_syn, batch_size, steps_per_epoch, network_epochs) -> bool:
+    """``compile`` True / False / "auto" resolved; "auto" compiles when the expected eager training work
+    (``network_epochs`` epochs of forward + backward) is large (``ddkit.fast.speed.resolve_compile``)."""
+    if compile != "auto":
+        return resolve_compile(compile)
+    probe = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, **model_kw)
+    n = len(x_syn) if x_syn is not None else batch_size * (steps_per_epoch or 1)
+    steps = steps_per_epoch or -(-n // batch_size)
+    work = network_epochs * steps * min(n, batch_size) * 3 * forward_flops(probe, (dataset.channels,
+                                                                                  *dataset.im_size))
+    return resolve_compile("auto", work, label="evaluate")
+
+
+def _network_store(checkpoint, rank: int, world_size: int, key):
+    """The evaluation checkpoint (:class:`ddkit.core.resume.UnitStore`) under ``key``, one file per rank
+    when distributed (no two writers per file); None without a ``checkpoint``."""
+    if checkpoint is None:
+        return None
+    if world_size > 1:
+        checkpoint = Path(checkpoint).with_suffix(f".rank{rank}{Path(checkpoint).suffix}")
+    return UnitStore(checkpoint, key)
+
+
+def _use_together(batched, dev, captured: bool, use_compile: bool, world_size: int, model, dataset, model_kw,
+                  num_models: int) -> bool:
+    """Whether the networks train together in one vmapped pass (``batched`` True / False / "auto":
+    "auto" on CUDA only); True where it cannot is a ValueError naming the conditions."""
+    wanted = batched is True or (batched == "auto" and dev.type == "cuda")
+    together = (wanted and not captured and not use_compile and world_size == 1
+                and _together_ok(model, dataset, model_kw, num_models))
+    if batched is True and not together:
+        raise ValueError(f"batched=True: {model} cannot be trained together here (needs num_models >= 2, no "
+                         f"BatchNorm or buffers, compile off, one process); use batched='auto' or False")
+    return together
+
+
+def _keep(mine: dict, store, finished) -> None:
+    """Record finished networks ``(i, (accuracy, checkpoints))`` in ``mine`` and in the checkpoint ``store``."""
+    for i, (acc, points) in finished:
+        mine[i] = (acc, points)
+        if store is not None:
+            store.put(i, {"acc": acc, "points": points})
+
+
+def _result(gathered, model, settings: dict, amp, y_syn, checkpoints, eval_every_epochs, val_per_class,
+            has_val: bool) -> EvalResult:
+    """The :class:`EvalResult` of the gathered ``(accuracy, checkpoints)`` per network."""
+    accs, per_net = [acc for acc, _ in gathered], [points for _, points in gathered]
     if amp != "off":
         settings["amp"] = amp
     if y_syn is not None:
         settings["labels"] = "soft" if y_syn.dim() == 2 else "hard"
     if not checkpoints:
         return EvalResult(accs, model, settings)
-    settings.update(eval_every_epochs=eval_every_epochs or max(1, epochs // 10), val_per_class=val_per_class)
+    settings.update(eval_every_epochs=eval_every_epochs or max(1, settings["epochs"] // 10), val_per_class=val_per_class)
     curve = [{"epoch": e, "test": [p[k]["test"] for p in per_net]}
-             | ({"val": [p[k]["val"] for p in per_net]} if val else {}) for k, e in enumerate(checkpoints)]
-    return EvalResult(accs, model, settings, curve, _select(curve, num_models, val is not None))
+             | ({"val": [p[k]["val"] for p in per_net]} if has_val else {}) for k, e in enumerate(checkpoints)]
+    return EvalResult(accs, model, settings, curve, _select(curve, len(accs), has_val))
 
 
 def _use_graphs(graphs, dev, model, dataset, model_kw, aug, x_syn, batch_source, steps_per_epoch, cutmix_p, amp,
@@ -415,15 +406,3 @@ def _shared_net(model: str, dataset, model_kw: dict, dev):
         _SHARED_NETS[key] = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size,
                                       **model_kw).to(dev)
     return _SHARED_NETS[key]
-
-
-def cross_arch_eval(x_syn, y_syn, dataset, models=("ConvNet", "ResNet18", "AlexNet", "VGG11"), **kw):
-    """Evaluate one synthetic set on several architectures; returns a DataFrame
-    (model, mean, std, accs), one row per architecture (cross-architecture tables)."""
-    import pandas as pd
-
-    rows = []
-    for name in models:
-        r = evaluate_synset(x_syn, y_syn, dataset, model=name, **kw)
-        rows.append({"model": name, "mean": r.mean, "std": r.std, "accs": r.accs})
-    return pd.DataFrame(rows)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkit.evaluate import PROTOCOLS, cross_arch_eval, evaluate_synset
+from ddkit.evaluate import PROTOCOLS, evaluate_synset
 from ddkit.models import get_model
 from ddkit.train import accuracy, soft_cross_entropy, train_classifier, train_steps
 
@@ -96,12 +96,6 @@ def test_bad_synsets_fail_clearly(tiny_ds):
         evaluate_synset(x, torch.full((4, 10), 0.1), tiny_ds, progress=False, graphs=False)
     with pytest.raises(ValueError, match="needs"):
         evaluate_synset(torch.zeros(4, 3, 32, 32), tiny_ds.y_train[:4], tiny_ds, progress=False, graphs=False)
-
-
-def test_cross_arch_table(tiny_ds):
-    df = cross_arch_eval(tiny_ds.x_train[::8], tiny_ds.y_train[::8], tiny_ds, models=("ConvNet", "MLP"),
-                         num_models=1, epochs=2, progress=False)
-    assert list(df["model"]) == ["ConvNet", "MLP"] and set(df.columns) >= {"mean", "std", "accs"}
 
 
 def test_train_steps_changes_weights_and_accuracy_in_range(tiny_ds):

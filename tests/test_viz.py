@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from ddkit.data import ImageDataset  # noqa: E402
-from ddkit.runs.viz import image_grid, loss_curves, term_panels  # noqa: E402
+from ddkit.runs.viz import image_grid, term_panels  # noqa: E402
 
 
 def _ds():
@@ -28,12 +28,6 @@ def test_term_panels_one_panel_per_term_and_skips_missing_terms():
     assert [len(line.get_xdata()) for line in ax_x.lines] == [2, 2]
     assert [len(line.get_xdata()) for line in ax_y.lines] == [1]       # only "a" logged y, once
     assert ax_x.get_title() == "stage x"
-
-
-def test_loss_curves_smooths_and_logs():
-    fig = loss_curves({"DM": [{"loss": float(v)} for v in range(1, 11)]}, smooth=5)
-    (line,) = fig.axes[0].lines
-    assert len(line.get_xdata()) == 6 and fig.axes[0].get_yscale() == "log"
 
 
 def test_tile_places_images_row_by_row_with_white_padding():

@@ -76,23 +76,6 @@ def _moving_average(v: np.ndarray, smooth: int) -> np.ndarray:
     return v
 
 
-def loss_curves(histories: dict, keys=None, smooth: int = 1, logy: bool = True, title: str = "loss"):
-    """Plot named histories (``{label: [ {term: value}, ...]}``), one line per label and term."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, hist in histories.items():
-        terms = keys or [k for k in hist[0]] if hist else []
-        for term in terms:
-            v = _moving_average(np.array([h[term] for h in hist], dtype=float), smooth)
-            ax.plot(v, label=f"{label}: {term}" if len(histories) > 1 or len(terms) > 1 else term)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def tsne_plot(groups: dict, seed: int = 0, title: str = "t-SNE", perplexity: float = 30.0):
     """t-SNE of several feature sets in one embedding: ``{name: (features (N, D), labels (N,))}``.
 
@@ -125,7 +108,7 @@ def tsne_plot(groups: dict, seed: int = 0, title: str = "t-SNE", perplexity: flo
 def term_panels(histories: dict, keys, title="", smooth: int = 1):
     """Loss curves on a linear scale, one subplot per term (``keys``), one line per named history
     (a list of dicts; entries without the term are skipped), e.g. a GAN's critic and generator
-    losses, which change sign. :func:`loss_curves` puts every term on one log-scale axis."""
+    losses, which change sign."""
     keys = [keys] if isinstance(keys, str) else list(keys)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
