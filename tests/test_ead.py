@@ -48,7 +48,7 @@ def small(mnist):
 @pytest.fixture(scope="module")
 def traj(small, tmp_path_factory):
     d = tmp_path_factory.mktemp("res")
-    return get_trajectory(small, "ConvNet", epochs=2, batch_size=50, lr=0.05, model_kw=SMALL, seed=0,
+    return Trajectory.get(small, "ConvNet", epochs=2, batch_size=50, lr=0.05, model_kw=SMALL, seed=0,
                           results_dir=str(d), progress=False)
 
 
@@ -67,22 +67,22 @@ def test_trajectory_contents(traj, small):
 
 def test_trajectory_cache_reused(small, tmp_path, monkeypatch):
     kw = dict(epochs=1, batch_size=100, lr=0.05, model_kw=SMALL, seed=3, results_dir=str(tmp_path), progress=False)
-    first = get_trajectory(small, "ConvNet", **kw)
+    first = Trajectory.get(small, "ConvNet", **kw)
     assert first.path is not None and first.path.parent == tmp_path / "trajectories" and first.path.exists()
 
     def boom(*a, **k):
         raise AssertionError("retrained although the cache matched")
 
     monkeypatch.setattr(trajmod, "train_trajectory", boom)
-    again = get_trajectory(small, "ConvNet", **kw)
+    again = Trajectory.get(small, "ConvNet", **kw)
     assert again.path == first.path
     for a, b in zip(first.states, again.states):
         assert all(torch.equal(a[k], b[k]) for k in a)
     # another key (seed, schedule) -> another file, i.e. a (monkeypatched) retrain
     with pytest.raises(AssertionError, match="retrained"):
-        get_trajectory(small, "ConvNet", **{**kw, "seed": 4})
+        Trajectory.get(small, "ConvNet", **{**kw, "seed": 4})
     with pytest.raises(AssertionError, match="retrained"):
-        get_trajectory(small, "ConvNet", **{**kw, "schedule": "cosine"})
+        Trajectory.get(small, "ConvNet", **{**kw, "schedule": "cosine"})
 
 
 def test_trajectory_foreign_or_corrupt_file(small, traj, tmp_path):
@@ -93,15 +93,15 @@ def test_trajectory_foreign_or_corrupt_file(small, traj, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
-        get_trajectory(small, "ConvNet", **kw)
+        Trajectory.get(small, "ConvNet", **kw)
     # a valid ddkit file holding another key at this name
     atomic_torch_save(traj.to_dict(), path)
     with pytest.raises(ValueError, match="was made for"):
-        get_trajectory(small, "ConvNet", **kw)
+        Trajectory.get(small, "ConvNet", **kw)
     # a ddkit checkpoint that is not a trajectory
     atomic_torch_save({"meta": {"dataset": "mnist5k"}, "x": torch.zeros(1)}, path)
     with pytest.raises(ValueError):
-        load_trajectory(path)
+        Trajectory.load(path)
 
 
 def test_trajectory_for_another_dataset_or_architecture(traj, small):
@@ -111,7 +111,7 @@ def test_trajectory_for_another_dataset_or_architecture(traj, small):
     with pytest.raises(ValueError, match="architecture"):
         traj.check_compatible(small, "ResNet18")
     with pytest.raises(ValueError, match="dataset"):
-        load_trajectory(traj.path, dataset=other)
+        Trajectory.load(traj.path, dataset=other)
     traj.check_compatible(small, "convnet")  # same architecture, case-insensitive
 
 

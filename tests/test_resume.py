@@ -18,7 +18,7 @@ from ddkit.methods import pools as poolmod
 from ddkit.methods import trajectory as trajmod
 from ddkit.methods.ead import EADSynSet, distill_ead
 from ddkit.methods.pools import PretrainedPool
-from ddkit.methods.trajectory import get_trajectory, train_trajectory
+from ddkit.methods.trajectory import Trajectory
 
 SMALL = {"width": 8}
 
@@ -50,21 +50,21 @@ def small(mnist5k):
 
 @pytest.fixture(scope="module")
 def traj(small, tmp_path_factory):
-    return get_trajectory(small, "ConvNet", epochs=1, batch_size=25, lr=0.05, model_kw=SMALL, seed=0,
+    return Trajectory.get(small, "ConvNet", epochs=1, batch_size=25, lr=0.05, model_kw=SMALL, seed=0,
                           results_dir=str(tmp_path_factory.mktemp("res")), progress=False)
 
 
 # ------------------------------------------------------------------------------ trajectory training
 def test_trajectory_training_resumes_to_the_uninterrupted_run(small, tmp_path, monkeypatch):
     kw = dict(epochs=2, batch_size=25, lr=0.05, model_kw=SMALL, seed=3, progress=False)  # 4 steps per epoch
-    full = train_trajectory(small, "ConvNet", **kw)
+    full = Trajectory.train(small, "ConvNet", **kw)
     ck = tmp_path / "traj.partial.pt"
     with monkeypatch.context() as m:
         stop_after(m, trajmod, "lr_at", 5)  # one lr_at call per step: killed in step 6, mid-epoch 2
         with pytest.raises(Stop):
-            train_trajectory(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
+            Trajectory.train(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
     assert ck.is_file()
-    again = train_trajectory(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
+    again = Trajectory.train(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
     assert torch.equal(again.losses, full.losses) and torch.equal(again.steps, full.steps)
     assert torch.equal(again.lrs, full.lrs) and len(again.states) == len(full.states)
     for a, b in zip(again.states + [again.final], full.states + [full.final]):
@@ -77,10 +77,10 @@ def test_get_trajectory_keeps_a_partial_run_and_removes_it_when_done(small, tmp_
     with monkeypatch.context() as m:
         stop_after(m, trajmod, "lr_at", 2)
         with pytest.raises(Stop):
-            get_trajectory(small, "ConvNet", **kw)
+            Trajectory.get(small, "ConvNet", **kw)
     (partial,) = (tmp_path / "trajectories").glob("*.partial.pt")
     seen = stop_after(monkeypatch, trajmod, "lr_at", 10 ** 6)
-    traj = get_trajectory(small, "ConvNet", **kw)
+    traj = Trajectory.get(small, "ConvNet", **kw)
     assert seen["n"] == 2, "the resumed run trains only the 2 remaining of 4 steps"
     assert not partial.exists() and traj.path.is_file() and len(traj) == 4
 
@@ -91,9 +91,9 @@ def test_trajectory_checkpoint_of_another_key_is_refused(small, tmp_path, monkey
     with monkeypatch.context() as m:
         stop_after(m, trajmod, "lr_at", 2)
         with pytest.raises(Stop):
-            train_trajectory(small, "ConvNet", seed=0, checkpoint=ck, checkpoint_every=1, **kw)
+            Trajectory.train(small, "ConvNet", seed=0, checkpoint=ck, checkpoint_every=1, **kw)
     with pytest.raises(ValueError, match="seed=0.*seed=1"):
-        train_trajectory(small, "ConvNet", seed=1, checkpoint=ck, **kw)
+        Trajectory.train(small, "ConvNet", seed=1, checkpoint=ck, **kw)
 
 
 # ------------------------------------------------------------------------------ EAD updates
