@@ -110,16 +110,16 @@ def _comparable(hist):
 
 
 def test_ead_resumes_to_the_uninterrupted_run(small, traj, tmp_path, monkeypatch):
-    mon = eadmod.make_monitor(small, traj, batch_probe=8, batch_real=8, every=2, num_checkpoints=2)
-    full, h_full = _ead(small, traj, monitor=mon)
+    mon = dict(monitor_every=2, monitor_checkpoints=2)  # the fixed monitor set, evaluated every 2 updates
+    full, h_full = _ead(small, traj, **mon)
     ck = tmp_path / "ead.pt"
     with monkeypatch.context() as m:
         stop_after(m, eadmod, "ead_objective", 3)  # killed in update 4; the checkpoint holds updates 1-2
         with pytest.raises(Stop):
-            _ead(small, traj, ck, monitor=mon)
+            _ead(small, traj, ck, **mon)
     assert torch.load(ck, weights_only=True)["iteration"] == 2
     seen = stop_after(monkeypatch, eadmod, "ead_objective", 10 ** 6)
-    again, h_again = _ead(small, traj, ck, monitor=mon)
+    again, h_again = _ead(small, traj, ck, **mon)
     assert seen["n"] == 3, "updates 3-5 only"
     assert torch.equal(again.images, full.images) and torch.equal(again.label_logits, full.label_logits)
     assert _comparable(h_again) == _comparable(h_full)
