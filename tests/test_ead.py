@@ -397,7 +397,7 @@ def test_label_entropy():
     assert label_entropy(torch.eye(4)) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_effect_over_draws_reproduces_algorithm_1_draws(traj, small):
+def test_over_draws_reproduces_algorithm_1_draws(traj, small):
     """Each draw is one update's (probe batch, disjoint real batch, t_m checkpoints), from the seed."""
     net = traj.build_model().train()
     x, y = small.sample_classes(2, generator=make_generator(0))
@@ -433,7 +433,7 @@ def _record(seed, ipc, accs):
             "evaluations": [{"method": m, "variant": v, "ipc": ipc, "accs": a} for (m, v), a in accs.items()]}
 
 
-def test_evidence_summary_by_hand():
+def test_evidence_by_hand():
     init = ("random real", "teacher soft labels (EAD init)")
     assert " / ".join(init) == INIT_LABEL
     recs = [_record(0, 1, {("EAD", "paper Eq. 7"): [50.0, 52.0], init: [50.0, 50.0]}),

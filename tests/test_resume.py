@@ -71,7 +71,7 @@ def test_trajectory_training_resumes_to_the_uninterrupted_run(small, tmp_path, m
         assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_get_trajectory_keeps_a_partial_run_and_removes_it_when_done(small, tmp_path, monkeypatch):
+def test_trajectory_get_keeps_a_partial_run_and_removes_it_when_done(small, tmp_path, monkeypatch):
     kw = dict(epochs=1, batch_size=25, lr=0.05, model_kw=SMALL, seed=4, results_dir=str(tmp_path), progress=False,
               checkpoint_every=1)
     with monkeypatch.context() as m:
