@@ -16,7 +16,7 @@ from bench import alternate, bench_dataset, ratio_summary, summary
 def run(quick: bool = False, iters: int = 1) -> dict:
     try:
         from ddkit.methods.ead import EADSynSet, distill_ead
-        from ddkit.methods.trajectory import train_trajectory
+        from ddkit.methods.trajectory import Trajectory
     except ImportError as e:
         return {"skipped": f"ddkit.methods.ead / ddkit.methods.trajectory not available ({e})"}
     from ddkit.core.utils import make_generator
@@ -27,7 +27,7 @@ def run(quick: bool = False, iters: int = 1) -> dict:
     idx = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(0))[:2048]
     small = ImageDataset(ds.name, ds.x_train[idx], ds.y_train[idx], ds.x_test[:1000], ds.y_test[:1000], ds.mean,
                          ds.std, ds.classes, ds.dsa_strategy)
-    traj = train_trajectory(small, "ConvNet", epochs=1, batch_size=256, save_every=1, seed=0, progress=False)
+    traj = Trajectory.train(small, "ConvNet", epochs=1, batch_size=256, save_every=1, seed=0, progress=False)
     teacher = traj.teacher()
     syn0 = EADSynSet.init_real(ds, 10, teacher, generator=make_generator(0))
 

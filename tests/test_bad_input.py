@@ -33,7 +33,7 @@ from ddkit.losses import (PrototypeBank, class_centralization_loss, class_protot
 from ddkit.batch.sweep import expand
 from ddkit.core.utils import atomic_torch_save, make_generator, resolve_device, safe_torch_load
 from ddkit.methods.pools import PretrainedPool, RandomPool
-from ddkit.methods.trajectory import load_trajectory, train_trajectory
+from ddkit.methods.trajectory import Trajectory
 from ddkit.models import get_model
 from ddkit.runs.params import check_params
 from ddkit.runs.results import load_synset, read_result, save_synset
@@ -51,7 +51,7 @@ def ctx(mnist5k, tmp_path_factory):
     x, y = ds.x_train[:10], ds.y_train[:10]
     pool = PretrainedPool("ConvNet", ds, num_models=1, epochs=1, train_per_class=2, cache_dir=tmp / "pools",
                           progress=False, test_samples=0, **SMALL)
-    traj = train_trajectory(ds, "ConvNet", epochs=1, batch_size=30, lr=0.05, model_kw=SMALL, progress=False)
+    traj = Trajectory.train(ds, "ConvNet", epochs=1, batch_size=30, lr=0.05, model_kw=SMALL, progress=False)
     traj.save(tmp / "traj.pt")
     save_synset(tmp, x, y, dataset=ds.name, ipc=1)
     (tmp / "truncated.pt").write_bytes((tmp / "synset.pt").read_bytes()[:200])
@@ -223,16 +223,16 @@ CASES = [
     ("pool file of another architecture", lambda c: PretrainedPool(
         "MLP", c["ds"], num_models=1, epochs=1, path=c["pool"].path, train_per_class=2, progress=False),
      ValueError, r"model='ConvNet'.*model='MLP'"),
-    ("truncated trajectory", lambda c: load_trajectory(c["tmp"] / "truncated.pt"), ValueError,
+    ("truncated trajectory", lambda c: Trajectory.load(c["tmp"] / "truncated.pt"), ValueError,
      r"truncated\.pt is not a readable"),
-    ("a synthetic set given as a trajectory", lambda c: load_trajectory(c["tmp"] / "synset.pt"), ValueError,
+    ("a synthetic set given as a trajectory", lambda c: Trajectory.load(c["tmp"] / "synset.pt"), ValueError,
      r"synset\.pt is not a ddkit trajectory"),
-    ("trajectory of another architecture", lambda c: load_trajectory(c["tmp"] / "traj.pt", model="ResNet18"),
+    ("trajectory of another architecture", lambda c: Trajectory.load(c["tmp"] / "traj.pt", model="ResNet18"),
      ValueError, r"'ConvNet'.*'ResNet18'"),
     ("trajectory from another ddkit version", lambda c: (
         atomic_torch_save({**c["traj"].to_dict(), "meta": {**c["traj"].meta, "format": "ddkit.trajectory/0"}},
                           c["tmp"] / "old_traj.pt"),
-        load_trajectory(c["tmp"] / "old_traj.pt")), ValueError, r"old_traj\.pt.*format='ddkit\.trajectory/0'"),
+        Trajectory.load(c["tmp"] / "old_traj.pt")), ValueError, r"old_traj\.pt.*format='ddkit\.trajectory/0'"),
     ("pool file from another ddkit version", lambda c: (
         atomic_torch_save({"meta": {**c["pool"].meta, "format": 0}, "states": c["pool"].states}, c["tmp"] / "old.pt"),
         PretrainedPool("ConvNet", c["ds"], num_models=1, epochs=1, path=c["tmp"] / "old.pt", train_per_class=2,

@@ -21,7 +21,7 @@ from ddkit.methods.gan_losses import dim_objective
 from ddkit.methods.gan_train import stage1
 from ddkit.methods.gan_stage2 import GANModelPool, stage2
 from ddkit.methods.pools import IDMQueue, PretrainedPool, RandomPool
-from ddkit.methods.trajectory import get_trajectory, train_trajectory
+from ddkit.methods.trajectory import Trajectory
 
 SMALL = {"width": 8}
 EVAL = dict(num_models=1, epochs=1, progress=False)
@@ -107,7 +107,7 @@ def asks_rule(monkeypatch):
 
 @pytest.fixture(scope="module")
 def traj(tiny_ds):
-    return train_trajectory(tiny_ds, epochs=1, batch_size=40, model_kw=SMALL, progress=False)
+    return Trajectory.train(tiny_ds, epochs=1, batch_size=40, model_kw=SMALL, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +143,9 @@ WALK = {
                                        use_cache=False, progress=False).G),
     "evaluate_generator": lambda c: _ran(evaluate_generator(c["gan"].G, c["ds"], 1, **EVAL)),
     "random_real_eval": lambda c: _ran(random_real_eval(c["ds"], 1, **EVAL)),
-    "train_trajectory": lambda c: _params(train_trajectory(c["ds"], epochs=1, batch_size=40, model_kw=SMALL,
+    "Trajectory.train": lambda c: _params(Trajectory.train(c["ds"], epochs=1, batch_size=40, model_kw=SMALL,
                                                            progress=False).build_model()),
-    "get_trajectory": lambda c: _params(get_trajectory(c["ds"], epochs=1, batch_size=40, model_kw=SMALL,
+    "Trajectory.get": lambda c: _params(Trajectory.get(c["ds"], epochs=1, batch_size=40, model_kw=SMALL,
                                                        results_dir=str(c["tmp"]), progress=False).teacher()),
     "Trajectory.teacher": lambda c: _params(c["traj"].teacher()),
     "EADSynSet.init_real": lambda c: EADSynSet.init_real(c["ds"], 1, c["traj"].teacher()).images.device,

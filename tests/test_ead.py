@@ -10,15 +10,14 @@ from ddkit.methods import trajectory as trajmod
 import json
 from pathlib import Path
 
-from ddkit.methods.ead import (OBJECTIVES, EADSynSet, check_soft_labels, derived_real_coef, distill_ead, ead_objective,
-                               effect_values, label_entropy, make_monitor, paper_real_coef, per_sample_grads, probe_effects)
-from ddkit.methods.ead_checks import (INIT_LABEL, effect_over_draws, estimator_check_from_dataset, evidence_summary,
-                                      replacement_effect_estimate)
+from ddkit.augment import DSA
+from ddkit.methods.ead import (OBJECTIVES, EADSynSet, check_soft_labels, distill_ead, ead_objective, effect_values,
+                               label_entropy, make_monitor, per_sample_grads, probe_effects)
+from ddkit.methods.ead_checks import INIT_LABEL, EADChecks, replacement_effect_estimate
 from ddkit.losses import (effect_alignment_loss, effect_alignment_squared_loss, effect_alignment_vector_loss,
                           replacement_alpha)
 from ddkit.core.utils import atomic_torch_save, make_generator
-from ddkit.methods.trajectory import lr_at
-from ddkit.methods.trajectory import get_trajectory, load_trajectory
+from ddkit.methods.trajectory import Trajectory, lr_at
 
 torch.set_num_threads(1)
 
@@ -48,7 +47,7 @@ def small(mnist):
 @pytest.fixture(scope="module")
 def traj(small, tmp_path_factory):
     d = tmp_path_factory.mktemp("res")
-    return get_trajectory(small, "ConvNet", epochs=2, batch_size=50, lr=0.05, model_kw=SMALL, seed=0,
+    return Trajectory.get(small, "ConvNet", epochs=2, batch_size=50, lr=0.05, model_kw=SMALL, seed=0,
                           results_dir=str(d), progress=False)
 
 
@@ -56,6 +55,7 @@ def traj(small, tmp_path_factory):
 def test_trajectory_contents(traj, small):
     assert len(traj) == 8  # 2 epochs x 4 steps, every step kept
     assert traj.lrs.tolist() == [0.05] * 8 and traj.steps.tolist() == list(range(8))
+    assert [traj.lr(s) for s in range(8)] == traj.lrs.tolist()  # every step's eta, kept or not
     assert traj.losses.numel() == 8 and torch.isfinite(traj.losses).all()
     teacher = traj.teacher()
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -67,22 +67,22 @@ def test_trajectory_contents(traj, small):
 
 def test_trajectory_cache_reused(small, tmp_path, monkeypatch):
     kw = dict(epochs=1, batch_size=100, lr=0.05, model_kw=SMALL, seed=3, results_dir=str(tmp_path), progress=False)
-    first = get_trajectory(small, "ConvNet", **kw)
+    first = Trajectory.get(small, "ConvNet", **kw)
     assert first.path is not None and first.path.parent == tmp_path / "trajectories" and first.path.exists()
 
     def boom(*a, **k):
         raise AssertionError("retrained although the cache matched")
 
-    monkeypatch.setattr(trajmod, "train_trajectory", boom)
-    again = get_trajectory(small, "ConvNet", **kw)
+    monkeypatch.setattr(trajmod.Trajectory, "train", classmethod(boom))
+    again = Trajectory.get(small, "ConvNet", **kw)
     assert again.path == first.path
     for a, b in zip(first.states, again.states):
         assert all(torch.equal(a[k], b[k]) for k in a)
     # another key (seed, schedule) -> another file, i.e. a (monkeypatched) retrain
     with pytest.raises(AssertionError, match="retrained"):
-        get_trajectory(small, "ConvNet", **{**kw, "seed": 4})
+        Trajectory.get(small, "ConvNet", **{**kw, "seed": 4})
     with pytest.raises(AssertionError, match="retrained"):
-        get_trajectory(small, "ConvNet", **{**kw, "schedule": "cosine"})
+        Trajectory.get(small, "ConvNet", **{**kw, "schedule": "cosine"})
 
 
 def test_trajectory_foreign_or_corrupt_file(small, traj, tmp_path):
@@ -93,15 +93,15 @@ def test_trajectory_foreign_or_corrupt_file(small, traj, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
-        get_trajectory(small, "ConvNet", **kw)
+        Trajectory.get(small, "ConvNet", **kw)
     # a valid ddkit file holding another key at this name
     atomic_torch_save(traj.to_dict(), path)
     with pytest.raises(ValueError, match="was made for"):
-        get_trajectory(small, "ConvNet", **kw)
+        Trajectory.get(small, "ConvNet", **kw)
     # a ddkit checkpoint that is not a trajectory
     atomic_torch_save({"meta": {"dataset": "mnist5k"}, "x": torch.zeros(1)}, path)
     with pytest.raises(ValueError):
-        load_trajectory(path)
+        Trajectory.load(path)
 
 
 def test_trajectory_for_another_dataset_or_architecture(traj, small):
@@ -111,7 +111,7 @@ def test_trajectory_for_another_dataset_or_architecture(traj, small):
     with pytest.raises(ValueError, match="architecture"):
         traj.check_compatible(small, "ResNet18")
     with pytest.raises(ValueError, match="dataset"):
-        load_trajectory(traj.path, dataset=other)
+        Trajectory.load(traj.path, dataset=other)
     traj.check_compatible(small, "convnet")  # same architecture, case-insensitive
 
 
@@ -130,7 +130,7 @@ def test_sample(traj):
 
 # ------------------------------------------------------------------------------ estimator
 def test_estimator_check_correlation(mnist):
-    res = estimator_check_from_dataset(mnist, steps=30, lr=0.01, num_pairs=24, seed=0)
+    res = EADChecks(mnist).retraining(steps=30, lr=0.01, num_pairs=24, seed=0)
     assert len(res.exact) == len(res.estimate) == 24
     assert np.isfinite(res.exact).all() and np.isfinite(res.estimate).all()
     assert res.corr > CORR_THRESHOLD, str(res)
@@ -147,12 +147,13 @@ def test_derived_coefficient_identity():
     gS = [torch.randn(7, generator=g) for _ in range(T)]
     w = [0.1, 0.2, 0.3]
     est = replacement_effect_estimate(gP, gD, gD, gS, 500, 500, 20, w, "derived")
-    eq7 = effect_alignment_loss(gP, gD, gS, real_coef=derived_real_coef(), weights=w, absolute=False)
+    eq7 = effect_alignment_loss(gP, gD, gS, real_coef=1.0, weights=w, absolute=False)
     assert est == pytest.approx(-float(eq7), rel=1e-5)
     lit = replacement_effect_estimate(gP, gD, gD, gS, 500, 500, 20, w, "paper")
-    eq7_lit = effect_alignment_loss(gP, gD, gS, real_coef=paper_real_coef(500, 20), weights=w, absolute=False)
+    literal_coef = 1 - replacement_alpha(500, 500, 20)  # the paper's (1 - alpha)
+    eq7_lit = effect_alignment_loss(gP, gD, gS, real_coef=literal_coef, weights=w, absolute=False)
     assert lit == pytest.approx(float(eq7_lit), rel=1e-5)
-    assert paper_real_coef(500, 20) == pytest.approx(1 - replacement_alpha(500, 500, 20)) == pytest.approx(-23.0)
+    assert literal_coef == pytest.approx(-23.0)
 
 
 # ------------------------------------------------------------------------------ objective
@@ -359,8 +360,10 @@ def test_monitor_is_fixed_and_evaluated_on_schedule(traj, small):
     before = effect_values(traj.build_model().train(), mon.checkpoints, mon.x_probe, mon.y_probe, mon.x_real,
                            mon.y_real, x0, y0)
     hist = distill_ead(syn, small, traj, iterations=3, t_m=1, lr_img=0.01, lr_label=0.01, optimizer="adam",
-                       batch_real=8, batch_probe=8, monitor=mon, progress=False)
+                       batch_real=8, batch_probe=8, monitor_every=2, monitor_checkpoints=3, progress=False)
     assert [("monitor" in h) for h in hist] == [True, False, True] and "monitor_after" in hist[-1]
+    assert all("monitor" not in h for h in distill_ead(syn, small, traj, iterations=2, t_m=1, lr_img=0.01,
+                                                        lr_label=0.01, batch_real=8, batch_probe=8, progress=False))
     assert hist[0]["monitor"]["signed"] == pytest.approx(before["signed"], rel=1e-5)  # same fixed batches
     with pytest.raises(ValueError, match="num_checkpoints"):
         make_monitor(small, traj, batch_probe=8, batch_real=8, num_checkpoints=len(traj) + 1)
@@ -382,9 +385,11 @@ def test_new_parameters_fail_before_compute(traj, small, monkeypatch):
         distill_ead(syn, small, traj, lr_schedule="linear", **kw)
     with pytest.raises(ValueError, match="objective='abs'"):
         ead_objective(None, [], None, None, None, None, syn.images, None, objective="abs")
+    with pytest.raises(ValueError, match="num_checkpoints"):
+        distill_ead(syn, small, traj, monitor_every=1, monitor_checkpoints=len(traj) + 1, **kw)
     with pytest.raises(ValueError, match="draws"):
-        effect_over_draws(traj.build_model(), traj, small, syn.images.detach(), syn.classes, draws=0, t_m=1,
-                          batch_probe=4, batch_real=4)
+        EADChecks(small).over_draws(traj.build_model(), traj, syn.images.detach(), syn.classes, draws=0, t_m=1,
+                                    batch_probe=4, batch_real=4)
 
 
 def test_label_entropy():
@@ -392,13 +397,14 @@ def test_label_entropy():
     assert label_entropy(torch.eye(4)) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_effect_over_draws_reproduces_algorithm_1_draws(traj, small):
+def test_over_draws_reproduces_algorithm_1_draws(traj, small):
     """Each draw is one update's (probe batch, disjoint real batch, t_m checkpoints), from the seed."""
     net = traj.build_model().train()
     x, y = small.sample_classes(2, generator=make_generator(0))
     kw = dict(draws=3, t_m=2, batch_probe=16, batch_real=16, seed=5)
-    a = effect_over_draws(net, traj, small, x, y, **kw)
-    assert [v["signed"] for v in a] == [v["signed"] for v in effect_over_draws(net, traj, small, x, y, **kw)]
+    checks = EADChecks(small)
+    a = checks.over_draws(net, traj, x, y, **kw)
+    assert [v["signed"] for v in a] == [v["signed"] for v in checks.over_draws(net, traj, x, y, **kw)]
     assert len({round(v["signed"], 12) for v in a}) == 3  # the draws differ
     gen = make_generator(5)
     idx = torch.randperm(len(small.x_train), generator=gen)[:32]
@@ -412,12 +418,11 @@ def test_effect_over_draws_reproduces_algorithm_1_draws(traj, small):
 def test_estimator_with_g_equal_d(mnist):
     """G = D, A = S (Eq. 7): the exact effect retrains on S alone. First order holds for short training and
     degrades with the distance travelled (lr * steps, Remark 3.4)."""
-    short = estimator_check_from_dataset(mnist, steps=10, lr=0.001, num_pairs=12, sizes=(10, 20, 50),
-                                         replace_all=True, seed=0)
+    checks = EADChecks(mnist)
+    short = checks.retraining(steps=10, lr=0.001, num_pairs=12, sizes=(10, 20, 50), replace_all=True, seed=0)
     assert (short.n_removed == short.settings["n_train"]).all() and set(short.n_added) <= {10, 20, 50}
     assert short.corr > 0.98 and short.sign_agreement == 1.0, str(short)
-    long = estimator_check_from_dataset(mnist, steps=30, lr=1.0 / 3, num_pairs=12, sizes=(10, 20, 50),
-                                        replace_all=True, seed=0)
+    long = checks.retraining(steps=30, lr=1.0 / 3, num_pairs=12, sizes=(10, 20, 50), replace_all=True, seed=0)
     assert long.corr < short.corr
     assert np.isfinite(long.exact).all() and (np.abs(long.exact) > 0).all()
 
@@ -428,14 +433,14 @@ def _record(seed, ipc, accs):
             "evaluations": [{"method": m, "variant": v, "ipc": ipc, "accs": a} for (m, v), a in accs.items()]}
 
 
-def test_evidence_summary_by_hand():
+def test_evidence_by_hand():
     init = ("random real", "teacher soft labels (EAD init)")
     assert " / ".join(init) == INIT_LABEL
     recs = [_record(0, 1, {("EAD", "paper Eq. 7"): [50.0, 52.0], init: [50.0, 50.0]}),
             _record(1, 1, {("EAD", "paper Eq. 7"): [60.0, 60.0], init: [58.0, 59.0]}),
             _record(2, 1, {("EAD", "paper Eq. 7"): [55.0, 57.0], init: [56.0, 56.0]}),
             _record(0, 10, {("EAD", "paper Eq. 7"): [70.0], init: [71.0]})]
-    s = evidence_summary(recs)
+    s = EADChecks.evidence(recs)
     assert sorted(s) == [1, 10] and s[1]["seeds"] == [0, 1, 2]
     m = s[1]["methods"]["EAD / paper Eq. 7"]
     assert m["n_nets"] == 6 and m["mean"] == pytest.approx(334 / 6)
@@ -448,8 +453,10 @@ def test_evidence_summary_by_hand():
     assert INIT_LABEL not in s[1]["paired"] and s[10]["paired"]["EAD / paper Eq. 7"]["n"] == 1
 
 
-def test_random_walk_displacement():
-    from ddkit.methods.ead_checks import random_walk_displacement
+def test_notebook_random_walk_displacement():
+    ns = {}
+    exec(_notebook_cell("random_walk"), ns)
+    random_walk_displacement = ns["random_walk_displacement"]
     # plain SGD, independent directions in high dimension: ||x_K|| = lr * g * sqrt(K) (near-orthogonal steps)
     d = random_walk_displacement([2.0] * 16, [0.1] * 16, (20000,), optimizer="sgd", momentum=0.0)
     assert d[0] == pytest.approx(0.2) and d[-1] == pytest.approx(0.2 * 4, rel=0.03)
@@ -463,3 +470,14 @@ def test_random_walk_displacement():
         random_walk_displacement([1.0] * 3, [0.1] * 2, (4,))
     with pytest.raises(ValueError, match="optimizer='rmsprop'"):
         random_walk_displacement([1.0], [0.1], (4,), optimizer="rmsprop")
+
+
+def test_dsa_true_is_the_datasets_strategy(traj, small):
+    """``dsa=True`` (as in ``distill``) is ``DSA(dataset.dsa_strategy)``; False is none."""
+    out = []
+    for dsa in (True, DSA(small.dsa_strategy), False):
+        syn = EADSynSet.init_real(small, 1, traj.teacher(), generator=make_generator(0))
+        distill_ead(syn, small, traj, iterations=1, t_m=1, lr_img=0.01, lr_label=0.01, optimizer="adam",
+                    batch_real=8, batch_probe=8, dsa=dsa, progress=False)
+        out.append(syn.images.detach())
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])

@@ -179,7 +179,7 @@ def test_every_module_takes_its_default_results_folder_from_the_one_helper(tmp_p
     """sweep, report, pools and trajectories all land in resolve_results_dir's folder (./results here)."""
     from ddkit.batch import sweep
     from ddkit.methods.pools import PretrainedPool
-    from ddkit.methods.trajectory import get_trajectory
+    from ddkit.methods.trajectory import Trajectory
     from ddkit.reporting import report
 
     monkeypatch.delenv("DDKIT_RESULTS")
@@ -191,7 +191,7 @@ def test_every_module_takes_its_default_results_folder_from_the_one_helper(tmp_p
     grid.write_text("notebook: 00_quickstart.ipynb\n")
     assert sweep.expand([grid])[0].results_dir == str(here)
     assert PretrainedPool("ConvNet", tiny_ds, 1, 0, build=False, progress=False).path.parent == here / "pools"
-    get_trajectory(tiny_ds, epochs=1, progress=False)
+    Trajectory.get(tiny_ds, epochs=1, progress=False)
     assert len(list((here / "trajectories").glob("*.pt"))) == 1
 
 

@@ -18,7 +18,7 @@ from ddkit.methods import pools as poolmod
 from ddkit.methods import trajectory as trajmod
 from ddkit.methods.ead import EADSynSet, distill_ead
 from ddkit.methods.pools import PretrainedPool
-from ddkit.methods.trajectory import get_trajectory, train_trajectory
+from ddkit.methods.trajectory import Trajectory
 
 SMALL = {"width": 8}
 
@@ -50,37 +50,37 @@ def small(mnist5k):
 
 @pytest.fixture(scope="module")
 def traj(small, tmp_path_factory):
-    return get_trajectory(small, "ConvNet", epochs=1, batch_size=25, lr=0.05, model_kw=SMALL, seed=0,
+    return Trajectory.get(small, "ConvNet", epochs=1, batch_size=25, lr=0.05, model_kw=SMALL, seed=0,
                           results_dir=str(tmp_path_factory.mktemp("res")), progress=False)
 
 
 # ------------------------------------------------------------------------------ trajectory training
 def test_trajectory_training_resumes_to_the_uninterrupted_run(small, tmp_path, monkeypatch):
     kw = dict(epochs=2, batch_size=25, lr=0.05, model_kw=SMALL, seed=3, progress=False)  # 4 steps per epoch
-    full = train_trajectory(small, "ConvNet", **kw)
+    full = Trajectory.train(small, "ConvNet", **kw)
     ck = tmp_path / "traj.partial.pt"
     with monkeypatch.context() as m:
         stop_after(m, trajmod, "lr_at", 5)  # one lr_at call per step: killed in step 6, mid-epoch 2
         with pytest.raises(Stop):
-            train_trajectory(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
+            Trajectory.train(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
     assert ck.is_file()
-    again = train_trajectory(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
+    again = Trajectory.train(small, "ConvNet", checkpoint=ck, checkpoint_every=2, **kw)
     assert torch.equal(again.losses, full.losses) and torch.equal(again.steps, full.steps)
     assert torch.equal(again.lrs, full.lrs) and len(again.states) == len(full.states)
     for a, b in zip(again.states + [again.final], full.states + [full.final]):
         assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_get_trajectory_keeps_a_partial_run_and_removes_it_when_done(small, tmp_path, monkeypatch):
+def test_trajectory_get_keeps_a_partial_run_and_removes_it_when_done(small, tmp_path, monkeypatch):
     kw = dict(epochs=1, batch_size=25, lr=0.05, model_kw=SMALL, seed=4, results_dir=str(tmp_path), progress=False,
               checkpoint_every=1)
     with monkeypatch.context() as m:
         stop_after(m, trajmod, "lr_at", 2)
         with pytest.raises(Stop):
-            get_trajectory(small, "ConvNet", **kw)
+            Trajectory.get(small, "ConvNet", **kw)
     (partial,) = (tmp_path / "trajectories").glob("*.partial.pt")
     seen = stop_after(monkeypatch, trajmod, "lr_at", 10 ** 6)
-    traj = get_trajectory(small, "ConvNet", **kw)
+    traj = Trajectory.get(small, "ConvNet", **kw)
     assert seen["n"] == 2, "the resumed run trains only the 2 remaining of 4 steps"
     assert not partial.exists() and traj.path.is_file() and len(traj) == 4
 
@@ -91,9 +91,9 @@ def test_trajectory_checkpoint_of_another_key_is_refused(small, tmp_path, monkey
     with monkeypatch.context() as m:
         stop_after(m, trajmod, "lr_at", 2)
         with pytest.raises(Stop):
-            train_trajectory(small, "ConvNet", seed=0, checkpoint=ck, checkpoint_every=1, **kw)
+            Trajectory.train(small, "ConvNet", seed=0, checkpoint=ck, checkpoint_every=1, **kw)
     with pytest.raises(ValueError, match="seed=0.*seed=1"):
-        train_trajectory(small, "ConvNet", seed=1, checkpoint=ck, **kw)
+        Trajectory.train(small, "ConvNet", seed=1, checkpoint=ck, **kw)
 
 
 # ------------------------------------------------------------------------------ EAD updates
@@ -110,16 +110,16 @@ def _comparable(hist):
 
 
 def test_ead_resumes_to_the_uninterrupted_run(small, traj, tmp_path, monkeypatch):
-    mon = eadmod.make_monitor(small, traj, batch_probe=8, batch_real=8, every=2, num_checkpoints=2)
-    full, h_full = _ead(small, traj, monitor=mon)
+    mon = dict(monitor_every=2, monitor_checkpoints=2)  # the fixed monitor set, evaluated every 2 updates
+    full, h_full = _ead(small, traj, **mon)
     ck = tmp_path / "ead.pt"
     with monkeypatch.context() as m:
         stop_after(m, eadmod, "ead_objective", 3)  # killed in update 4; the checkpoint holds updates 1-2
         with pytest.raises(Stop):
-            _ead(small, traj, ck, monitor=mon)
+            _ead(small, traj, ck, **mon)
     assert torch.load(ck, weights_only=True)["iteration"] == 2
     seen = stop_after(monkeypatch, eadmod, "ead_objective", 10 ** 6)
-    again, h_again = _ead(small, traj, ck, monitor=mon)
+    again, h_again = _ead(small, traj, ck, **mon)
     assert seen["n"] == 3, "updates 3-5 only"
     assert torch.equal(again.images, full.images) and torch.equal(again.label_logits, full.label_logits)
     assert _comparable(h_again) == _comparable(h_full)

@@ -22,7 +22,7 @@ This module holds
   ``torch.func.functional_call`` (no shared model is mutated) and the objective: Eq. 7 (``"paper"``) or
   the ddkit extensions ``"squared"`` (Eq. 7's signed value squared) and ``"vector"`` (a squared effect per
   probe sample and checkpoint, via :func:`probe_effects`),
-- :func:`distill_ead`: Algorithm 1 (with an lr schedule and a fixed :class:`Monitor` set),
+- :func:`distill_ead`: Algorithm 1 (with an lr schedule and a fixed monitor set, :func:`make_monitor`),
 - per-update diagnostics: :func:`effect_values`, :func:`label_entropy`.
 
 The checks that this effect estimate tracks retraining (:func:`ddkit.methods.ead_checks.logistic_estimator_check`),
@@ -42,22 +42,11 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from ..losses import (effect_alignment_loss, effect_alignment_squared_loss, effect_alignment_vector_loss,
-                      replacement_alpha)
+from ..augment import DSA
+from ..losses import effect_alignment_loss, effect_alignment_squared_loss, effect_alignment_vector_loss
 from ..core.utils import atomic_torch_save, check_same_device, make_generator, resolve_device, safe_torch_load
 from ..train import soft_cross_entropy
 from .trajectory import SCHEDULES, lr_at
-
-
-# =============================================================================== coefficient
-def derived_real_coef() -> float:
-    """First-order replacement effect with mean-normalised losses, G = D, A = S: coefficient 1."""
-    return 1.0
-
-
-def paper_real_coef(n_data: int, n_syn: int) -> float:
-    """The paper's literal ``1 - alpha`` of Eq. 7 with ``alpha = replacement_alpha(|D|, |D|, |S|)``."""
-    return 1.0 - replacement_alpha(n_data, n_data, n_syn)
 
 
 # =============================================================================== soft labels
@@ -369,8 +358,8 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
                 batch_syn: int = 0, batch_real: int = 256, batch_probe: int = 256, real_coef: float = 1.0,
                 eta_weighting: bool = False, objective: str = "paper", optimizer: str = "sgd", momentum: float = 0.5,
                 lr_schedule: str = "constant", streaming: bool = True, dsa=None, model: str | None = None,
-                monitor: Monitor | None = None, seed: int = 0, device=None, progress: bool = True,
-                checkpoint=None, checkpoint_every: int = 10) -> list:
+                monitor_every: int = 0, monitor_checkpoints: int = 0, monitor_seed: int = 0, seed: int = 0,
+                device=None, progress: bool = True, checkpoint=None, checkpoint_every: int = 10) -> list:
     """EAD Algorithm 1: ``iterations`` updates of the synthetic images and soft labels (in place in ``syn``).
 
     Each update samples ``S_t`` (``batch_syn`` synthetic images, 0 = all), a probe batch ``P``
@@ -378,15 +367,21 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     checkpoints of ``trajectory``, evaluates :func:`ead_objective` (``objective``: ``"paper"`` = Eq. 7,
     or the ddkit extensions ``"squared"`` / ``"vector"``) and takes one optimiser step on images
     (``lr_img``) and label logits (``lr_label``), both scaled by ``lr_schedule`` (``constant``, ``step``,
-    ``cosine``: :func:`ddkit.methods.trajectory.lr_at` over the ``iterations``). ``dsa``: optional callable
-    ``dsa(x, generator)`` applied (per-sample draws) to all three batches.
+    ``cosine``: :func:`ddkit.methods.trajectory.lr_at` over the ``iterations``). ``dsa`` (as in
+    :func:`ddkit.methods.distill.distill`): True (the dataset's strategy), False/None/"none", a strategy string,
+    or a callable ``dsa(x, generator)``; applied (per-sample draws) to all three batches.
 
     Returns the history, one dict per update: ``loss`` (this draw's objective), ``real_term``,
     ``syn_term``, ``lr_img`` / ``lr_label`` (this update's scheduled rates), ``step_norm`` (Frobenius norm of
     this update's image change), ``grad_norm`` (of the images' gradient), ``displacement``
     (``||x - x_0||_F``), ``entropy`` (mean soft-label entropy), and every ``monitor.every`` updates (and
-    after the last) ``monitor``: :func:`effect_values` at the monitor's fixed batches, all checkpoints.
+    after the last) ``monitor``: :func:`effect_values` at the monitor's fixed batches.
     Inputs are checked before any compute (``ValueError``).
+
+    ``monitor_every``: every that many updates (0: never) the objective is also evaluated on a fixed
+    monitor set (:func:`make_monitor`: probe and real batches of ``batch_probe`` / ``batch_real`` images drawn
+    once from ``monitor_seed``, and all checkpoints or ``monitor_checkpoints`` of them, evenly spaced); its
+    curve shows what the updates do to the objective, apart from the noise of the per-update draws.
 
     ``checkpoint``: a path; every ``checkpoint_every`` updates (and after the last) the loop state
     (images, label logits, optimiser, both generators, the initial images, the history) is saved there
@@ -405,9 +400,13 @@ def distill_ead(syn: EADSynSet, dataset, trajectory, *, iterations: int, t_m: in
     n_real = len(dataset.x_train)
     if batch_real + batch_probe > n_real:
         raise ValueError(f"batch_real + batch_probe = {batch_real + batch_probe} exceeds the {n_real} training images")
+    monitor = (make_monitor(dataset, trajectory, batch_probe=batch_probe, batch_real=batch_real, every=monitor_every,
+                            num_checkpoints=monitor_checkpoints, seed=monitor_seed) if monitor_every else None)
     dev = resolve_device(device)
     check_same_device(dev, "distill_ead", syn=syn.images)
     data = dataset.to(dev)
+    dsa = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
+                                                      DSA(dsa) if isinstance(dsa, str) else dsa)
     net = trajectory.build_model(device=dev).train()  # a template: only its structure is used
     for p in net.parameters():
         p.requires_grad_(False)

@@ -1,15 +1,14 @@
-"""Checks that EAD's effect estimate tracks retraining, and evidence summaries (papers/05_ead.md).
+"""Checks of EAD's effect estimate, and its evidence summary (papers/05_ead.md).
 
 :mod:`ddkit.methods.ead` holds the method (the replacement-effect objective of Eq. 7 and Algorithm 1); this module
-holds what notebook 05 uses to judge it:
+holds what notebook 05 uses to judge it, one :class:`EADChecks` on a dataset:
 
-- :func:`logistic_estimator_check` (:func:`estimator_check_from_dataset` on real images): exact retraining
-  vs. the first-order estimate :func:`replacement_effect_estimate` ((*) of :mod:`ddkit.methods.ead`'s docstring, or
-  the paper's literal Eq. 4) on a convex problem, for small swaps and for EAD's ``G = D, A = S``
+- :meth:`EADChecks.retraining`: exact retraining vs. the first-order estimate :func:`replacement_effect_estimate`
+  ((*) of :mod:`ddkit.methods.ead`'s docstring, or the paper's literal Eq. 4) on a convex problem
+  (:func:`logistic_estimator_check` on real images), for small swaps and for EAD's ``G = D, A = S``
   (``replace_all=True``); the result is an :class:`EstimatorCheck`,
-- diagnostics of a distillation: :func:`effect_over_draws` (:func:`ddkit.methods.ead.effect_values` over many draws
-  of Algorithm 1) and :func:`random_walk_displacement` (the "images only random-walk" baseline),
-- :func:`evidence_summary`: the evidence runs' accuracies per IPC, paired against :data:`INIT_LABEL`.
+- :meth:`EADChecks.over_draws`: :func:`ddkit.methods.ead.effect_values` of a set over many draws of Algorithm 1,
+- :meth:`EADChecks.evidence`: the evidence runs' accuracies per IPC, paired against :data:`INIT_LABEL`.
 
 It imports :mod:`ddkit.methods.ead`; :mod:`ddkit.methods.ead` never imports it.
 """
@@ -25,86 +24,8 @@ from ..core.utils import make_generator
 from ..losses import replacement_alpha
 from .ead import effect_values
 
-
-# =============================================================================== diagnostics
-def random_walk_displacement(grad_norms, lr_imgs, shape, *, optimizer: str = "adam", momentum: float = 0.5,
-                             seed: int = 0) -> np.ndarray:
-    """What the images' displacement ``||x_k - x_0||_F`` would be after each update if the gradients had the
-    recorded norms (``grad_norms``) and learning rates (``lr_imgs``, one per update) but independent random
-    directions: the same optimiser (``"sgd"`` with ``momentum`` or ``"adam"``) stepped on Gaussian
-    gradients rescaled to those norms. The baseline of "the images only random-walk" - note that momentum
-    (SGD's or Adam's beta_1) makes even independent gradients travel further than sqrt(sum ||step||^2)."""
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer={optimizer!r}; expected 'sgd' or 'adam'")
-    if len(grad_norms) != len(lr_imgs):
-        raise ValueError(f"{len(grad_norms)} gradient norms for {len(lr_imgs)} learning rates")
-    gen = make_generator(seed)
-    x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.SGD([x], lr=1.0, momentum=momentum) if optimizer == "sgd" else torch.optim.Adam([x], lr=1.0)
-    out = []
-    for g_norm, lr in zip(grad_norms, lr_imgs):
-        g = torch.randn(shape, generator=gen, dtype=torch.float64)
-        x.grad = g * (float(g_norm) / float(g.norm()))
-        opt.param_groups[0]["lr"] = float(lr)
-        opt.step()
-        out.append(float(x.detach().norm()))
-    return np.array(out)
-
-
-def effect_over_draws(model, trajectory, dataset, x_syn, y_syn, *, draws: int, t_m: int, batch_probe: int,
-                      batch_real: int, real_coef: float = 1.0, eta_weighting: bool = False, seed: int = 0) -> list:
-    """:func:`effect_values` of a fixed set ``(x_syn, y_syn)`` (hard or soft labels) for ``draws`` random draws
-    of a probe batch, a disjoint real batch and ``t_m`` checkpoints, as in one update of Algorithm 1. The
-    signed values' mean against their spread says whether Eq. 7 is met in expectation."""
-    if int(draws) != draws or draws < 1:
-        raise ValueError(f"draws={draws!r} must be a positive integer")
-    n = len(dataset.x_train)
-    if batch_probe + batch_real > n:
-        raise ValueError(f"batch_probe + batch_real = {batch_probe + batch_real} exceeds the {n} training images")
-    gen = make_generator(seed)
-    out = []
-    for _ in range(int(draws)):
-        idx = torch.randperm(n, generator=gen)[:batch_probe + batch_real].to(dataset.x_train.device)
-        p, d = idx[:batch_probe], idx[batch_probe:]
-        cks = trajectory.sample(t_m, gen)
-        out.append(effect_values(model, cks, dataset.x_train[p], dataset.y_train[p], dataset.x_train[d],
-                                 dataset.y_train[d], x_syn, y_syn, real_coef=real_coef, eta_weighting=eta_weighting))
-    return out
-
-
-# =============================================================================== evidence
+#: The evidence runs' label of EAD's init (random real images with the teacher's soft labels).
 INIT_LABEL = "random real / teacher soft labels (EAD init)"
-
-
-def evidence_summary(records: list) -> dict:
-    """Per IPC, from evidence runs' ``result.json`` records (one per seed, each with an ``evaluations`` list):
-    ``methods`` - ``label -> {mean, std, n_nets}`` over all networks of all seeds (label ``"method / variant"``);
-    ``paired`` - for every EAD form, :func:`ddkit.core.stats.paired_difference` of the per-seed mean accuracies
-    against the init's (:data:`INIT_LABEL`, same seed); ``seeds``; ``dataset``."""
-    from ..core.stats import paired_difference
-
-    by_ipc: dict = {}
-    for r in records:
-        seed = r["params"]["seed"]
-        for e in r.get("evaluations", []):
-            label = f"{e['method']} / {e['variant']}" if e.get("variant") else e["method"]
-            slot = by_ipc.setdefault(int(e["ipc"]), {"dataset": r["dataset"], "accs": {}})
-            slot["accs"].setdefault(label, {})[seed] = list(e["accs"])
-    out = {}
-    for ipc, slot in by_ipc.items():
-        accs = slot["accs"]
-        methods = {k: {"mean": float(np.mean(sum(v.values(), []))), "std": float(np.std(sum(v.values(), []))),
-                       "n_nets": len(sum(v.values(), []))} for k, v in accs.items()}
-        init = accs.get(INIT_LABEL, {})
-        paired = {}
-        for label, per_seed in accs.items():
-            seeds = sorted(set(per_seed) & set(init))
-            if label.startswith("EAD") and seeds:
-                paired[label] = paired_difference([np.mean(per_seed[k]) for k in seeds],
-                                                  [np.mean(init[k]) for k in seeds])
-        out[ipc] = {"dataset": slot["dataset"], "seeds": sorted(set().union(*(set(v) for v in accs.values()))),
-                    "methods": methods, "paired": paired}
-    return out
 
 
 # =============================================================================== estimator check
@@ -246,19 +167,85 @@ def logistic_estimator_check(x_train, y_train, x_probe, y_probe, x_pool, y_pool,
                           corr, corr_paper, train_loss, settings)
 
 
-def estimator_check_from_dataset(dataset, n_train: int = 300, n_probe: int = 200, n_pool: int = 500,
-                                 downsample: int = 2, seed: int = 0, **kw) -> EstimatorCheck:
-    """:func:`logistic_estimator_check` on disjoint random subsets of ``dataset``'s training images,
-    average-pooled by ``downsample`` and flattened (a few hundred real samples, as the issue asks)."""
-    n = len(dataset.x_train)
-    if n_train + n_probe + n_pool > n:
-        raise ValueError(f"n_train + n_probe + n_pool = {n_train + n_probe + n_pool} exceeds {n} training images")
-    g = make_generator(seed)
-    perm = torch.randperm(n, generator=g)
-    x = dataset.x_train.detach().cpu()
-    if downsample > 1:
-        x = F.avg_pool2d(x, downsample)
-    y = dataset.y_train.cpu()
-    a, b = perm[:n_train], perm[n_train:n_train + n_probe]
-    c = perm[n_train + n_probe:n_train + n_probe + n_pool]
-    return logistic_estimator_check(x[a], y[a], x[b], y[b], x[c], y[c], dataset.num_classes, seed=seed, **kw)
+# =============================================================================== the checks of notebook 05
+class EADChecks:
+    """The checks of notebook 05 on one dataset's training images (see the module docstring).
+
+        checks = EADChecks(ds)
+        chk = checks.retraining(num_pairs=24, steps=30, lr=0.01)        # Prop. 3.2: estimate vs. retraining
+        draws = checks.over_draws(net, traj, x, y, draws=4, t_m=2, batch_probe=64, batch_real=64)
+        summary = EADChecks.evidence(records)                            # the evidence runs, per IPC
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def retraining(self, *, n_train: int = 300, n_probe: int = 200, n_pool: int = 500, downsample: int = 2,
+                   seed: int = 0, **kw) -> EstimatorCheck:
+        """:func:`logistic_estimator_check` (``kw``: its settings) on disjoint random subsets of the dataset's
+        training images, average-pooled by ``downsample`` and flattened (a few hundred real samples)."""
+        ds = self.dataset
+        n = len(ds.x_train)
+        if n_train + n_probe + n_pool > n:
+            raise ValueError(f"n_train + n_probe + n_pool = {n_train + n_probe + n_pool} exceeds {n} training images")
+        g = make_generator(seed)
+        perm = torch.randperm(n, generator=g)
+        x = ds.x_train.detach().cpu()
+        if downsample > 1:
+            x = F.avg_pool2d(x, downsample)
+        y = ds.y_train.cpu()
+        a, b = perm[:n_train], perm[n_train:n_train + n_probe]
+        c = perm[n_train + n_probe:n_train + n_probe + n_pool]
+        return logistic_estimator_check(x[a], y[a], x[b], y[b], x[c], y[c], ds.num_classes, seed=seed, **kw)
+
+    def over_draws(self, model, trajectory, x_syn, y_syn, *, draws: int, t_m: int, batch_probe: int,
+                   batch_real: int, real_coef: float = 1.0, eta_weighting: bool = False, seed: int = 0) -> list:
+        """:func:`ddkit.methods.ead.effect_values` of a fixed set ``(x_syn, y_syn)`` (hard or soft labels) for
+        ``draws`` random draws of a probe batch, a disjoint real batch and ``t_m`` checkpoints, as in one update
+        of Algorithm 1. The signed values' mean against their spread says whether Eq. 7 is met in expectation."""
+        if int(draws) != draws or draws < 1:
+            raise ValueError(f"draws={draws!r} must be a positive integer")
+        ds = self.dataset
+        n = len(ds.x_train)
+        if batch_probe + batch_real > n:
+            raise ValueError(f"batch_probe + batch_real = {batch_probe + batch_real} exceeds the {n} training images")
+        gen = make_generator(seed)
+        out = []
+        for _ in range(int(draws)):
+            idx = torch.randperm(n, generator=gen)[:batch_probe + batch_real].to(ds.x_train.device)
+            p, d = idx[:batch_probe], idx[batch_probe:]
+            cks = trajectory.sample(t_m, gen)
+            out.append(effect_values(model, cks, ds.x_train[p], ds.y_train[p], ds.x_train[d], ds.y_train[d],
+                                     x_syn, y_syn, real_coef=real_coef, eta_weighting=eta_weighting))
+        return out
+
+    @staticmethod
+    def evidence(records: list) -> dict:
+        """Per IPC, from evidence runs' ``result.json`` records (one per seed, each with an ``evaluations`` list):
+        ``methods`` - ``label -> {mean, std, n_nets}`` over all networks of all seeds (label ``"method / variant"``);
+        ``paired`` - for every EAD form, :func:`ddkit.core.stats.paired_difference` of the per-seed mean accuracies
+        against the init's (:data:`INIT_LABEL`, same seed); ``seeds``; ``dataset``."""
+        from ..core.stats import paired_difference
+
+        by_ipc: dict = {}
+        for r in records:
+            seed = r["params"]["seed"]
+            for e in r.get("evaluations", []):
+                label = f"{e['method']} / {e['variant']}" if e.get("variant") else e["method"]
+                slot = by_ipc.setdefault(int(e["ipc"]), {"dataset": r["dataset"], "accs": {}})
+                slot["accs"].setdefault(label, {})[seed] = list(e["accs"])
+        out = {}
+        for ipc, slot in by_ipc.items():
+            accs = slot["accs"]
+            methods = {k: {"mean": float(np.mean(sum(v.values(), []))), "std": float(np.std(sum(v.values(), []))),
+                           "n_nets": len(sum(v.values(), []))} for k, v in accs.items()}
+            init = accs.get(INIT_LABEL, {})
+            paired = {}
+            for label, per_seed in accs.items():
+                seeds = sorted(set(per_seed) & set(init))
+                if label.startswith("EAD") and seeds:
+                    paired[label] = paired_difference([np.mean(per_seed[k]) for k in seeds],
+                                                      [np.mean(init[k]) for k in seeds])
+            out[ipc] = {"dataset": slot["dataset"], "seeds": sorted(set().union(*(set(v) for v in accs.values()))),
+                        "methods": methods, "paired": paired}
+        return out

@@ -4,7 +4,7 @@ EAD (papers/05_ead.md, Algorithm 1) needs "a training trajectory of a network tr
 the parameters ``theta_t`` and learning rates ``eta_t`` of SGD at (a subset of) its steps. The
 final parameters ``theta_T`` are the teacher that gives the initial soft labels.
 
-    traj = get_trajectory(dataset, "ConvNet", epochs=2, seed=0)   # trains once, then cached
+    traj = Trajectory.get(dataset, "ConvNet", epochs=2, seed=0)   # trains once, then cached
     picks = traj.sample(t_m, generator)                            # t_m checkpoints
     teacher = traj.teacher()                                       # nn.Module with theta_T
 
@@ -126,6 +126,115 @@ class Trajectory:
         return (f"Trajectory({m['dataset']}, {m['model']}, {len(self)} checkpoints over "
                 f"{int(self.losses.numel())} steps, lr={m['lr']} {m['schedule']}, seed={m['seed']})")
 
+    # -------------------------------------------------------------- making one
+    @classmethod
+    def get(cls, dataset, model: str = "ConvNet", *, epochs: int = 2, batch_size: int = 256, lr: float = 0.01,
+            momentum: float = 0.0, weight_decay: float = 0.0, schedule: str = "constant", save_every: int = 1,
+            seed: int = 0, model_kw: dict | None = None, results_dir="", cache: bool = True, device=None,
+            progress: bool = True, checkpoint_every: int = 100) -> Trajectory:
+        """The cached trajectory for this key, training (and caching) it when absent.
+
+        The file lives in ``<results_dir>/trajectories/`` (``ddkit.runs.results.resolve_results_dir(results_dir)``).
+        A file whose stored key differs from the requested one, or that is corrupt, raises ``ValueError``.
+        Training checkpoints to ``<file>.partial.pt`` every ``checkpoint_every`` steps and resumes from it
+        (removed once the trajectory is cached).
+        """
+        key = trajectory_key(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                             weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
+                             model_kw=model_kw)
+        root = resolve_results_dir(results_dir)
+        path = trajectory_path(root / "trajectories", key)
+        if cache and path.exists():
+            return cls.load(path, expect=key)
+        partial = path.with_name(path.stem + ".partial.pt") if cache else None
+        traj = cls.train(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
+                         model_kw=model_kw, device=device, progress=progress, checkpoint=partial,
+                         checkpoint_every=checkpoint_every)
+        if cache:
+            traj.save(path)
+            partial.unlink(missing_ok=True)
+        return traj
+
+    @classmethod
+    def train(cls, dataset, model: str = "ConvNet", *, epochs: int = 2, batch_size: int = 256, lr: float = 0.01,
+              momentum: float = 0.0, weight_decay: float = 0.0, schedule: str = "constant", save_every: int = 1,
+              seed: int = 0, model_kw: dict | None = None, device=None, progress: bool = True, checkpoint=None,
+              checkpoint_every: int = 100) -> Trajectory:
+        """Train ``model`` on ``dataset.x_train`` with minibatch SGD and keep every ``save_every``-th state.
+
+        Plain SGD (``momentum=0``) is the setting of EAD's Proposition 3.2 (the update is
+        ``theta_{t+1} = theta_t - eta_t grad``); with momentum the TracIn weights ``eta_t`` are only
+        proportional to the true step sizes. Data order and initialisation come from ``seed``.
+
+        ``checkpoint``: a path; every ``checkpoint_every`` SGD steps the training state (network, optimiser,
+        generator, this epoch's order, the states kept so far) is saved there atomically, and a call that
+        finds the file (made for the same key) resumes from it: the same trajectory as an uninterrupted run.
+        """
+        key = trajectory_key(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                             weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
+                             model_kw=model_kw)
+        dev = resolve_device(device)
+        data = dataset.to(dev)
+        gen = make_generator(seed)  # CPU generator: init seed and batch order
+        net = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, generator=gen,
+                        **(model_kw or {})).to(dev)
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        n = len(data.x_train)
+        per_epoch = math.ceil(n / batch_size)
+        total = epochs * per_epoch
+        run = {"states": [], "lrs": [], "steps": [], "losses": [], "perm": None, "step": 0}
+        if checkpoint is not None and Path(checkpoint).is_file():
+            run = _resume_training(checkpoint, key, net, opt, gen)
+        bar = tqdm(total=total, initial=run["step"], desc=f"trajectory {model}", disable=not progress, leave=False)
+        for step in range(run["step"], total):
+            b = step % per_epoch
+            if b == 0:
+                run["perm"] = torch.randperm(n, generator=gen)
+            eta = lr_at(step, total, lr, schedule)
+            for group in opt.param_groups:
+                group["lr"] = eta
+            if step % save_every == 0:
+                run["states"].append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+                run["lrs"].append(eta)
+                run["steps"].append(step)
+            idx = run["perm"][b * batch_size:(b + 1) * batch_size].to(dev)
+            loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run["losses"].append(float(loss.detach()))
+            if not math.isfinite(run["losses"][-1]):
+                raise ValueError(f"trajectory training diverged at step {step} (loss {run['losses'][-1]}); "
+                                 f"lower lr={lr}")
+            run["step"] = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{run['losses'][-1]:.3f}")
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                atomic_torch_save({"meta": {**key, "kind": "trajectory-training"}, "run": run,
+                                   "net": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()},
+                                  checkpoint)
+        bar.close()
+        final = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        return cls(key, run["states"], torch.tensor(run["lrs"], dtype=torch.float64), torch.tensor(run["steps"]),
+                   final, torch.tensor(run["losses"]))
+
+    @classmethod
+    def load(cls, path, dataset=None, model: str | None = None, expect: dict | None = None) -> Trajectory:
+        """Load a trajectory file (``weights_only=True``). ``ValueError`` for corrupt or foreign files, and
+        (when given) for another ``dataset``/``model`` than the stored one or any ``expect`` key mismatch."""
+        obj = safe_torch_load(path, expect=expect)
+        _validate(obj, path)
+        traj = cls(obj["meta"], obj["states"], obj["lrs"], obj["steps"], obj["final"], obj["losses"], Path(path))
+        traj.check_compatible(dataset, model)
+        return traj
+
+    def lr(self, step: int) -> float:
+        """eta of SGD step ``step`` of this run (:func:`lr_at` with its schedule over all its steps), also for
+        the steps between kept checkpoints."""
+        return lr_at(step, int(self.losses.numel()), self.meta["lr"], self.meta["schedule"])
+
     # -------------------------------------------------------------- compatibility
     def check_compatible(self, dataset=None, model: str | None = None, model_kw: dict | None = None) -> None:
         """``ValueError`` when this trajectory was trained on another dataset or architecture."""
@@ -136,7 +245,7 @@ class Trajectory:
             for k, v in want.items():
                 if self.meta.get(k) != v:
                     raise ValueError(f"trajectory{where} was trained with {k}={self.meta.get(k)!r}, but this run "
-                                     f"uses {k}={v!r}; train a trajectory for this dataset (get_trajectory)")
+                                     f"uses {k}={v!r}; train a trajectory for this dataset (Trajectory.get)")
         if model is not None and str(self.meta.get("model")).lower() != str(model).lower():
             raise ValueError(f"trajectory{where} is for architecture {self.meta.get('model')!r}, but this run "
                              f"uses model={model!r}; train a trajectory for this architecture")
@@ -200,111 +309,10 @@ def _validate(obj: dict, path) -> None:
         raise ValueError(f"{path} is a damaged ddkit trajectory (inconsistent states/lrs/steps); delete it to rebuild")
 
 
-def load_trajectory(path, dataset=None, model: str | None = None, expect: dict | None = None) -> Trajectory:
-    """Load a trajectory file (``weights_only=True``). ``ValueError`` for corrupt or foreign files, and
-    (when given) for another ``dataset``/``model`` than the stored one or any ``expect`` key mismatch."""
-    obj = safe_torch_load(path, expect=expect)
-    _validate(obj, path)
-    traj = Trajectory(obj["meta"], obj["states"], obj["lrs"], obj["steps"], obj["final"], obj["losses"], Path(path))
-    traj.check_compatible(dataset, model)
-    return traj
-
-
-def train_trajectory(dataset, model: str = "ConvNet", *, epochs: int = 2, batch_size: int = 256, lr: float = 0.01,
-                     momentum: float = 0.0, weight_decay: float = 0.0, schedule: str = "constant",
-                     save_every: int = 1, seed: int = 0, model_kw: dict | None = None, device=None,
-                     progress: bool = True, checkpoint=None, checkpoint_every: int = 100) -> Trajectory:
-    """Train ``model`` on ``dataset.x_train`` with minibatch SGD and keep every ``save_every``-th state.
-
-    Plain SGD (``momentum=0``) is the setting of EAD's Proposition 3.2 (the update is
-    ``theta_{t+1} = theta_t - eta_t grad``); with momentum the TracIn weights ``eta_t`` are only
-    proportional to the true step sizes. Data order and initialisation come from ``seed``.
-
-    ``checkpoint``: a path; every ``checkpoint_every`` SGD steps the training state (network, optimiser,
-    generator, this epoch's order, the states kept so far) is saved there atomically, and a call that
-    finds the file (made for the same key) resumes from it: the same trajectory as an uninterrupted run.
-    """
-    key = trajectory_key(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
-                         model_kw=model_kw)
-    dev = resolve_device(device)
-    data = dataset.to(dev)
-    gen = make_generator(seed)  # CPU generator: init seed and batch order
-    net = get_model(model, dataset.channels, dataset.num_classes, dataset.im_size, generator=gen,
-                    **(model_kw or {})).to(dev)
-    net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    n = len(data.x_train)
-    per_epoch = math.ceil(n / batch_size)
-    total = epochs * per_epoch
-    run = {"states": [], "lrs": [], "steps": [], "losses": [], "perm": None, "step": 0}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        run = _resume_training(checkpoint, key, net, opt, gen)
-    bar = tqdm(total=total, initial=run["step"], desc=f"trajectory {model}", disable=not progress, leave=False)
-    for step in range(run["step"], total):
-        b = step % per_epoch
-        if b == 0:
-            run["perm"] = torch.randperm(n, generator=gen)
-        eta = lr_at(step, total, lr, schedule)
-        for group in opt.param_groups:
-            group["lr"] = eta
-        if step % save_every == 0:
-            run["states"].append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-            run["lrs"].append(eta)
-            run["steps"].append(step)
-        idx = run["perm"][b * batch_size:(b + 1) * batch_size].to(dev)
-        loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run["losses"].append(float(loss.detach()))
-        if not math.isfinite(run["losses"][-1]):
-            raise ValueError(f"trajectory training diverged at step {step} (loss {run['losses'][-1]}); lower lr={lr}")
-        run["step"] = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{run['losses'][-1]:.3f}")
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-            atomic_torch_save({"meta": {**key, "kind": "trajectory-training"}, "run": run, "net": net.state_dict(),
-                               "opt": opt.state_dict(), "gen": gen.get_state()}, checkpoint)
-    bar.close()
-    final = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    return Trajectory(key, run["states"], torch.tensor(run["lrs"], dtype=torch.float64), torch.tensor(run["steps"]),
-                      final, torch.tensor(run["losses"]))
-
-
 def _resume_training(path, key: dict, net, opt, gen) -> dict:
-    """Restore :func:`train_trajectory`'s state from ``path`` (made for ``key``) in place; returns the run dict."""
+    """Restore :meth:`Trajectory.train`'s state from ``path`` (made for ``key``) in place; returns the run dict."""
     state = safe_torch_load(path, expect={**key, "kind": "trajectory-training"})
     net.load_state_dict(state["net"])
     opt.load_state_dict(state["opt"])
     gen.set_state(state["gen"])
     return state["run"]
-
-
-def get_trajectory(dataset, model: str = "ConvNet", *, epochs: int = 2, batch_size: int = 256, lr: float = 0.01,
-                   momentum: float = 0.0, weight_decay: float = 0.0, schedule: str = "constant",
-                   save_every: int = 1, seed: int = 0, model_kw: dict | None = None, results_dir="",
-                   cache: bool = True, device=None, progress: bool = True, checkpoint_every: int = 100) -> Trajectory:
-    """The cached trajectory for this key, training (and caching) it when absent.
-
-    The file lives in ``<results_dir>/trajectories/`` (``ddkit.runs.results.resolve_results_dir(results_dir)``). A file
-    whose stored key differs from the requested one, or that is corrupt, raises ``ValueError``.
-    Training checkpoints to ``<file>.partial.pt`` every ``checkpoint_every`` steps and resumes from it
-    (removed once the trajectory is cached).
-    """
-    key = trajectory_key(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
-                         model_kw=model_kw)
-    root = resolve_results_dir(results_dir)
-    path = trajectory_path(root / "trajectories", key)
-    if cache and path.exists():
-        return load_trajectory(path, expect=key)
-    partial = path.with_name(path.stem + ".partial.pt") if cache else None
-    traj = train_trajectory(dataset, model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                            weight_decay=weight_decay, schedule=schedule, save_every=save_every, seed=seed,
-                            model_kw=model_kw, device=device, progress=progress, checkpoint=partial,
-                            checkpoint_every=checkpoint_every)
-    if cache:
-        traj.save(path)
-        partial.unlink(missing_ok=True)
-    return traj
