@@ -23,7 +23,7 @@ from ..runs.results import evaluation_entry, read_result
 from .gan_nets import ConditionalGenerator, positive_int
 
 __all__ = ["EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "FIXED_SETS", "SELECTIONS", "GeneratorEval",
-           "evaluate_generator", "GeneratorEvaluator", "BEST_TEST_LABEL", "dim_steps_per_epoch", "dim_batch_source",
+           "evaluate_generator", "random_real_eval", "GeneratorEvaluator", "BEST_TEST_LABEL", "dim_steps_per_epoch", "dim_batch_source",
            "evaluation_entries", "paired_over_seeds", "claim_verdict", "evidence_markdown"]
 
 #: Deployment evaluation protocols: a fixed set of IPC images per class (the standard
