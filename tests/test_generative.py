@@ -296,7 +296,6 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
     tuned = match_generator(st, mnist, objective, pool=pool, epochs=1, iterations=25,
                                 batch_size=32, lr=2e-3, pool_train_steps=0, gan_weight=0.0,
                                 progress=False, seed=0)
-    net = pool.current                                   # the same frozen network
 
     def heldout_loss(G):
         g = make_generator(123)
@@ -306,7 +305,7 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
             for i in range(3):                           # held-out = test-set batches
                 xr, yr = mnist.x_test[i * 64:(i + 1) * 64], mnist.y_test[i * 64:(i + 1) * 64]
                 xs = G.generate(yr, generator=g)
-                b = pool.batch(xr, yr, xs, yr)
+                b = pool.batch(xr, yr, xs, yr)           # the pool's current (frozen) network
                 total += float(objective(b)["loss"])
         return total
 
