@@ -10,19 +10,17 @@ import torch.nn.functional as F
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.methods import gan_train
 from ddkit.methods.gan_nets import ConditionalGenerator, Discriminator, GEN_ARCHS
-from ddkit.methods.gan_losses import (dim_objective, discriminator_loss, forward_logits_mid, GAN_LOSSES, generator_loss,
+from ddkit.methods.gan_losses import (dim_objective, discriminator_loss, GAN_LOSSES, generator_loss,
     gradient_penalty, GeneratorBatch, TermBalance)
 from ddkit.methods.gan_checkpoint import build_gan, CHECKPOINT_FORMAT, GANState, load_checkpoint, save_checkpoint
 from ddkit.methods.gan_train import siamese_augment, stage1, stage1_key, train_gan
 from ddkit.methods.gan_stage2 import (GANModelPool, match_generator, objective_fingerprint, stage2,
                                       stage2_schedule)
-from ddkit.methods.gan_eval import (BEST_TEST_LABEL, claim_verdict, comparison_entries, dim_steps_per_epoch, EVAL_PROTOCOLS,
-    generator_run_fields, protocol_selections,
-    evaluate_generator, evaluate_generators, evaluation_table, evidence_markdown, paired_over_seeds, protocol_list,
-    random_real_eval, term_scales)
+from ddkit.methods.gan_eval import (BEST_TEST_LABEL, claim_verdict, dim_steps_per_epoch, EVAL_PROTOCOLS,
+    evaluate_generator, evidence_markdown, GeneratorEvaluator, paired_over_seeds)
 from ddkit.core.utils import make_generator
 from ddkit.losses import feature_matching_loss, logit_matching_loss
-from ddkit.methods.gan_params import check_notebook_params, gan_spec, validate_gan_config
+from ddkit.methods.gan_params import GAN_CHECKS
 from ddkit.models import reinit_
 from ddkit.runs.notebook_cells import run_tagged
 
@@ -260,7 +258,9 @@ def test_pool_draw_and_mid_layer():
     before = [p.clone() for p in net.parameters()]
     pool.warm(ds, 2, make_generator(1))
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    logits, mid = forward_logits_mid(net, ds.x_train[:3], pool.mid_layer)
+    b = pool.batch(ds.x_train[:3], ds.y_train[:3], ds.x_train[3:6], ds.y_train[3:6], iteration=4, epoch=2)
+    assert b.net is net and b.mid_layer == pool.mid_layer and (b.iteration, b.epoch) == (4, 2)
+    logits, mid = b.logits_and_mid(ds.x_train[:3])
     assert torch.allclose(logits, net(ds.x_train[:3]), atol=1e-5)
     assert mid.shape == net.feature_maps(ds.x_train[:3])[1].shape
     rpool = GANModelPool(["resnet10"], 3, 4, (32, 32))
@@ -268,19 +268,21 @@ def test_pool_draw_and_mid_layer():
     assert rpool.current_name == "ResNet10" and rpool.mid_layer == 1      # layer2
     deep = GANModelPool(["ConvNet"], 3, 4, 32, width=8, mid_layer=2)
     net2 = deep.draw(make_generator(0))
-    logits, mid = forward_logits_mid(net2, ds.x_train[:3], deep.mid_layer)
+    logits, mid = deep.batch(ds.x_train[:3], ds.y_train[:3], ds.x_train[:3], ds.y_train[:3]).logits_and_mid(ds.x_train[:3])
     assert deep.mid_layer == 2 and logits.shape == (3, 4)
     assert torch.allclose(mid, net2.feature_maps(ds.x_train[:3])[2], atol=1e-6)
     assert mid.shape != net2.feature_maps(ds.x_train[:3])[1].shape     # a deeper (smaller) map than layer 1
     with pytest.raises(ValueError, match="mid_layer"):
         GANModelPool(["ConvNet"], 3, 4, 32, width=8, mid_layer=7).draw()
+    with pytest.raises(RuntimeError, match="draw a model first"):
+        GANModelPool(["ConvNet"], 3, 4, 32, width=8).batch(ds.x_train[:1], ds.y_train[:1], ds.x_train[:1], ds.y_train[:1])
 
 
 def _global_local(w_g, w_l):
     def objective(b):
         with torch.no_grad():
-            l_real, f_real = forward_logits_mid(b.net, b.x_real, b.mid_layer)
-        l_syn, f_syn = forward_logits_mid(b.net, b.x_syn, b.mid_layer)
+            l_real, f_real = b.logits_and_mid(b.x_real)
+        l_syn, f_syn = b.logits_and_mid(b.x_syn)
         glob = logit_matching_loss(l_syn, l_real)
         loc = feature_matching_loss(f_syn, f_real)
         return {"loss": w_g * glob + w_l * loc, "global": glob, "local": loc}
@@ -294,7 +296,6 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
     tuned = match_generator(st, mnist, objective, pool=pool, epochs=1, iterations=25,
                                 batch_size=32, lr=2e-3, pool_train_steps=0, gan_weight=0.0,
                                 progress=False, seed=0)
-    net = pool.current                                   # the same frozen network
 
     def heldout_loss(G):
         g = make_generator(123)
@@ -304,7 +305,7 @@ def test_global_local_training_lowers_heldout_matching_loss(mnist):
             for i in range(3):                           # held-out = test-set batches
                 xr, yr = mnist.x_test[i * 64:(i + 1) * 64], mnist.y_test[i * 64:(i + 1) * 64]
                 xs = G.generate(yr, generator=g)
-                b = GeneratorBatch(net, xr, yr, xs, yr, pool.mid_layer, 0, 0)
+                b = pool.batch(xr, yr, xs, yr)           # the pool's current (frozen) network
                 total += float(objective(b)["loss"])
         return total
 
@@ -388,17 +389,16 @@ def test_evaluate_generator_protocols(protocol):
     assert r.as_dict()["protocol"] == protocol
 
 
-def test_show_class_grids_columns_are_classes():
+def test_evaluator_show_columns_are_classes():
     """Each panel is ddkit.runs.viz.class_grid of the generator's samples, classes as columns (same noise per panel)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ddkit.methods.gan_eval import show_class_grids
     from ddkit.runs.viz import class_grid
 
     ds = tiny_dataset()
     G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
-    fig = show_class_grids({"a": G, "b": G}, ds, ipc=3, seed=1)
+    fig = GeneratorEvaluator(ds, [1], seed=1).show({"a": G, "b": G}, ipc=3)
     x, y = G.sample(3, seed=1)
     want = class_grid(x, y, ds, classes_as="columns")
     assert want.shape == (3 * 29 - 1, 4 * 29 - 1)   # 3 rows of samples, 4 columns of classes, 1 px gaps
@@ -418,8 +418,8 @@ def test_fixed_sets_per_model_trains_network_i_on_the_set_of_seed_plus_i():
     assert per.accs == pytest.approx(want) and per.fixed_sets == "per_model"
     one = evaluate_generator(G, ds, 1, num_models=2, seed=3, fixed_sets="one", **kw)
     assert one.accs == pytest.approx(evaluate_synset(*G.sample(1, seed=3), ds, num_models=2, seed=3, **kw, graphs=False).accs)
-    rr = random_real_eval(ds, 1, num_models=2, seed=3, fixed_sets="per_model", model="ConvNet", epochs=2,
-                              progress=False)
+    rr = GeneratorEvaluator(ds, [1], "fixed", num_models=2, seed=3, fixed_sets="per_model", model="ConvNet",
+                            epochs=2, progress=False).random_real()[1]
     assert len(rr.accs) == 2 and rr.as_dict()["fixed_sets"] == "per_model"
     with pytest.raises(ValueError, match="unknown fixed_sets 'many'"):
         evaluate_generator(G, ds, 1, fixed_sets="many", **kw)
@@ -439,17 +439,19 @@ def scripted_accuracy(monkeypatch, values):
     return calls
 
 
-def test_evaluate_generators_both_protocols_rows_and_entries(monkeypatch):
+def test_evaluator_both_protocols_rows_and_entries(monkeypatch):
     ds = tiny_dataset()
     G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8, mean=ds.mean, std=ds.std)
     kw = dict(model="ConvNet", num_models=1, epochs=3, progress=False)
     # call order: random real (last epoch), G fixed (last epoch), G dim (epochs 1, 2, 3)
     calls = scripted_accuracy(monkeypatch, [30.0, 40.0, 60.0, 80.0, 70.0])
-    res = {("Random real", "fixed"): {1: random_real_eval(ds, 1, **kw)},
-           **evaluate_generators({"G": G}, ds, [1], protocol_list("both"), dim_batch=4, dim_test_every=1, **kw)}
+    ev = GeneratorEvaluator(ds, [1], "both", dim_batch=4, dim_test_every=1, **kw)
+    ev.random_real()
+    ev.generators({"G": G})
+    res = ev.results
     assert len(calls) == 5
     assert list(res) == [("Random real", "fixed"), ("G", "fixed"), ("G", "dim")]
-    table = evaluation_table(res, "ConvNet")
+    table = ev.table("ConvNet")
     best = f"G · dim · {BEST_TEST_LABEL}"
     assert list(table.index) == ["Random real · fixed", "G · fixed", "G · dim", best]
     assert list(table["protocol"]) == ["fixed", "fixed", "dim", "dim"]
@@ -461,16 +463,19 @@ def test_evaluate_generators_both_protocols_rows_and_entries(monkeypatch):
     assert res["G", "dim"][1].accs == [70.0]
     assert list(table["IPC 1"]) == ["30.00 ± 0.00", "40.00 ± 0.00", "70.00 ± 0.00", "80.00 ± 0.00"]
     # one evaluation entry per (method, protocol, selection): ours under both protocols
-    entries = comparison_entries(res, "ConvNet")
+    entries = ev.entries()
     keys = [(e["method"], e["protocol"]["name"], e["protocol"]["selection"]) for e in entries]
     assert keys == [("Random real", "fixed", "last"), ("G", "fixed", "last"), ("G", "dim", "last"),
                     ("G", "dim", "best_test")]
     dim_entry = entries[2]["protocol"]
     assert dim_entry["steps_per_epoch"] == 4 * 1 // 4 + 1 and dim_entry["schedule"] == "constant"
     assert dim_entry["dsa"] == "color_crop" and dim_entry["labels"] == "random"
-    assert protocol_list("both") == ["fixed", "dim"] and protocol_list("dim") == ["dim"]
+    assert ev.protocols == ["fixed", "dim"] and GeneratorEvaluator(ds, [1], "dim").protocols == ["dim"]
+    assert GeneratorEvaluator(ds, [1], "dim").random_real() == {}      # a fixed set: not under "dim"
     with pytest.raises(ValueError, match="eval protocol"):
-        protocol_list("resample")
+        GeneratorEvaluator(ds, [1], "resample")
+    with pytest.raises(ValueError, match="ipc"):
+        GeneratorEvaluator(ds, [0])
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -483,10 +488,6 @@ def test_bad_inputs_raise_value_error():
         generator_loss(_StubD(), torch.zeros(1, 1, 1, 2), torch.tensor([0]), "hinge")
     with pytest.raises(ValueError, match="pool model"):
         GANModelPool(["ConvNet", "Transformer"], 1, 4, 28)
-    with pytest.raises(ValueError, match="pool model"):
-        validate_gan_config(pool_models=["resnet99"])
-    with pytest.raises(ValueError, match="eval_protocol"):
-        validate_gan_config(eval_protocol="best")
     with pytest.raises(ValueError, match="image sizes"):
         ConditionalGenerator(10, 3, 64)
     G = ConditionalGenerator(4, 1, 28, z_dim=8, width=8)
@@ -518,10 +519,10 @@ def test_dim_objective_forms_by_hand():
     assert torch.allclose(p["loss"], 0.5 * ((net(xr) - net(xs)) ** 2).sum())
 
 
-def test_gan_spec_checks_params():
+def test_gan_checks_check_params():
     from ddkit.runs.params import check_params
 
-    spec = gan_spec()
+    spec = GAN_CHECKS
     good = dict(gan_loss="wgan_gp", gan_epochs=1, gan_seed=-1, gan_iters=0, gan_batch_size=8, gan_lr=1e-4, gan_betas=[0.0, 0.9],
                 d_steps=1, gp_lambda=10.0, aux_weight=1.0, z_dim=8, gen_width=8, disc_width=8, match_epochs=1,
                 batch_size=8, match_lr=5e-6, gan_weight=1.0, pool_models=["ConvNet", "ResNet18"],
@@ -544,27 +545,18 @@ def test_gan_spec_checks_params():
                           ("dim_test_every", 0, "dim_test_every"), ("pool_lr", 0.0, "pool_lr")]:
         with pytest.raises(ValueError, match=msg):
             check_params({**good, key: bad}, spec, defaults=good)
+    rules = {"len(gan_betas) == 2 and len(match_betas) == 2": "Adam takes two betas"}   # the notebooks' rule
+    with pytest.raises(ValueError, match="Adam takes two betas"):
+        check_params({**good, "gan_betas": [0.9]}, spec, rules, defaults=good)
 
 
-def test_check_notebook_params_refuses_foreign_checkpoint(tmp_path):
-    from types import SimpleNamespace
-
+def test_stage1_refuses_a_foreign_checkpoint_and_bad_betas(tmp_path):
     other = tiny_dataset(name="other", channels=3, size=32)
     path = save_checkpoint(build_gan(other, z_dim=8, gen_width=8, disc_width=8), tmp_path / "g.pt")
-    P = SimpleNamespace(gan_loss="wgan_gp", pool_models=[], model="ConvNet", eval_protocol="fixed",
-                        deploy_ipcs=[], ipc=1, baselines=["random"], gan_checkpoint=str(path), gan_betas=[0.0, 0.9])
-    check_notebook_params(P)                       # no dataset yet: names only
-    P.gan_betas = [0.9]
-    with pytest.raises(ValueError, match=r"gan_betas=\[0.9\]: Adam takes two betas"):
-        check_notebook_params(P)
-    P.gan_betas = [0.0, 0.9]
-    with pytest.raises(ValueError, match="Adam takes two betas"):   # the library entry point refuses it too
+    with pytest.raises(ValueError, match="Adam takes two betas"):
         stage1(tiny_dataset(), gan_betas=(0.0, 1.5), gan_epochs=1, use_cache=False)
     with pytest.raises(ValueError, match="trained for dataset='other'"):
-        check_notebook_params(P, tiny_dataset())
-    P.gan_checkpoint, P.ipc = "", 50                   # more random-real images than a class has
-    with pytest.raises(ValueError, match="images per class"):
-        check_notebook_params(P, tiny_dataset())
+        stage1(tiny_dataset(), checkpoint=str(path))
 
 
 # --------------------------------------------------------------------------- DiM's pipeline
@@ -851,18 +843,23 @@ def _write_seed(root, seed, ours, dim, extra_param=0):
 
 
 def test_paired_over_seeds_and_verdict_by_hand(tmp_path):
-    params = _write_seed(tmp_path, 0, [80.0, 82.0], [79.0, 79.0])     # seed means 81 vs 79: +2
+    _write_seed(tmp_path, 0, [80.0, 82.0], [79.0, 79.0])              # seed means 81 vs 79: +2
     _write_seed(tmp_path, 1, [70.5], [69.0])                          # +1.5
     _write_seed(tmp_path, 2, [74.5], [72.0])                          # +2.5
     _write_seed(tmp_path / "other", 3, [0.0], [99.0], extra_param=1)   # another configuration: ignored
-    d = paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=1, protocol="dim", selection="best_test")
+    d = paired_over_seeds(tmp_path / "ev_s0", "GAN + SKD", "DiM", ipc=1, protocol="dim", selection="best_test")
     assert d["seeds"] == [0, 1, 2] and d["diffs"] == pytest.approx([2.0, 1.5, 2.5]) and d["mean"] == pytest.approx(2.0)
     half = 4.302652729911275 * 0.5 / math.sqrt(3)                      # t_{0.975, 2} * sd / sqrt(n), sd = 0.5
     assert d["lo"] == pytest.approx(2.0 - half) and claim_verdict(d).startswith("held (+2.00 points")
     assert claim_verdict({**d, "lo": -1.0, "hi": 3.0}).startswith("not shown")
     assert claim_verdict({**d, "lo": -3.0, "hi": -1.0}).startswith("reversed")
     with pytest.raises(ValueError, match="no run under"):
-        paired_over_seeds(tmp_path, params, "GAN + SKD", "DiM", ipc=10, protocol="dim")
+        paired_over_seeds(tmp_path / "ev_s0", "GAN + SKD", "DiM", ipc=10, protocol="dim")
+    ev = GeneratorEvaluator(tiny_dataset(), [1], "dim")
+    with pytest.raises(ValueError, match="no run under"):              # no last-epoch entries were saved
+        ev.claim(tmp_path / "ev_s1", "GAN + SKD", "DiM")
+    ev.selections = lambda: [("dim", "best_test", "best")]              # another seed's run finds the same seeds
+    assert ev.claim(tmp_path / "ev_s1", "GAN + SKD", "DiM") == [(1, "best", claim_verdict(d))]
     table = evidence_markdown(tmp_path, "ev_s")
     row = next(line for line in table.splitlines() if line.startswith("| GAN + SKD |"))
     accs = torch.tensor([80.0, 82.0, 70.5, 74.5])                      # every network of every seed
@@ -870,8 +867,8 @@ def test_paired_over_seeds_and_verdict_by_hand(tmp_path):
 
 
 def test_term_scales_by_hand():
-    hist = [{"a": -1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}]
-    assert term_scales(hist, ["a", "b", "c"], window=2) == {"a": (2.0, 4.0), "b": (3.0, 3.0)}
+    st = GANState(None, None, None, None, {}, history=[{"a": -1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}])
+    assert st.term_scales(["a", "b", "c"], window=2) == {"a": (2.0, 4.0), "b": (3.0, 3.0)}
 
 
 # --------------------------------------------------------------------------- the notebooks' objective cells
@@ -921,16 +918,10 @@ def test_notebook_02_objective_cell_by_hand():
     assert torch.allclose(raw["skd"], (qr * (qr.log() - qs.log())).sum(1).mean(), rtol=1e-4)
 
 
-def test_protocol_selections_and_run_fields_by_hand():
-    assert protocol_selections(["fixed", "dim"]) == [
+def test_evaluator_selections_by_hand():
+    assert GeneratorEvaluator(tiny_dataset(), [1], "both").selections() == [
         ("fixed", "last", "fixed, last epoch"), ("dim", "last", "dim, last epoch"),
         ("dim", "best_test", "dim (best test eval: test-set selection)")]
-    s1 = GANState(None, None, None, None, {"cache": "c.pt"}, seconds=2.0)
-    s2 = GANState(None, None, None, None, {}, history=[{"a": 1.0}, {"a": 3.0}], seconds=5.0)
-    out = generator_run_fields(s1, s2, {10: 0.5}, {"m": s2.history}, ["a"])
-    assert out["distill_seconds"] == 7.0 and out["stage1_seconds"] == 2.0 and out["stage2_seconds"] == 5.0
-    assert out["redeploy_seconds"] == {"10": 0.5} and out["term_scales"] == {"m": {"a": (2.0, 2.0)}}
-    assert out["stage1_cache"] == "c.pt" and out["final_terms"] == {"a": 3.0}
 
 
 def test_tagged_cell_loader_refuses_a_missing_tag():

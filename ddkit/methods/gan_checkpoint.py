@@ -42,6 +42,16 @@ class GANState:
     seconds: float = 0.0
     rng_state: torch.Tensor | None = None
 
+    def term_scales(self, keys, window: int = 5) -> dict:
+        """Mean absolute value of each logged term of ``history`` over the first and the last ``window``
+        generator steps: ``{key: (start, end)}`` (keys absent from the history are left out)."""
+        out = {}
+        for k in keys:
+            v = [abs(float(h[k])) for h in self.history if k in h]
+            if v:
+                out[k] = (sum(v[:window]) / len(v[:window]), sum(v[-window:]) / len(v[-window:]))
+        return out
+
     def copy(self, lr: float | None = None, betas=None) -> "GANState":
         """Deep copy (networks + optimizer states); ``lr``/``betas`` re-set the optimizers."""
         new = GANState(copy.deepcopy(self.G), copy.deepcopy(self.D), None, None, dict(self.meta),

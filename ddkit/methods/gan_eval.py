@@ -1,6 +1,7 @@
 """Deploying and evaluating a generator (paper 01 Eq. 10): the fixed-set protocol and DiM's
-``validate`` (:data:`EVAL_PROTOCOLS`), the random-real floor, the ``result.json`` evaluation
-entries, the paired claim check over seeds and the class grids.
+``validate`` (:data:`EVAL_PROTOCOLS`, :func:`evaluate_generator`), and :class:`GeneratorEvaluator`, which
+evaluates a notebook's generators and the random-real floor under its protocols and turns the results
+into a table, the ``result.json`` evaluation entries, the paired claim check over seeds and class grids.
 
 * ``"fixed"``: IPC images per class drawn once (shared, or one set per network: :data:`FIXED_SETS`),
   then the standard protocol (``ddkit.evaluate.evaluate_synset``).
@@ -22,10 +23,8 @@ from ..runs.results import evaluation_entry, read_result
 from .gan_nets import ConditionalGenerator, positive_int
 
 __all__ = ["EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "FIXED_SETS", "SELECTIONS", "GeneratorEval",
-           "evaluate_generator", "random_real_eval", "evaluate_generators", "evaluation_table",
-           "comparison_entries", "BEST_TEST_LABEL", "protocol_selections", "generator_run_fields", "dim_steps_per_epoch", "dim_batch_source", "protocol_list",
-           "evaluation_entries", "term_scales", "paired_over_seeds", "claim_verdict", "evidence_markdown",
-           "show_class_grids"]
+           "evaluate_generator", "random_real_eval", "GeneratorEvaluator", "BEST_TEST_LABEL", "dim_steps_per_epoch", "dim_batch_source",
+           "evaluation_entries", "paired_over_seeds", "claim_verdict", "evidence_markdown"]
 
 #: Deployment evaluation protocols: a fixed set of IPC images per class (the standard
 #: protocol, ``evaluate_synset``), or DiM's ``validate`` (fresh generated batch every step,
@@ -214,96 +213,122 @@ def random_real_eval(dataset, ipc, *, model="ConvNet", num_models=5, epochs=1000
                          time.perf_counter() - t0, 0.0, fixed_sets, settings=settings)
 
 
-def protocol_list(protocol: str) -> list:
-    """``"both"`` -> ``["fixed", "dim"]`` (the fixed set first); a single protocol -> ``[protocol]``."""
-    if protocol not in NOTEBOOK_PROTOCOLS:
-        raise ValueError(f"unknown eval protocol {protocol!r}; expected one of {NOTEBOOK_PROTOCOLS}")
-    return list(EVAL_PROTOCOLS) if protocol == "both" else [protocol]
-
-
-def protocol_selections(protocols) -> list:
-    """``(protocol, selection, label)`` of every reported number: the last epoch of each protocol,
-    and for ``"dim"`` also the best test evaluation (DiM's report, a selection on the test set)."""
-    out = []
-    for p in protocols:
-        out.append((p, "last", f"{p}, last epoch"))
-        if p == "dim":
-            out.append((p, "best_test", f"{p} (best test eval: test-set selection)"))
-    return out
-
-
-def generator_run_fields(stage1_state, stage2_state, redeploy_seconds: dict, histories: dict, terms) -> dict:
-    """The ``result.json`` fields of a generative run besides the contract's: training seconds of
-    each stage (their sum is the distillation time), redeployment seconds per IPC, the start/end
-    scale of each logged term (:func:`term_scales`) per method, the stage-1 cache and the final terms."""
-    return {"distill_seconds": stage1_state.seconds + stage2_state.seconds, "stage1_seconds": stage1_state.seconds,
-            "stage2_seconds": stage2_state.seconds,
-            "redeploy_seconds": {str(k): v for k, v in redeploy_seconds.items()},
-            "term_scales": {n: term_scales(h, terms) for n, h in histories.items()},
-            "stage1_cache": stage1_state.meta.get("cache"), "final_terms": stage2_state.history[-1],
-            "artifact": "generator.pt"}
-
-
-#: Row suffix of DiM's reported number (best of the test evaluations) in :func:`evaluation_table`.
+#: Row suffix of DiM's reported number (best of the test evaluations) in :meth:`GeneratorEvaluator.table`.
 BEST_TEST_LABEL = "best test eval (test-set selection)"
 
 
-def evaluate_generators(generators: dict, dataset, ipcs, protocols, **eval_kw) -> dict:
-    """:func:`evaluate_generator` of every generator under every protocol at every IPC:
-    ``{(name, protocol): {ipc: GeneratorEval}}`` (``eval_kw``: its keyword arguments)."""
-    return {(name, p): {k: evaluate_generator(G, dataset, k, protocol=p, **eval_kw) for k in ipcs}
-            for p in protocols for name, G in generators.items()}
+class GeneratorEvaluator:
+    """The evaluation of a generative notebook: generators (and the random-real floor) deployed at
+    every IPC of ``ipcs`` and evaluated under ``protocol`` (one of :data:`NOTEBOOK_PROTOCOLS`;
+    ``"both"``: the fixed set first, then DiM's ``validate``), each with :func:`evaluate_generator`'s
+    settings given here. ``results``: ``{(name, protocol): {ipc: GeneratorEval}}`` in the order
+    evaluated; :meth:`table`, :meth:`entries` and :meth:`claim` read it."""
+
+    def __init__(self, dataset, ipcs, protocol: str = "both", *, model: str = "ConvNet", num_models: int = 5,
+                 epochs: int = 1000, seed: int = 0, device=None, fixed_sets: str = "one", dim_batch: int = 64,
+                 dim_test_every: int = 200, progress: bool = True):
+        if protocol not in NOTEBOOK_PROTOCOLS:
+            raise ValueError(f"unknown eval protocol {protocol!r}; expected one of {NOTEBOOK_PROTOCOLS}")
+        _check_fixed_sets(fixed_sets)
+        self.dataset, self.ipcs, self.seed = dataset, [positive_int("ipc", k) for k in ipcs], seed
+        #: the protocols evaluated, in order (``"both"``: ``["fixed", "dim"]``)
+        self.protocols = list(EVAL_PROTOCOLS) if protocol == "both" else [protocol]
+        self.settings = dict(model=model, num_models=num_models, epochs=epochs, seed=seed, device=device,
+                             progress=progress, fixed_sets=fixed_sets)
+        self.dim = dict(dim_batch=dim_batch, dim_test_every=dim_test_every)
+        self.results: dict = {}
+
+    def random_real(self, name: str = "Random real") -> dict:
+        """The floor: random real images (``ipc`` per class, seed ``seed + 17``; ``fixed_sets="per_model"``:
+        a new subset per network, as DC/DM's random baseline) under the standard protocol, a fixed set
+        and so evaluated only when the protocols include ``"fixed"``. Returns ``{ipc: GeneratorEval}``."""
+        if "fixed" in self.protocols:
+            self.results[name, "fixed"] = {k: random_real_eval(self.dataset, k, **self.settings) for k in self.ipcs}
+        return self.results.get((name, "fixed"), {})
+
+    def generators(self, generators: dict) -> dict:
+        """Every generator of ``{name: G}`` under every protocol (protocol-major) at every IPC
+        (:func:`evaluate_generator`); returns the new ``{(name, protocol): {ipc: GeneratorEval}}``."""
+        new = {(name, p): {k: evaluate_generator(G, self.dataset, k, protocol=p, **self.settings, **self.dim)
+                           for k in self.ipcs}
+               for p in self.protocols for name, G in generators.items()}
+        self.results.update(new)
+        return new
+
+    def table(self, index_name: str = ""):
+        """A pandas DataFrame of the results (rows ``"<name> · <protocol>"``, plus
+        ``"<name> · dim · best test eval (test-set selection)"`` for DiM's reported number; columns:
+        protocol, selection and ``"mean ± std"`` per IPC)."""
+        import pandas as pd
+
+        rows = {}
+        for (name, p), per in self.results.items():
+            rows[f"{name} · {p}"] = per
+            if p == "dim":
+                rows[f"{name} · dim · {BEST_TEST_LABEL}"] = {k: r.select("best_test") for k, r in per.items()}
+        table = pd.DataFrame({f"IPC {k}": {n: f"{per[k].mean:.2f} ± {per[k].std:.2f}" for n, per in rows.items()}
+                              for k in self.ipcs})
+        table.insert(0, "selection", [per[self.ipcs[0]].selected for per in rows.values()])
+        table.insert(0, "protocol", [per[self.ipcs[0]].protocol for per in rows.values()])
+        table.index.name = index_name
+        return table
+
+    def entries(self, names: dict | None = None) -> list:
+        """:func:`evaluation_entries` of every result, for ``result.json``'s ``evaluations``.
+        ``names``: ``{name: (method, variant)}`` for the recorded method names (default: the name)."""
+        out = []
+        for (name, _), per in self.results.items():
+            method, variant = (names or {}).get(name, (name, ""))
+            out += evaluation_entries(method, per, self.settings["model"], variant)
+        return out
+
+    def selections(self) -> list:
+        """``(protocol, selection, label)`` of every reported number: the last epoch of each protocol,
+        and for ``"dim"`` also the best test evaluation (DiM's report, a selection on the test set)."""
+        out = []
+        for p in self.protocols:
+            out.append((p, "last", f"{p}, last epoch"))
+            if p == "dim":
+                out.append((p, "best_test", f"{p} (best test eval: test-set selection)"))
+        return out
+
+    def claim(self, run_dir, method: str, baseline: str, *, variant: str = "", baseline_variant: str = "") -> list:
+        """``[(ipc, label, verdict)]`` for every IPC and :meth:`selections` entry: ``method`` against
+        ``baseline`` paired over the seeds of this run's configuration saved beside ``run_dir``
+        (:func:`paired_over_seeds`, :func:`claim_verdict`)."""
+        return [(k, label, claim_verdict(paired_over_seeds(run_dir, method, baseline, ipc=k, protocol=p, selection=sel,
+                                                           variant=variant, baseline_variant=baseline_variant)))
+                for k in self.ipcs for p, sel, label in self.selections()]
+
+    def show(self, generators: dict, ipc: int = 1, max_ipc: int = 10):
+        """One panel per generator: columns = classes, rows = samples (seed ``seed``: the same noise
+        for every generator, so the panels differ only by the training), each a
+        :func:`ddkit.runs.viz.class_grid`. Returns the figure."""
+        import matplotlib.pyplot as plt
+
+        from ..runs.viz import class_grid
+
+        n = min(ipc, max_ipc)
+        fig, axes = plt.subplots(1, len(generators), figsize=(3.6 * len(generators), 0.45 * n + 1.3), squeeze=False)
+        for ax, (name, G) in zip(axes[0], generators.items()):
+            x, y = G.sample(n, seed=self.seed)
+            grid = class_grid(x, y, self.dataset, per_class=n, classes_as="columns")
+            ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_title(name)
+            ax.axis("off")
+        fig.tight_layout()
+        return fig
 
 
-def evaluation_table(evals: dict, index_name: str = ""):
-    """A pandas DataFrame of :func:`evaluate_generators`' results (rows ``"<name> · <protocol>"``,
-    plus ``"<name> · dim · best test eval (test-set selection)"`` for DiM's reported number;
-    columns: protocol, selection and ``"mean ± std"`` per IPC)."""
-    import pandas as pd
-
-    rows = {}
-    for (name, p), per in evals.items():
-        rows[f"{name} · {p}"] = per
-        if p == "dim":
-            rows[f"{name} · dim · {BEST_TEST_LABEL}"] = {k: r.select("best_test") for k, r in per.items()}
-    ipcs = list(next(iter(evals.values())))
-    table = pd.DataFrame({f"IPC {k}": {n: f"{per[k].mean:.2f} ± {per[k].std:.2f}" for n, per in rows.items()}
-                          for k in ipcs})
-    table.insert(0, "selection", [per[ipcs[0]].selected for per in rows.values()])
-    table.insert(0, "protocol", [per[ipcs[0]].protocol for per in rows.values()])
-    table.index.name = index_name
-    return table
-
-
-def comparison_entries(evals: dict, eval_model: str | None = None, names: dict | None = None) -> list:
-    """:func:`evaluation_entries` of every ``(name, protocol)`` of :func:`evaluate_generators`' results.
-    ``names``: ``{name: (method, variant)}`` for the recorded method names (default: the name)."""
-    out = []
-    for (name, _), per in evals.items():
-        method, variant = (names or {}).get(name, (name, ""))
-        out += evaluation_entries(method, per, eval_model, variant)
-    return out
-
-
-def term_scales(history: list, keys, window: int = 5) -> dict:
-    """Mean absolute value of each logged term over the first and the last ``window`` generator
-    steps: ``{key: (start, end)}`` (keys absent from the history are left out)."""
-    out = {}
-    for k in keys:
-        v = [abs(float(h[k])) for h in history if k in h]
-        if v:
-            out[k] = (sum(v[:window]) / len(v[:window]), sum(v[-window:]) / len(v[-window:]))
-    return out
-
-
-def paired_over_seeds(results_root, params: dict, method: str, baseline: str, *, ipc: int, protocol: str,
+def paired_over_seeds(run_dir, method: str, baseline: str, *, ipc: int, protocol: str,
                       selection: str = "last", variant: str = "", baseline_variant: str = "") -> dict:
-    """Paired difference (method - baseline) of per-seed mean accuracies over the runs under
-    ``results_root`` whose parameters equal ``params`` except ``seed`` / ``run_name`` /
-    ``results_dir`` (the seeds of one sweep), from their ``evaluations`` entries
-    (``ddkit.core.stats.paired_difference``: mean and 95% t interval). Adds ``"seeds"``."""
+    """Paired difference (method - baseline) of per-seed mean accuracies over the runs beside
+    ``run_dir`` (its parent folder) whose parameters equal those of ``run_dir/result.json`` except
+    ``seed`` / ``run_name`` / ``results_dir`` (the seeds of one sweep), from their ``evaluations``
+    entries (``ddkit.core.stats.paired_difference``: mean and 95% t interval). Adds ``"seeds"``."""
     free = {"seed", "run_name", "results_dir"}
-    same = {k: v for k, v in params.items() if k not in free}
+    results_root = Path(run_dir).parent
+    same = {k: v for k, v in read_result(Path(run_dir) / "result.json")["params"].items() if k not in free}
     by_seed: dict = {}
     for path in sorted(Path(results_root).glob("*/result.json")):
         try:
@@ -373,22 +398,3 @@ def claim_verdict(diff: dict) -> str:
         return f"reversed ({span})"
     return f"not shown ({span}: the interval contains 0)"
 
-
-def show_class_grids(generators: dict, dataset, ipc: int = 1, seed: int = 0, max_ipc: int = 10):
-    """One panel per generator: columns = classes, rows = samples (same noise for every
-    generator, so the panels differ only by the training), each a :func:`ddkit.runs.viz.class_grid`.
-    Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from ..runs.viz import class_grid
-
-    n = min(ipc, max_ipc)
-    fig, axes = plt.subplots(1, len(generators), figsize=(3.6 * len(generators), 0.45 * n + 1.3), squeeze=False)
-    for ax, (name, G) in zip(axes[0], generators.items()):
-        x, y = G.sample(n, seed=seed)
-        grid = class_grid(x, y, dataset, per_class=n, classes_as="columns")
-        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_title(name)
-        ax.axis("off")
-    fig.tight_layout()
-    return fig

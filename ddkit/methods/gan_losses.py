@@ -7,7 +7,7 @@ shared by notebooks 01 and 02 (each paper's own objective lives in its notebook'
   ``saturating=True``. ``"wgan_gp"`` - DiM's code: WGAN critic loss + gradient penalty (Gulrajani et
   al. 2017, lambda 10) + auxiliary class cross-entropy (AC-GAN); ``fake_aux=True`` also trains D's
   class head on fakes, as DiM does.
-* :class:`GeneratorBatch` (what a stage-2 objective receives), :func:`forward_logits_mid`,
+* :class:`GeneratorBatch` (what a stage-2 objective receives; :meth:`GeneratorBatch.logits_and_mid`),
   :func:`dim_objective` (the DiM baseline of both notebooks) and :class:`TermBalance` (fixed or
   normalised weights of the matching terms).
 
@@ -27,7 +27,7 @@ from ..losses import logit_matching_loss
 from .gan_nets import Discriminator, check_choice
 
 __all__ = ["GAN_LOSSES", "BALANCES", "MATCH_FORMS", "default_aux_weight", "check_gan_loss", "gradient_penalty",
-           "discriminator_loss", "generator_loss", "GeneratorBatch", "forward_logits_mid", "dim_objective",
+           "discriminator_loss", "generator_loss", "GeneratorBatch", "dim_objective",
            "TermBalance"]
 
 #: GAN objectives: the papers' log-likelihood cGAN and DiM's WGAN-GP + auxiliary CE.
@@ -140,13 +140,12 @@ class GeneratorBatch:
     iteration: int
     epoch: int
 
-
-def forward_logits_mid(net: nn.Module, x: torch.Tensor, mid_layer: int):
-    """``(logits, feature_maps(x)[mid_layer])`` from one pass through ``net`` (any ddkit zoo
-    model: ``forward == classifier(embed_from_last(feature_maps(x)[-1]))``)."""
-    maps = net.feature_maps(x)
-    logits = net.classifier(net.embed_from_last(maps[-1]))
-    return logits, maps[mid_layer]
+    def logits_and_mid(self, x: torch.Tensor):
+        """``(logits, feature_maps(x)[mid_layer])`` of ``net`` from one pass (any ddkit zoo model:
+        ``forward == classifier(embed_from_last(feature_maps(x)[-1]))``)."""
+        maps = self.net.feature_maps(x)
+        logits = self.net.classifier(self.net.embed_from_last(maps[-1]))
+        return logits, maps[self.mid_layer]
 
 
 def dim_objective(w_global: float = 0.01, form: str = "dim") -> Callable[[GeneratorBatch], dict]:

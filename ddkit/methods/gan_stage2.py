@@ -41,7 +41,8 @@ class GANModelPool:
     """DiM's model pool: :meth:`draw` picks one of ``names`` at random and re-initialises it
     in place (one instance per architecture, built once); :meth:`warm` trains the current
     model ``steps`` SGD steps on real batches (SGD 0.01, momentum 0.9, wd 5e-4, the
-    optimizer kept across calls within a draw), then freezes it for the generator step.
+    optimizer kept across calls within a draw), then freezes it for the generator step;
+    :meth:`batch` hands the current model with a real and a synthetic batch to the objective.
     ``mid_layer=None`` uses each model's own ``mid_layer`` (ResNet layer2, ConvNet block 2);
     an int overrides it (index into ``feature_maps``). ``dsa``: a DSA strategy (or
     :class:`ddkit.augment.DSA`) applied per sample to every warm-up batch (DiM warms its pool
@@ -106,6 +107,14 @@ class GANModelPool:
         for p in self.current.parameters():
             p.requires_grad_(not frozen)
         self.current.train()
+
+    def batch(self, x_real: torch.Tensor, y_real: torch.Tensor, x_syn: torch.Tensor, y_syn: torch.Tensor,
+              iteration: int = 0, epoch: int = 0) -> GeneratorBatch:
+        """What a stage-2 objective receives: the current model and its ``mid_layer`` with the real
+        and the paired synthetic batch."""
+        if self.current is None:
+            raise RuntimeError("draw a model first")
+        return GeneratorBatch(self.current, x_real, y_real, x_syn, y_syn, self.mid_layer, iteration, epoch)
 
     def warm(self, dataset, steps: int, generator: torch.Generator | None = None) -> nn.Module:
         if self.current is None:
@@ -192,7 +201,7 @@ def match_generator(state: GANState, dataset, objective: Callable[[GeneratorBatc
     for ep, steps in enumerate(schedule):
         pool.draw(g)
         for _ in range(steps):
-            net = pool.warm(dataset, pool_train_steps, g)
+            pool.warm(dataset, pool_train_steps, g)
             xr, y = real.next()
             rec = {"stage": 2, "epoch": ep, "model": pool.current_name}
             if gan_weight > 0 and step_order == "d_first":
@@ -200,7 +209,7 @@ def match_generator(state: GANState, dataset, objective: Callable[[GeneratorBatc
             xf_t = G(G.noise(len(y), g), y)
             xf = G.to_normalized(xf_t)
             xr_m, xf_m = (xr, xf) if aug is None else siamese_augment(aug, xr, xf, g)
-            terms = objective(GeneratorBatch(net, xr_m, y, xf_m, y, pool.mid_layer, it, ep))
+            terms = objective(pool.batch(xr_m, y, xf_m, y, it, ep))
             if not isinstance(terms, dict) or "loss" not in terms:
                 raise ValueError("the matching objective must return a dict with a 'loss' entry")
             total = terms["loss"]
