@@ -486,6 +486,14 @@ class PrototypeBank:
         self.num_updates += 1
         return self._value
 
+    @torch.no_grad()
+    def update_from(self, embed, x, y, chunk=1024):
+        """DSDM Algorithm 1, lines 11-12: :meth:`update` with the class prototypes (:func:`class_prototypes`)
+        of ``embed(x)``, e.g. the current network's ``embed`` of the optimised synthetic images, computed
+        without autograd in chunks of ``chunk`` images; classes absent from ``y`` keep their value."""
+        f = torch.cat([embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        return self.update(*class_prototypes(f, y, self.num_classes))
+
     def to(self, device):
         self._value = self._value.to(device)
         self._seen = self._seen.to(device)
