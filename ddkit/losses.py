@@ -428,6 +428,7 @@ class PrototypeBank:
     literally (h = 0 at t = 1, then the EMA from zero). Values are stored detached.
     ``present`` (optional (C,) bool) restricts an update to some classes (others keep their
     value; with ``init="first"`` a class is stored the first time it is present).
+    ``update_from(embed, x, y)``: the same with the class prototypes of ``embed(x)`` (DSDM Eq. 7).
 
     ``.value`` (C, D) (zeros before the first update), ``.initialized`` (True after the first
     update), ``.num_updates``; ``state_dict()`` / ``load_state_dict()`` for resume;
