@@ -17,10 +17,9 @@ import torch
 
 from bench import REPO, alternate_per_iteration, bench_dataset, ratio_summary, summary
 from bench.reference import dm_family_reference, new_network
-from ddkit.core.utils import make_generator
+from ddkit.core.utils import make_generator, resolve_device
 from ddkit.losses import PrototypeBank, class_centralization_loss, local_covariance_loss, semantic_diversity_loss
 from ddkit.methods.distill import distill, init_synthetic
-from ddkit.methods.dm import pixel_bounds, update_bank
 from ddkit.methods.pools import RandomPool
 from ddkit.runs.notebook_cells import run_tagged
 
@@ -75,7 +74,8 @@ def run_one(method: str, repeats: int, iters: int, flags: dict, ipc: int = 10, b
     images0, labels = syn0.images.detach().clone(), syn0.labels.clone()
     pool = RandomPool.for_dataset("ConvNet", ds)
     cc_pool = RandomPool.for_dataset("ResNet18", ds)
-    clamp = pixel_bounds(ds) if method == "dsdm" else None
+    mean, std = (torch.tensor(v, device=resolve_device(None)).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
+    clamp = ((0 - mean) / std, (1 - mean) / std) if method == "dsdm" else None  # [0, 1] pixels, as notebook 04
     dim = pool.net.embed_dim
 
     def ddkit_path(r):
@@ -88,7 +88,7 @@ def run_one(method: str, repeats: int, iters: int, flags: dict, ipc: int = 10, b
 
             def after(it, s, batch):
                 x, y = s.detached()
-                update_bank(bank, batch.net, x, y, ds.num_classes)
+                bank.update_from(batch.net.embed, x, y)
         hist = distill(syn, ds, obj, pool, iters, batch_real=batch_real, seed=100 + r, progress=False,
                        after_step=after, clamp=clamp, **flags)
         return [h["loss"] for h in hist]
@@ -105,7 +105,7 @@ def run_one(method: str, repeats: int, iters: int, flags: dict, ipc: int = 10, b
             def after(net, imgs, labs, f):
                 from ddkit.augment import decode
                 x, y = decode(imgs, labs, f)
-                update_bank(bank, net, x, y, ds.num_classes)
+                bank.update_from(net.embed, x, y)
         _, losses = dm_family_reference(images0, labels, ds, iters, terms, seed=100 + r, factor=factor,
                                         batch_real=batch_real, clamp=clamp, after_step=after, extra_net=extra)
         return losses

@@ -428,6 +428,7 @@ class PrototypeBank:
     literally (h = 0 at t = 1, then the EMA from zero). Values are stored detached.
     ``present`` (optional (C,) bool) restricts an update to some classes (others keep their
     value; with ``init="first"`` a class is stored the first time it is present).
+    ``update_from(embed, x, y)``: the same with the class prototypes of ``embed(x)`` (DSDM Eq. 7).
 
     ``.value`` (C, D) (zeros before the first update), ``.initialized`` (True after the first
     update), ``.num_updates``; ``state_dict()`` / ``load_state_dict()`` for resume;
@@ -485,6 +486,14 @@ class PrototypeBank:
         self.initialized = True
         self.num_updates += 1
         return self._value
+
+    @torch.no_grad()
+    def update_from(self, embed, x, y, chunk=1024):
+        """DSDM Algorithm 1, lines 11-12: :meth:`update` with the class prototypes (:func:`class_prototypes`)
+        of ``embed(x)``, e.g. the current network's ``embed`` of the optimised synthetic images, computed
+        without autograd in chunks of ``chunk`` images; classes absent from ``y`` keep their value."""
+        f = torch.cat([embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        return self.update(*class_prototypes(f, y, self.num_classes))
 
     def to(self, device):
         self._value = self._value.to(device)

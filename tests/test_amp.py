@@ -122,10 +122,10 @@ def test_evaluate_synset_records_amp_and_rejects_unknown(tiny_ds):
         evaluate_synset(x, y, tiny_ds, amp="half", **kw, graphs=False)
 
 
-def test_protocol_evaluator_passes_the_notebooks_eval_amp(tiny_ds):
-    from ddkit.methods.dm import protocol_evaluator
+def test_the_comparison_passes_the_notebooks_eval_amp(tiny_ds):
+    from ddkit.methods.dm import Comparison
 
     x, y = init_synthetic(tiny_ds, 1, generator=make_generator(0)).detached()
     kw = dict(num_models=1, epochs=1, seed=0, width=8)
-    assert protocol_evaluator(tiny_ds, "standard", amp="bf16", **kw)(x, y).settings["amp"] == "bf16"
-    assert "amp" not in protocol_evaluator(tiny_ds, "standard", **kw)(x, y).settings
+    assert Comparison(tiny_ds, "standard", amp="bf16", **kw).evaluate(x, y).settings["amp"] == "bf16"
+    assert "amp" not in Comparison(tiny_ds, "standard", **kw).evaluate(x, y).settings

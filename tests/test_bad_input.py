@@ -23,7 +23,7 @@ from ddkit.evaluate import evaluate_synset
 from ddkit.fast.ensemble import train_together
 from ddkit.methods.coreset import select
 from ddkit.methods.distill import dm_objective, distill, init_synthetic
-from ddkit.methods.dm import make_pool, protocol_evaluator
+from ddkit.methods.dm import Comparison, make_pool
 from ddkit.methods.ead import EADSynSet, check_objective, check_soft_labels
 from ddkit.methods.gan_checkpoint import build_gan, load_checkpoint
 from ddkit.losses import (PrototypeBank, class_centralization_loss, class_prototypes, effect_alignment_loss,
@@ -145,7 +145,7 @@ CASES = [
     ("zero learning rate", lambda c: ev(c, lr=0), ValueError, r"lr=0"),
     ("string learning rate", lambda c: ev(c, lr="0.01"), TypeError, r"lr='0\.01'"),
     ("unknown schedule", lambda c: ev(c, schedule="cosine"), ValueError, r"schedule='cosine'"),
-    ("unknown protocol", lambda c: protocol_evaluator(c["ds"], "fancy", num_models=1, epochs=1, seed=0),
+    ("unknown protocol", lambda c: Comparison(c["ds"], "fancy", num_models=1, epochs=1, seed=0),
      ValueError, r"protocol='fancy'"),
     ("unknown DSA strategy", lambda c: DSA("color_blur"), ValueError, r"blur"),
     ("unknown EAD objective", lambda c: check_objective("cubic"), ValueError, r"objective='cubic'"),

@@ -13,7 +13,7 @@ from ddkit.core.utils import available_devices, check_same_device, make_generato
 from ddkit.evaluate import evaluate_synset
 from ddkit.methods.coreset import forgetting_counts, select
 from ddkit.methods.distill import dm_objective, distill, init_synthetic
-from ddkit.methods.dm import make_pool, pixel_bounds, protocol_evaluator, real_start
+from ddkit.methods.dm import Comparison, make_pool
 from ddkit.methods.ead import EADSynSet, distill_ead
 from ddkit.methods.gan_checkpoint import build_gan
 from ddkit.methods.gan_eval import evaluate_generator, random_real_eval
@@ -126,12 +126,11 @@ WALK = {
                                                        cache_dir=c["tmp"], progress=False, **SMALL)._net),
     "make_pool": lambda c: make_pool("random", c["ds"], model_kw=SMALL).device,
     "init_synthetic": lambda c: init_synthetic(c["ds"], 1, generator=make_generator(0)).images.device,
-    "real_start": lambda c: real_start(c["ds"], 1)[0].images.device,
-    "pixel_bounds": lambda c: pixel_bounds(c["ds"])[0].device,
+    "Comparison.start": lambda c: Comparison(c["ds"], num_models=1, epochs=1).start(1)[0].images.device,
     "distill": lambda c: _three_lines(c["ds"]),
     "evaluate_synset": lambda c: _ran(evaluate_synset(c["x"], c["y"], c["ds"], model_kw=SMALL, **EVAL)),
-    "protocol_evaluator": lambda c: _ran(protocol_evaluator(c["ds"], "standard", num_models=1, epochs=1, seed=0,
-                                                            width=8)(c["x"], c["y"])),
+    "Comparison.evaluate": lambda c: _ran(Comparison(c["ds"], "standard", num_models=1, epochs=1, seed=0,
+                                                     width=8).evaluate(c["x"], c["y"])),
     "select (herding)": lambda c: _ran(select("herding", c["ds"], 1, train_epochs=1)),
     "forgetting_counts": lambda c: _ran(forgetting_counts(c["ds"], epochs=1)),
     "build_gan": lambda c: _params(build_gan(c["ds"], z_dim=8, gen_width=8, disc_width=8).G),
@@ -194,8 +193,8 @@ def test_a_pool_or_set_on_another_device_is_refused_before_compute(tiny_ds):
         "ConvNet", tiny_ds, device="cpu", **SMALL), other=object())  # same device / no device: accepted
 
 
-BUILDERS = ["RandomPool.for_dataset", "PretrainedPool", "make_pool", "init_synthetic", "real_start",
-            "pixel_bounds", "build_gan", "GANModelPool", "Trajectory.teacher"]
+BUILDERS = ["RandomPool.for_dataset", "PretrainedPool", "make_pool", "init_synthetic", "Comparison.start",
+            "build_gan", "GANModelPool", "Trajectory.teacher"]
 
 
 @pytest.mark.parametrize("name", BUILDERS)

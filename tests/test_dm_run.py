@@ -11,8 +11,7 @@ matplotlib.use("Agg")
 
 from ddkit.data import ImageDataset  # noqa: E402
 from ddkit.methods.distill import MatchBatch, dm_objective, per_class_forward  # noqa: E402
-from ddkit.methods.dm import (IDM_QUEUE_KEYS, embed_and_map, evaluate_start, evaluation_entries, evaluation_record,  # noqa: E402
-                              idm_queue_settings, plot_accuracy_curves, real_start)
+from ddkit.methods.dm import Comparison, embed_and_map  # noqa: E402
 from ddkit.evaluate import EvalResult  # noqa: E402
 from ddkit.losses import mean_embedding_loss  # noqa: E402
 from ddkit.models import get_model  # noqa: E402
@@ -26,10 +25,11 @@ def tiny(classes=3, n=6, size=8):
     return ImageDataset("tiny", x, y, x.clone(), y.clone(), (0.5,), (0.25,), [str(c) for c in range(classes)])
 
 
-def test_real_start_is_seeded_and_keeps_a_copy_of_the_start():
+def test_the_start_is_seeded_and_keeps_a_copy_of_the_start():
     ds = tiny()
-    syn, x0 = real_start(ds, 2, seed=3)
-    syn2, _ = real_start(ds, 2, seed=3)
+    syn, init = Comparison(ds, num_models=1, epochs=1, seed=3).start(2)
+    syn2, _ = Comparison(ds, num_models=1, epochs=1, seed=3).start(2)
+    x0 = init.images
     assert torch.equal(syn.images, syn2.images) and torch.equal(syn.images, x0)
     with torch.no_grad():
         syn.images.add_(1.0)
@@ -39,19 +39,14 @@ def test_real_start_is_seeded_and_keeps_a_copy_of_the_start():
         assert any(torch.equal(row, r) for r in ds.x_train[ds.y_train == c])
 
 
-def test_evaluate_start_decodes_mosaics_like_the_distilled_set():
+def test_the_start_decodes_mosaics_like_the_distilled_set():
     ds = tiny(size=8)
-    syn, x0 = real_start(ds, 1, factor=2, seed=0)
-    seen = {}
-
-    def evaluate(x, y):
-        seen["x"], seen["y"] = x, y
-        return EvalResult([50.0])
-
-    evaluate_start(evaluate, x0, syn.labels, 2)
+    syn, init = Comparison(ds, num_models=1, epochs=1, seed=0).start(1, factor=2)
+    x0, y0 = init.detached()  # what the notebooks evaluate as the starting point
+    assert not init.images.requires_grad and init.factor == 2
     x_dec, y_dec = syn.decoded()  # the set as evaluation sees it: 4 images per stored mosaic
-    assert seen["x"].shape == (3 * 4, 1, 8, 8) and torch.equal(seen["x"], x_dec.detach())
-    assert torch.equal(seen["y"], y_dec) and sorted(seen["y"].tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    assert x0.shape == (3 * 4, 1, 8, 8) and torch.equal(x0, x_dec.detach())
+    assert torch.equal(y0, y_dec) and sorted(y0.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
 
 
 def test_features_real_side_has_no_grad_and_default_is_the_embedding():
@@ -73,42 +68,33 @@ def curve(*its):
     return [{"iteration": i, "accs": [10.0 * i, 10.0 * i + 2]} for i in its]
 
 
-def test_plot_accuracy_curves_checks_the_iterations_and_draws_means():
-    fig = plot_accuracy_curves({"A": curve(2, 4), "B": []}, every=2, iterations=4, ylabel="acc")
+def test_plot_curves_checks_the_iterations_and_draws_means():
+    fig = Comparison.plot_curves({"A": curve(2, 4), "B": []}, every=2, iterations=4, ylabel="acc")
     lines = fig.axes[0].lines
     assert [list(l.get_ydata()) for l in lines][0] == [21.0, 41.0]
     with pytest.raises(ValueError, match=r"'A' curve was evaluated at iterations \[2\], expected \[2, 4\]"):
-        plot_accuracy_curves({"A": curve(2)}, every=2, iterations=4, ylabel="acc")
-
-
-def test_idm_queue_settings_read_the_idm_parameters():
-    params = {"idm_max_nets": 5, "idm_interval": 3, "idm_train_steps": 2, "idm_train_batch": 16, "seed": 0}
-    assert idm_queue_settings(params, track_accuracy=True) == dict(max_nets=5, interval=3, train_steps=2,
-                                                                  batch_size=16, track_accuracy=True)
-    assert set(IDM_QUEUE_KEYS) == {k for k in params if k.startswith("idm_")}
-    with pytest.raises(ValueError, match="idm_train_batch"):
-        idm_queue_settings({k: v for k, v in params.items() if k != "idm_train_batch"})
+        Comparison.plot_curves({"A": curve(2)}, every=2, iterations=4, ylabel="acc")
 
 
 def test_the_record_and_the_run_keep_every_set_architecture_curve_and_start(tmp_path, capsys, deterministic):
     ds = tiny(n=8)
-    syn, _ = real_start(ds, 2, factor=2, seed=0)
+    comparison = Comparison(ds, "standard", num_models=1, epochs=1, eval_model="ConvNet", eval_models=["MLP"])
+    syn, _ = comparison.start(2, factor=2)
     res = {"M": {"ConvNet": EvalResult([60.0, 62.0]), "MLP": EvalResult([40.0], model="MLP")},
            "Base": {"ConvNet": EvalResult([55.0])}}
     ledger = budget_ledger(3, images=syn.images, factor=2)
     init = EvalResult([30.0, 32.0])
-    entries = evaluation_entries(res, ipc=2, protocol="standard", eval_model="ConvNet",
-                                 ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []},
+    entries = comparison.entries(res, ipc=2, ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []},
                                  res_init=init)
     by = {(e["method"], e["eval_model"]): e for e in entries}
     assert set(by) == {("M", "ConvNet"), ("M", "MLP"), ("Base", "ConvNet"), ("Random real", "ConvNet")}
     assert "curve" in by["M", "ConvNet"] and "curve" not in by["M", "MLP"] and "curve" not in by["Base", "ConvNet"]
     assert by["Random real", "ConvNet"]["variant"] == "init" and by["M", "MLP"]["protocol"]["labels"] == "hard"
-    record = evaluation_record(res, ipc=2, protocol="standard", eval_model="ConvNet",
-                               ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []}, res_init=init)
+    record = comparison.record(res, ipc=2, ledgers={"M": ledger, "Base": ledger}, curves={"M": curve(5), "Base": []},
+                               res_init=init)
     assert record == {"evaluations": entries, "init_accs": [30.0, 32.0], "init_mean": 31.0, "init_std": 1.0}
-    assert set(evaluation_record(res, ipc=2, protocol="standard", eval_model="ConvNet",
-                                 ledgers={"M": ledger, "Base": ledger})) == {"evaluations"}
+    assert set(comparison.record(res, ipc=2, ledgers={"M": ledger, "Base": ledger})) == {"evaluations"}
+    assert comparison.models == ["ConvNet", "MLP"]
 
     # what notebooks 03 and 04 do with them: the set, then result.json through the run
     params = {"dataset": "tiny", "ipc": 2, "model": "ConvNet", "eval_model": "ConvNet", "eval_protocol": "standard",

@@ -11,8 +11,7 @@ import torch
 
 from ddkit.data import ImageDataset
 from ddkit.methods.distill import MatchBatch, init_synthetic, distill
-from ddkit.methods.dm import (clamp_pixels_, dsdm_lr, embed_and_map, pixel_bounds, pixel_lr_to_normalized,
-                              update_bank)
+from ddkit.methods.dm import embed_and_map
 from ddkit.core.utils import make_generator, resolve_device
 from ddkit.losses import PrototypeBank, class_prototypes
 from ddkit.methods.pools import IDMQueue, RandomPool
@@ -211,7 +210,7 @@ def test_dsdm_objective_is_differentiable_descends_and_uses_the_bank():
     bank = PrototypeBank(ds.num_classes, d)
     obj = make_dsdm_objective(bank, lambda_sd=50.0, lambda_h=0.2, h_scale="1/d")
     assert set(obj(batch())) == {"loss", "proto", "sd"}  # no L_h before the first bank update
-    update_bank(bank, net, syn.images.detach(), syn.labels, ds.num_classes)
+    bank.update_from(net.embed, syn.images.detach(), syn.labels)
     terms = obj(batch())
     assert set(terms) == {"loss", "proto", "sd", "h"}
     assert abs(float(terms["h"])) < 1e-6  # the bank holds exactly the current prototypes
@@ -237,7 +236,7 @@ def test_dsdm_bank_update_after_each_step_in_the_shared_loop():
     def after_step(it, s, batch):
         x, y = s.detached()
         before = bank.value.clone()
-        update_bank(bank, batch.net, x, y, ds.num_classes)
+        bank.update_from(batch.net.embed, x, y)
         protos, _ = class_prototypes(net.embed(x), y, ds.num_classes)
         expect = protos if it == 0 else 0.9 * before + 0.1 * protos  # Eq. 8 (first value stored)
         assert torch.allclose(bank.value, expect, atol=1e-5)
@@ -250,13 +249,13 @@ def test_dsdm_bank_update_after_each_step_in_the_shared_loop():
     assert "h" not in hist[0] and "h" in hist[1]
 
 
-def test_update_bank_needs_no_grad_and_handles_absent_classes():
+def test_bank_update_from_needs_no_grad_and_handles_absent_classes():
     ds = tiny_dataset()
     net = frozen_net(ds=ds, width=16)
     bank = PrototypeBank(ds.num_classes, net.embed_dim)
     x = torch.randn(4, 1, 12, 12, requires_grad=True)
     y = torch.tensor([0, 0, 2, 2])
-    v = update_bank(bank, net, x, y, ds.num_classes)
+    v = bank.update_from(net.embed, x, y)
     assert not v.requires_grad and torch.equal(v[1], torch.zeros(net.embed_dim))
     assert bank.num_updates == 1
 
@@ -290,17 +289,8 @@ def test_dsdm_bad_settings_fail_before_compute(overrides, match):
 
 
 # --------------------------------------------------------------------------- ddkit.methods.dm helpers
-def test_dsdm_lr_rule_and_pixel_conversion():
-    assert dsdm_lr(1) == pytest.approx(0.01) and dsdm_lr(10) == pytest.approx(0.1)
-    assert dsdm_lr(50) == pytest.approx(0.5)
-    ds = tiny_dataset()  # std 0.25 -> factor 16
-    assert dsdm_lr(10, ds) == pytest.approx(1.6)
-    assert pixel_lr_to_normalized(1.0, ds) == pytest.approx(16.0)
-    with pytest.raises(ValueError):
-        dsdm_lr(0)
-
-
 def test_pixel_lr_conversion_matches_a_pixel_space_step():
+    """Notebook 04's learning-rate rule: a step of lr on [0, 1] pixels is lr / std^2 on normalised images."""
     ds = tiny_dataset()
     p = torch.rand(2, 1, 4, 4, requires_grad=True)
     target = torch.rand(2, 1, 4, 4)
@@ -310,18 +300,8 @@ def test_pixel_lr_conversion_matches_a_pixel_space_step():
     (gz,) = torch.autograd.grad(((z * 0.25 + 0.5 - target) ** 2).sum(), z)  # the same loss in z
     lr = 0.1
     p_new = p.detach() - lr * gp
-    z_new = z.detach() - pixel_lr_to_normalized(lr, ds) * gz
+    z_new = z.detach() - lr * (sum(1.0 / (s * s) for s in ds.std) / len(ds.std)) * gz
     assert torch.allclose(ds.normalize(p_new), z_new, atol=1e-5)
-
-
-def test_clamp_pixels_keeps_the_pixel_range():
-    ds = tiny_dataset()
-    x = torch.randn(5, 1, 4, 4) * 10
-    clamp_pixels_(x, ds)
-    lo, hi = pixel_bounds(ds, x.device)
-    assert torch.all(x >= lo - 1e-6) and torch.all(x <= hi + 1e-6)
-    px = x * 0.25 + 0.5
-    assert px.min() >= -1e-6 and px.max() <= 1 + 1e-6
 
 
 @pytest.mark.parametrize("name", ["ConvNet", "ResNet10", "ConvNetBN"])
@@ -349,15 +329,13 @@ class DrawnPool:
 
 
 def _iid_on_idm_run(ds, iterations, checkpoint=None):
-    from ddkit.methods.dm import GeneratorState
-
     make_iid_objective = load_objective("03_iid.ipynb", "make_iid_objective")
     cc_pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8, device="auto") for s in (1, 2)])
     queue = IDMQueue("ConvNet", ds.channels, ds.num_classes, ds.im_size, generator=make_generator(3), max_nets=4,
                      interval=2, train_steps=1, batch_size=8, width=8)
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
-    cc_draws = GeneratorState(make_generator(5))
-    obj = make_iid_objective(cc_pool=cc_pool, lambda_cc=0.05, lambda_cm=0.01, generator=cc_draws.generator)
+    cc_draws = make_generator(5)  # a torch.Generator in extra_state is checkpointed too
+    obj = make_iid_objective(cc_pool=cc_pool, lambda_cc=0.05, lambda_cm=0.01, generator=cc_draws)
     hist = distill(syn, ds, obj, queue, iterations, lr_img=0.2, batch_real=8, progress=False,
                    image_step="per_class", checkpoint=checkpoint, checkpoint_every=1,
                    extra_state={"cc_draws": cc_draws}, graphs=False)
@@ -376,24 +354,31 @@ def test_iid_on_idm_resumes_to_the_uninterrupted_run(tmp_path, deterministic):
     assert [h["loss"] for h in h_res] == pytest.approx([h["loss"] for h in h_full], rel=1e-6)
 
 
+def pixel_bounds(ds):
+    """Notebook 04's clamp: the normalised values of [0, 1] pixels, per channel, on the rule's device."""
+    mean, std = (torch.tensor(v, device=resolve_device(None)).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
+    return (0 - mean) / std, (1 - mean) / std
+
+
 def _dsdm_run(ds, iterations, checkpoint=None):
     from ddkit.augment import DSA
-    from ddkit.methods.dm import AccuracyCurve, GeneratorState, chain_steps
+    from ddkit.methods.dm import AccuracyCurve
 
     make_dsdm_objective = load_objective("04_dsdm.ipynb", "make_dsdm_objective")
     pool = DrawnPool([frozen_net("ConvNet", ds=ds, seed=s, width=8, device="auto") for s in (1, 2)])
     syn = init_synthetic(ds, 1, factor=2, generator=make_generator(0))
     bank = PrototypeBank(ds.num_classes, pool.nets[0].embed_dim)
-    bank_draws, dsa = GeneratorState(make_generator(7)), DSA(ds.dsa_strategy)
+    bank_draws, dsa = make_generator(7), DSA(ds.dsa_strategy)
     curve = AccuracyCurve(2, lambda x, y: type("R", (), {"accs": [float(x.mean())]})())
 
     def after_step(it, s, batch):
         x, y = s.detached()
-        update_bank(bank, batch.net, x, y, ds.num_classes, dsa=dsa, generator=bank_draws.generator)
+        bank.update_from(batch.net.embed, dsa.apply(x, dsa.sample(ds.num_classes, generator=bank_draws, device=x.device), y), y)
+        curve(it, s, batch)
 
     lo, hi = pixel_bounds(ds)
     hist = distill(syn, ds, make_dsdm_objective(bank, lambda_h=0.2), pool, iterations, lr_img=0.5, batch_real=8,
-                   progress=False, image_step="per_class", clamp=(lo, hi), after_step=chain_steps(after_step, curve),
+                   progress=False, image_step="per_class", clamp=(lo, hi), after_step=after_step,
                    checkpoint=checkpoint, checkpoint_every=1,
                    extra_state={"bank": bank, "bank_draws": bank_draws, "curve": curve}, graphs=False)
     return syn.images.detach().clone(), hist, bank.value.clone(), curve.points
@@ -412,41 +397,14 @@ def test_dsdm_resumes_to_the_uninterrupted_run_bank_and_curve_included(tmp_path,
     assert bool((full >= lo - 1e-6).all() and (full <= hi + 1e-6).all())  # clamped when the loop ends
 
 
-def test_bank_update_of_augmented_images_uses_one_draw_per_class():
-    from ddkit.augment import DSA
-
+def test_bank_update_from_embeds_in_chunks_like_one_pass():
     ds = tiny_dataset()
     net = frozen_net(ds=ds, width=8)
     x, y = ds.sample_classes(4, generator=make_generator(0))
-    dsa = DSA(ds.dsa_strategy)
     bank = PrototypeBank(ds.num_classes, net.embed_dim)
-    update_bank(bank, net, x, y, ds.num_classes, dsa=dsa, generator=make_generator(9))
-    p = dsa.sample(ds.num_classes, generator=make_generator(9))
-    expect, _ = class_prototypes(net.embed(dsa.apply(x, p, y)), y, ds.num_classes)
-    plain, _ = class_prototypes(net.embed(x), y, ds.num_classes)
-    assert torch.allclose(bank.value, expect, atol=1e-5) and not torch.allclose(bank.value, plain, atol=1e-3)
-
-
-def test_term_shares_equal_the_terms_own_gradients():
-    from ddkit.methods.dm import gradient_norms, term_shares
-
-    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
-    a = lambda b: {"loss": (w ** 2).sum()}                        # grad 2w, norm 2 sqrt(14)
-    ab = lambda b: {"loss": (w ** 2).sum() + 0.5 * w.sum()}       # own grad of the 2nd term: 0.5 * ones
-    shares = term_shares(gradient_norms({"a": a, "b": ab}, None, w))
-    na, nb = 2 * 14 ** 0.5, 0.5 * 3 ** 0.5
-    assert shares["a"]["grad_norm"] == pytest.approx(na) and shares["b"]["grad_norm"] == pytest.approx(nb)
-    assert shares["b"]["share"] == pytest.approx(nb / (na + nb))
-
-
-def test_image_step_auto_follows_the_reference_codes():
-    from ddkit.methods.dm import resolve_image_step
-
-    assert resolve_image_step("auto", "dm") == "joint"
-    assert resolve_image_step("auto", "idm") == "per_class" and resolve_image_step("auto", "dsdm") == "per_class"
-    assert resolve_image_step("joint", "idm") == "joint"
-    with pytest.raises(ValueError, match="image_step='perclass'"):
-        resolve_image_step("perclass", "dm")
+    bank.update_from(net.embed, x, y, chunk=5)
+    expect, _ = class_prototypes(net.embed(x), y, ds.num_classes)
+    assert torch.allclose(bank.value, expect, atol=1e-5) and not bank.value.requires_grad
 
 
 def test_accuracy_curve_records_every_n_and_round_trips():

@@ -33,8 +33,8 @@ WHOLE_PARAMS_CALLS = {
     "00_quickstart": {"Run"},
     "01_gan_global_local": {"Run"},
     "02_gan_skd": {"Run"},
-    "03_iid": {"Run", "idm_queue_settings"},
-    "04_dsdm": {"Run", "idm_queue_settings"},
+    "03_iid": {"Run"},
+    "04_dsdm": {"Run"},
     "05_ead": {"Run"},
 }
 

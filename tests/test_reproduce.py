@@ -143,16 +143,16 @@ def test_every_shipped_set_verifies_and_evaluates():
 
 
 def test_dsdm_protocol_records_the_best_test_selection_beside_the_last_epoch(tiny_ds):
-    from ddkit.methods.dm import evaluation_entries, protocol_evaluator
+    from ddkit.methods.dm import Comparison
 
     x, y = tiny_ds.x_train[:20], tiny_ds.y_train[:20]
-    res = protocol_evaluator(tiny_ds, "dsdm", num_models=1, epochs=3, seed=0)(x, y)
+    dsdm = Comparison(tiny_ds, "dsdm", num_models=1, epochs=3, seed=0)
+    res = dsdm.evaluate(x, y)
     assert set(res.selection) == {"last", "best_test"} and [p["epoch"] for p in res.epoch_curve] == [3]
-    entries = evaluation_entries({"DSDM": {"ConvNet": res}}, ipc=2, protocol="dsdm", eval_model="ConvNet",
-                                 ledgers={"DSDM": {}})
+    entries = dsdm.entries({"DSDM": {"ConvNet": res}}, ipc=2, ledgers={"DSDM": {}})
     assert [e["protocol"]["selection"] for e in entries] == ["last", "best_test"]
     assert entries[1]["accs"] == res.selection["best_test"] and entries[1]["protocol"]["name"] == "dsdm"
-    std = protocol_evaluator(tiny_ds, "standard", num_models=1, epochs=3, seed=0)(x, y)
+    std = Comparison(tiny_ds, "standard", num_models=1, epochs=3, seed=0).evaluate(x, y)
     assert std.selection == {}  # the standard protocol: the last epoch only, as before
 
 

@@ -77,7 +77,7 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
       class's loss, as the IDM / IDC reference loops do; see the module docstring).
     - ``checkpoint``: a path; the loop saves its state there every ``checkpoint_every`` iterations
       (atomic) and resumes from it when it exists (``extra_state``: objects with
-      ``state_dict``/``load_state_dict`` saved along, e.g. a prototype bank).
+      ``state_dict``/``load_state_dict`` saved along, e.g. a prototype bank, or ``torch.Generator``s).
     - Speed flags (results equal the plain path up to float reassociation, see
       tests/test_speed_flags.py): ``compile`` True / False / "auto" runs the objective's
       ``net.embed`` / ``net.feature_maps`` / ``net(x)`` through ``torch.compile`` (once per pool
@@ -226,7 +226,10 @@ def _resume(checkpoint, iterations: int, syn: SyntheticSet, opt, gens: dict, ext
     for name, g in gens.items():
         g.set_state(state[name].cpu() if g.device.type == "cpu" else state[name])
     for k, obj in extra_state.items():
-        obj.load_state_dict(state["extra"][k])
+        if isinstance(obj, torch.Generator):
+            obj.set_state(state["extra"][k])
+        else:
+            obj.load_state_dict(state["extra"][k])
     if hasattr(pool, "load_state_dict") and "pool" in state:
         pool.load_state_dict(state["pool"])
     return state["history"], state["iteration"]
@@ -244,7 +247,8 @@ def _save(checkpoint, iteration: int, history: list, syn: SyntheticSet, opt, gen
         "meta": {"shape": list(syn.images.shape), "kind": "distill-checkpoint"},
         "images": syn.images.detach().cpu(), "opt": opt.state_dict(), "iteration": iteration,
         "history": history, **{name: g.get_state() for name, g in gens.items()},
-        "extra": {k: o.state_dict() for k, o in extra_state.items()},
+        "extra": {k: o.get_state() if isinstance(o, torch.Generator) else o.state_dict()
+                  for k, o in extra_state.items()},
         **({"pool": pool.state_dict()} if hasattr(pool, "state_dict") else {})}, checkpoint)
 
 

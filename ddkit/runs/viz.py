@@ -1,4 +1,4 @@
-"""Pictures: image grids of synthetic sets (:func:`tile` is the one grid layout), loss curves, t-SNE of features."""
+"""Pictures: image grids of synthetic sets (:func:`tile` is the one grid layout), loss curves."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -74,35 +74,6 @@ def _moving_average(v: np.ndarray, smooth: int) -> np.ndarray:
     if smooth > 1 and len(v) >= smooth:
         return np.convolve(v, np.ones(smooth) / smooth, mode="valid")
     return v
-
-
-def tsne_plot(groups: dict, seed: int = 0, title: str = "t-SNE", perplexity: float = 30.0):
-    """t-SNE of several feature sets in one embedding: ``{name: (features (N, D), labels (N,))}``.
-
-    Points are coloured by class; each set gets its own marker (e.g. real dots, synthetic stars)."""
-    from sklearn.manifold import TSNE
-
-    names = list(groups)
-    feats = [groups[n][0].detach().float().cpu().numpy() for n in names]
-    labels = [np.asarray(groups[n][1].cpu()) for n in names]
-    all_f = np.concatenate(feats)
-    perp = min(perplexity, max(2.0, (len(all_f) - 1) / 3))
-    emb = TSNE(n_components=2, perplexity=perp, random_state=seed, init="pca").fit_transform(all_f)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    markers, sizes = ["o", "*", "^", "s"], [6, 90, 40, 30]
-    start = 0
-    for i, n in enumerate(names):
-        e = emb[start:start + len(feats[i])]
-        start += len(feats[i])
-        sc = ax.scatter(e[:, 0], e[:, 1], c=labels[i], cmap="tab10", vmin=0, vmax=9, s=sizes[i % 4],
-                        marker=markers[i % 4], label=n, alpha=0.5 if i == 0 else 0.95,
-                        edgecolors="k" if i else "none", linewidths=0.3)
-    ax.legend()
-    ax.set_title(title)
-    ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(sc, ax=ax, label="class")
-    fig.tight_layout()
-    return fig
 
 
 def term_panels(histories: dict, keys, title="", smooth: int = 1):
