@@ -111,3 +111,14 @@ def test_the_record_and_the_run_keep_every_set_architecture_curve_and_start(tmp_
     assert torch.equal(meta["stored"], syn.images.detach()) and meta["dataset"] == "tiny"
     assert meta["ipc"] == 2 and meta["factor"] == 2
     assert re.search(r"r/result\.json M 61\.00 ± 1\.00 \(\d+s\)$", capsys.readouterr().out.strip())
+
+
+def test_the_accuracy_curve_trains_the_runs_evaluation_architecture():
+    ds = tiny(n=4)
+    comparison = Comparison(ds, "standard", num_models=1, epochs=1, eval_model="MLP", eval_models=["ConvNet"])
+    seen = []
+    comparison.evaluate = lambda x, y, model="ConvNet": seen.append(model) or EvalResult([50.0], model=model)
+    syn, _ = comparison.start(1)
+    hook = comparison.curve(1)
+    hook(0, syn)
+    assert seen == ["MLP"] and hook.points == [{"iteration": 1, "accs": [50.0]}]

@@ -161,8 +161,9 @@ class Comparison:
         return {m: self.evaluate(x, y, model=m) for m in self.models}
 
     def curve(self, every: int) -> AccuracyCurve:
-        """An :class:`AccuracyCurve` evaluating every ``every`` iterations (0: never) with :meth:`evaluate`."""
-        return AccuracyCurve(every, self.evaluate)
+        """An :class:`AccuracyCurve` evaluating every ``every`` iterations (0: never) with :meth:`evaluate` on
+        the run's evaluation architecture (the first of :attr:`models`)."""
+        return AccuracyCurve(every, lambda x, y: self.evaluate(x, y, model=self.models[0]))
 
     @staticmethod
     def plot_curves(curves: dict, *, every: int, iterations: int, ylabel: str):
