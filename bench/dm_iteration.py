@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from bench import alternate_per_iteration, bench_dataset, flop_floor, ratio_summary, summary
 from bench.reference import dm_reference
 from ddkit.core.utils import make_generator

@@ -3,7 +3,6 @@ import torch
 
 from ddkit.core.utils import make_generator, resolve_device
 from ddkit.evaluate import evaluate_synset
-from ddkit.losses import mean_embedding_loss
 from ddkit.methods.distill import MatchBatch, dm_objective, distill, init_synthetic, per_class_forward
 from ddkit.methods.pools import RandomPool
 from ddkit.models import get_model

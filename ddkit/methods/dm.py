@@ -16,7 +16,6 @@ import torch.nn as nn
 from ..runs.results import evaluation_entry
 from .distill import SyntheticSet, init_synthetic
 from .pools import IDMQueue, PretrainedPool, RandomPool
-from ..train import embed_all  # noqa: F401  (re-exported: the notebooks import it from here)
 from ..core.utils import make_generator
 
 #: Pool kinds a notebook can ask for.

@@ -23,8 +23,9 @@ from ..runs.results import evaluation_entry, read_result
 from .gan_nets import ConditionalGenerator, positive_int
 
 __all__ = ["EVAL_PROTOCOLS", "NOTEBOOK_PROTOCOLS", "FIXED_SETS", "SELECTIONS", "GeneratorEval",
-           "evaluate_generator", "random_real_eval", "GeneratorEvaluator", "BEST_TEST_LABEL", "dim_steps_per_epoch", "dim_batch_source",
-           "evaluation_entries", "paired_over_seeds", "claim_verdict", "evidence_markdown"]
+           "evaluate_generator", "random_real_eval", "GeneratorEvaluator", "BEST_TEST_LABEL",
+           "dim_steps_per_epoch", "dim_batch_source", "evaluation_entries", "paired_over_seeds", "claim_verdict",
+           "evidence_markdown"]
 
 #: Deployment evaluation protocols: a fixed set of IPC images per class (the standard
 #: protocol, ``evaluate_synset``), or DiM's ``validate`` (fresh generated batch every step,
