@@ -1,7 +1,7 @@
 """Real datasets as in-memory tensors (or compact uint8 / memory-mapped storage).
 
 ``load_dataset(name)`` returns an :class:`ImageDataset` whose train/test images are float32,
-normalised with the per-dataset mean/std of the DC/DSA/DM reference code (REFERENCE_NOTES,
+normalised with the per-dataset mean/std of the DC/DSA/DM reference code (docs/sources.md,
 "Datasets"), N x C x H x W, labels int64. 28x28 images are kept at 28x28 (the models pad).
 
 ``load_dataset(name, storage="uint8" | "memmap")`` keeps the [0, 255] pixels instead (in memory, or

@@ -33,7 +33,7 @@ from .models import get_model
 from .train import SCHEDULES, accuracy, train_classifier
 
 #: Named protocols: keyword sets for :func:`evaluate_synset`.
-#: "standard": REFERENCE_NOTES (SGD 0.01, mom 0.9, wd 5e-4, batch 256, 1000 epochs, step decay, DSA).
+#: "standard": docs/sources.md (SGD 0.01, mom 0.9, wd 5e-4, batch 256, 1000 epochs, step decay, DSA).
 #: "dsdm": DSDM's own (1500 epochs, batch 64, MultiStepLR x0.2 at 2/3 and 5/6, DSA + CutMix p 0.5).
 PROTOCOLS = {
     "standard": dict(epochs=1000, batch_size=256, schedule="standard", cutmix_p=0.0),

@@ -264,7 +264,7 @@ def class_centralization_loss(f_syn, y_syn, num_classes, alpha, beta, form="exp"
 
     ``form="squared"``: the official IID code's simplified form
     ``L = sum_c sum_j ||f_j - mean_c||^2`` (alpha and beta are ignored). The IID paper's
-    numbers most likely came from this code form (REFERENCE_NOTES on papers/03).
+    numbers most likely came from this code form (docs/sources.md on paper 03).
 
     reduction: ``"sum"`` over samples (paper), ``"mean"`` over samples, ``"none"`` the (N,)
     per-sample terms. A class with one sample has distance 0 (term exp(0) - beta).
@@ -330,7 +330,7 @@ def semantic_diversity_loss(f_real, y_real, f_syn, y_syn, num_classes, unbiased=
     ``L = sum_c (1/D) || Cov_real_c - Cov_syn_c ||_F^2``, ``Cov_c`` the D x D covariance of
     the class's feature vectors with divisor N_c (the paper, default) or N_c - 1
     (``unbiased=True``, the official DSDM code; the paper's numbers most likely came from
-    the code, REFERENCE_NOTES on papers/04). With ``unbiased=True`` a class present on both sides
+    the code, docs/sources.md on paper 04). With ``unbiased=True`` a class present on both sides
     with fewer than 2 samples raises ValueError. Classes absent from either side are skipped.
 
     method: ``"gram"`` (default) computes the same quantity without forming D x D matrices,
@@ -561,7 +561,7 @@ def logit_matching_loss(logits_syn, logits_real, reduction="sum", space="logit")
     space: ``"logit"`` (paper) compares raw logits; ``"log_softmax"`` compares
     log-softmax outputs, DiM's code term ``mean((log_softmax(real) - log_softmax(syn))^2)``
     (use ``reduction="mean"``; the 0.01 weight is w_g, applied by the caller). The papers/01
-    numbers most likely came from DiM's form (REFERENCE_NOTES on papers/01).
+    numbers most likely came from DiM's form (docs/sources.md on paper 01).
     """
     _check_paired_logits(logits_syn, logits_real)
     if space not in ("logit", "log_softmax"):
@@ -588,7 +588,7 @@ def feature_matching_loss(f_syn, f_real, reduction="sum", pairing="sample", norm
     features ``mean_b f_syn[b] - mean_b f_real[b]`` (batch sizes may then differ) and
     ``norm="l1"`` uses absolute instead of squared differences. DiM's term is
     ``pairing="batch_mean", norm="l1", reduction="sum"`` (times w_l = 0.001 in the caller);
-    the papers/01 numbers most likely came from it (REFERENCE_NOTES on papers/01).
+    the papers/01 numbers most likely came from it (docs/sources.md on paper 01).
 
     reduction: ``"sum"`` (paper), ``"mean"`` over all compared entries, ``"none"`` the
     elementwise differences' terms. ``f_syn``/``f_real`` may also be equal-length lists of
@@ -745,7 +745,7 @@ def effect_alignment_loss(probe_grads, real_grads, syn_grads, real_coef=1.0, wei
     ``weights`` (length T, default ones) can carry e.g. the learning rates eta_t (TracIn).
     ``real_coef`` is the coefficient of the real term: the paper writes (1 - alpha) with
     alpha = :func:`replacement_alpha`; with mean-normalised losses the first-order effect
-    has coefficient 1 (REFERENCE_NOTES on papers/05), the default. Differentiable w.r.t. all
+    has coefficient 1 (docs/sources.md on paper 05), the default. Differentiable w.r.t. all
     inputs (build ``syn_grads`` with ``create_graph=True``). ``absolute=False`` returns the
     signed value inside the bars.
     """

@@ -3,20 +3,22 @@
 
 The objectives themselves live in the notebooks (one visible cell each); what both notebooks
 would otherwise copy lives here: the pool factory with its checks, the (embedding, last
-feature map) pair from one forward pass, feature extraction for t-SNE, and :class:`Comparison`: how the
+feature map) pair from one forward pass, and :class:`Comparison`: how the
 notebook's distilled sets are compared (the same real-image start, the same evaluation protocol, the
 accuracy curve and its plot, the ``evaluations`` of ``result.json`` and the sentence on the paper's
 claim; the run folder, checkpoints and files are ``ddkit.runs.results.Run``'s).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from ..runs.results import evaluation_entry
-from .distill import SyntheticSet, init_synthetic
-from .pools import IDMQueue, PretrainedPool, RandomPool
 from ..core.utils import make_generator
+from ..evaluate import PROTOCOLS, SELECTIONS, evaluate_synset
+from ..runs.results import evaluation_entry
+from .distill import SyntheticSet, init_synthetic, per_class_forward
+from .pools import IDMQueue, PretrainedPool, RandomPool
 
 #: Pool kinds a notebook can ask for.
 POOL_KINDS = ("random", "idm", "pretrained")
@@ -56,14 +58,13 @@ def embed_and_map(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
                   num_classes: int | None = None):
     """``(net.embed(x), net.feature_maps(x)[-1])`` from one forward pass.
 
-    ConvNet's embedding is the flattened last block (REFERENCE_NOTES), ResNet's the pooled
+    ConvNet's embedding is the flattened last block (docs/sources.md), ResNet's the pooled
     last stage: both come from the last feature map, so one pass gives both. With labels
     ``y``, a BatchNorm net runs one pass per class (``ddkit.methods.distill.per_class_forward``)."""
     def last_map(inp):
         return net.feature_maps(inp)[-1]
 
     if y is not None:
-        from .distill import per_class_forward
         last = per_class_forward(last_map, net, x, y, num_classes)
     else:
         last = last_map(x)
@@ -123,8 +124,6 @@ class Comparison:
     def __init__(self, dataset, protocol: str = "standard", *, num_models: int, epochs: int, seed: int = 0,
                  device=None, eval_model: str = "ConvNet", eval_models=(), compile: str = "off", width: int = 0,
                  amp: str = "off", eval_every_epochs: int | None = -1, val_per_class: int = 0):
-        from ..evaluate import PROTOCOLS
-
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol={protocol!r}; expected one of {list(PROTOCOLS)}")
         every = PROTOCOL_TEST_EVERY.get(protocol, 0) if eval_every_epochs == -1 else eval_every_epochs
@@ -149,8 +148,6 @@ class Comparison:
 
     def evaluate(self, x, y, model: str = "ConvNet"):
         """``EvalResult`` of ``(x, y)`` trained on by fresh ``model`` networks under the protocol."""
-        from ..evaluate import evaluate_synset
-
         return evaluate_synset(x, y, self.dataset, model=model, model_kw=conv_kw(model, self.width),
                                **self._settings)
 
@@ -171,7 +168,6 @@ class Comparison:
         first that each non-empty curve was evaluated at every ``every``-th iteration up to ``iterations``
         (a resumed run included), ``ValueError`` naming the label otherwise. Returns the figure."""
         import matplotlib.pyplot as plt
-        import numpy as np
 
         expected = list(range(every, iterations + 1, every))
         for label, pts in curves.items():
@@ -192,8 +188,6 @@ class Comparison:
         """The protocol of the entries: its name, hard labels, and the ``selection`` of
         ``ddkit.evaluate.SELECTIONS`` whose accuracies the entry holds ("last": the last epoch's;
         "best_test": the best test checkpoint, selected on the test set; "best_val": by validation)."""
-        from ..evaluate import SELECTIONS
-
         if selection not in SELECTIONS:
             raise ValueError(f"selection={selection!r}; expected one of {list(SELECTIONS)}")
         return {"name": self.protocol, "labels": "hard", "selection": selection}
@@ -206,8 +200,6 @@ class Comparison:
         ``ddkit.runs.results.Run.ledger``) and, on the first of :attr:`models`, its accuracy curve when one was
         recorded (``curves[method]`` non-empty); then the starting point ("Random real", variant "init") when
         ``res_init`` is given."""
-        import numpy as np
-
         record, curves, out = self.protocol_record(), curves or {}, []
         for method, by_model in results.items():
             for m, r in by_model.items():
@@ -237,8 +229,6 @@ class Comparison:
         """A sentence on whether ``method`` beat ``baseline`` in this run, computed from the accuracies
         (one seed: a difference within the networks' spread is called a tie; pooled seeds with paired
         intervals are in docs/evidence.md)."""
-        import numpy as np
-
         diff = res.mean - res_base.mean
         spread = float(np.hypot(res.std, res_base.std))
         if abs(diff) <= spread:

@@ -34,7 +34,7 @@ __all__ = ["GAN_LOSSES", "BALANCES", "MATCH_FORMS", "default_aux_weight", "check
 GAN_LOSSES = ("cgan", "wgan_gp")
 #: Balance of the weighted matching terms (:class:`TermBalance`).
 BALANCES = ("fixed", "equal_start", "running_mean")
-#: Forms of the matching terms: the papers' equations (sums) or DiM's code (REFERENCE_NOTES, paper 01).
+#: Forms of the matching terms: the papers' equations (sums) or DiM's code (docs/sources.md, paper 01).
 MATCH_FORMS = ("paper", "dim")
 
 
@@ -151,7 +151,7 @@ class GeneratorBatch:
 def dim_objective(w_global: float = 0.01, form: str = "dim") -> Callable[[GeneratorBatch], dict]:
     """The DiM baseline: logit matching only, real side detached. Shared by notebooks 01 and 02.
 
-    ``form="dim"`` (DiM's public code, REFERENCE_NOTES, paper 01):
+    ``form="dim"`` (DiM's public code, docs/sources.md, paper 01):
     ``w_global * mean((log_softmax(f(x_real)) - log_softmax(f(x_syn)))^2)``;
     ``form="paper"``: the logit matching as paper 01 Eq. 6 writes it (sum of squared logit
     differences over the paired batch), i.e. the global/local objective without its local term."""

@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_POOL", "GANModelPool", "stage2_schedule", "match_generator",
            "stage2_key", "stage2", "DISPLAY_ONLY"]
 
 
-#: DiM / papers 01 and 02 model pool (REFERENCE_NOTES).
+#: DiM / papers 01 and 02 model pool (docs/sources.md).
 DEFAULT_POOL = ("ConvNet", "ResNet10", "ResNet18")
 
 

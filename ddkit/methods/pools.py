@@ -20,7 +20,7 @@ def freeze_(model: nn.Module) -> nn.Module:
 
 
 class RandomPool:
-    """DM's pool: a freshly initialised network per iteration (REFERENCE_NOTES, DM).
+    """DM's pool: a freshly initialised network per iteration (docs/sources.md, DM).
 
     One module is built once and re-initialised in place (``reinit_``) at every draw, so the
     same object (and a compiled graph of it) is reused instead of constructing a new network.
@@ -61,7 +61,7 @@ from ..train import accuracy, sgd, train_classifier, train_steps  # noqa: E402
 
 
 # --------------------------------------------------------------------------- IDM queue
-# Facts from the IDM / IID reference code (REFERENCE_NOTES, "IDM"): 3 nets at the
+# Facts from the IDM / IID reference code (docs/sources.md, "IDM"): 3 nets at the
 # start, a new randomly initialised net pushed every 30 iterations (the oldest dropped beyond
 # 100), 1-2 nets used per iteration, afterwards 2 random nets of the queue take 10 SGD steps
 # (lr 0.01, momentum 0.9, wd 5e-4, each net keeps its own optimizer) on random real batches of

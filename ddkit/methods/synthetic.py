@@ -140,7 +140,7 @@ def per_class_forward(fn: Callable, net: nn.Module, x: torch.Tensor, y: torch.Te
 
 
 def dm_objective(batch: MatchBatch) -> dict:
-    """DM (Zhao & Bilen 2023, Eq. 2; REFERENCE_NOTES "DM"): sum over classes of the squared
+    """DM (Zhao & Bilen 2023, Eq. 2; docs/sources.md, "DM"): sum over classes of the squared
     distance between mean real and mean synthetic embeddings; real side without grad."""
     f_real, f_syn = batch.features()
     loss = mean_embedding_loss(f_real, batch.y_real, f_syn, batch.y_syn, batch.num_classes)
