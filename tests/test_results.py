@@ -78,6 +78,7 @@ def test_run_opens_the_folder_seeds_and_records_the_environment(tmp_path, determ
 
     run = Run(run_params(tmp_path), "00_quickstart.ipynb", suffix="dm")
     assert run.dir == tmp_path / "quickstart" / "mnist5k_ipc1_s3_dm" and run.dir.is_dir()
+    assert run.results == tmp_path  # the results folder, where shared caches (e.g. gan_cache) live
     assert str(run.device) == "cpu" and determinism_settings()["use_deterministic_algorithms"] is False
     drawn = torch.rand(3)
     named = Run(run_params(tmp_path, run_name="mine", deterministic=True), "00_quickstart")

@@ -239,8 +239,8 @@ class Run:
 
     Opening resolves ``params["device"]``, applies ``params["deterministic"]``
     (``ddkit.core.utils.set_deterministic``), seeds every RNG with ``params["seed"]``, creates
-    ``<results>/<notebook_key>/<run name>/`` (``run_name``, else ``<dataset>_ipc<ipc>_s<seed>_<suffix>``;
-    the results folder from :func:`resolve_results_dir`) and starts the clock that ``result.json``'s
+    ``<results>/<notebook_key>/<run name>/`` (``run.dir``; ``run_name``, else ``<dataset>_ipc<ipc>_s<seed>_<suffix>``;
+    the results folder ``run.results`` from :func:`resolve_results_dir`) and starts the clock that ``result.json``'s
     ``seconds`` reads. ``params``: the validated parameters (``as_dict()`` or a dict)."""
 
     def __init__(self, params, notebook: str, suffix: str = ""):
@@ -256,7 +256,8 @@ class Run:
         set_deterministic(self.params.get("deterministic", False))
         seed_everything(int(self.params.get("seed", 0)))
         self.name = self.params.get("run_name") or "_".join(filter(None, (auto_run_name(self.params), suffix)))
-        self.dir = resolve_results_dir(self.params.get("results_dir", "")) / self.notebook / self.name
+        self.results = resolve_results_dir(self.params.get("results_dir", ""))  # shared caches live here too
+        self.dir = self.results / self.notebook / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self._t0 = time.time()
 
