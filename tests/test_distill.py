@@ -63,6 +63,20 @@ def test_distill_is_deterministic_and_resumes(tiny_ds, tmp_path, deterministic):
     assert torch.allclose(a, c, atol=1e-6) and [h["loss"] for h in hc] == pytest.approx([h["loss"] for h in ha])
 
 
+def test_a_checkpoint_without_matching_extra_state_is_refused_with_its_path(tiny_ds, tmp_path):
+    ck = tmp_path / "ck.pt"
+    _run(tiny_ds, 1, checkpoint=ck, checkpoint_every=1, extra_state={"draws": make_generator(5)})
+    state = torch.load(ck, weights_only=True)
+    state["extra"]["draws"] = {"state": state["extra"]["draws"]}   # how older code stored a generator
+    torch.save(state, ck)
+    with pytest.raises(ValueError, match=r"ck\.pt holds no matching state for extra_state\['draws'\]"):
+        _run(tiny_ds, 2, checkpoint=ck, extra_state={"draws": make_generator(5)})
+    plain = tmp_path / "plain.pt"
+    _run(tiny_ds, 1, checkpoint=plain, checkpoint_every=1)
+    with pytest.raises(ValueError, match=r"no matching state for extra_state\['bank'\]"):
+        _run(tiny_ds, 2, checkpoint=plain, extra_state={"bank": make_generator(6)})
+
+
 def _reference_per_class_loop(tiny_ds, iterations, ipc=2, factor=1, batch_real=4, lr=1.0, momentum=0.5, seed=0):
     """The IDM / IDC reference loop written out: per class, that class's real batch and synthetic
     rows, siamese DSA, the DM loss of that class alone, backward, ``step()`` on the whole tensor."""

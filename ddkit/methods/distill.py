@@ -226,10 +226,14 @@ def _resume(checkpoint, iterations: int, syn: SyntheticSet, opt, gens: dict, ext
     for name, g in gens.items():
         g.set_state(state[name].cpu() if g.device.type == "cpu" else state[name])
     for k, obj in extra_state.items():
+        saved = state.get("extra", {}).get(k)
+        if saved is None or isinstance(obj, torch.Generator) != isinstance(saved, torch.Tensor):
+            raise ValueError(f"checkpoint {checkpoint} holds no matching state for extra_state[{k!r}] "
+                             f"({type(obj).__name__}): written by other code; delete it to start over")
         if isinstance(obj, torch.Generator):
-            obj.set_state(state["extra"][k])
+            obj.set_state(saved)
         else:
-            obj.load_state_dict(state["extra"][k])
+            obj.load_state_dict(saved)
     if hasattr(pool, "load_state_dict") and "pool" in state:
         pool.load_state_dict(state["pool"])
     return state["history"], state["iteration"]
