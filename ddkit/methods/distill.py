@@ -230,10 +230,8 @@ def _resume(checkpoint, iterations: int, syn: SyntheticSet, opt, gens: dict, ext
         if saved is None or isinstance(obj, torch.Generator) != isinstance(saved, torch.Tensor):
             raise ValueError(f"checkpoint {checkpoint} holds no matching state for extra_state[{k!r}] "
                              f"({type(obj).__name__}): written by other code; delete it to start over")
-        if isinstance(obj, torch.Generator):
-            obj.set_state(saved)
-        else:
-            obj.load_state_dict(saved)
+        load = obj.set_state if isinstance(obj, torch.Generator) else obj.load_state_dict
+        load(saved)
     if hasattr(pool, "load_state_dict") and "pool" in state:
         pool.load_state_dict(state["pool"])
     return state["history"], state["iteration"]
