@@ -15,6 +15,10 @@ alternate round by round (public, ddkit, then ddkit, public, ...), with the same
   ``n``, ``n`` and ``2n`` iterations, each with its own capture; the first call's seconds per iteration
   (CUDA start-up and capture included) and the second's are reported as the first and second run,
   the third minus the second over ``n`` as the steady iteration.
+  Then ``bench.graph_levers`` in its own process (at most :data:`LEVERS_TIMEOUT` seconds): the graph
+  loop's GPU time by kernel and the same three calls with each remaining lever (``amp="bf16"``,
+  ``channels_last``, ``compile=True``, bf16 with compile). The graph arms' first run is also compared
+  "both cold": the public side's first ``n`` iterations with its first one (start-up) included.
 * evaluate_synset: the public ``utils.evaluate_synset`` on N fresh networks (one by one) against
   ``ddkit.evaluate.evaluate_synset(num_models=N)`` with its defaults, same epochs
   (the public loop runs ``epoch_eval_train + 1`` passes, so it gets ``epochs - 1``), test pass
@@ -56,6 +60,8 @@ PATCHES = (
 SETTINGS = dict(dataset="fashion_mnist", ipc=10, batch_real=256, model="ConvNet", paper_iterations=20000)
 #: The worker sides: the public code, ddkit's eager loop (float32, bf16) and its CUDA-graph loop.
 SIDES = ("public", "ddkit", "ddkit_bf16", "ddkit_graphs")
+#: Seconds the ``bench.graph_levers`` worker may take (``--quick``, full run).
+LEVERS_TIMEOUT = {True: 120, False: 600}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -154,10 +160,11 @@ def _ddkit_dm_iterations(iterations: int, amp: str = "off", compile="auto") -> t
                                                          "device": str(dev)}
 
 
-def _ddkit_dm_graphs(iterations: int) -> dict:
+def _ddkit_dm_graphs(iterations: int, **flags) -> dict:
     """``graphs=True`` (CUDA only): seconds per iteration of the first and second ``distill`` call of
     ``iterations`` (capture included) and of the steady iteration (a third call of twice as many, minus
-    the second); the last losses of the calls (all start from the same set and seed)."""
+    the second); the last losses of the calls (all start from the same set and seed). ``flags``: further
+    ``distill`` keywords (``amp``, ``compile``, ``channels_last``: the levers of ``bench.graph_levers``)."""
     import torch
 
     from ddkit.core.utils import make_generator, resolve_device
@@ -174,13 +181,14 @@ def _ddkit_dm_graphs(iterations: int) -> dict:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         hist = distill(syn, ds, dm_objective, pool, n, batch_real=SETTINGS["batch_real"], progress=False,
-                       device=dev, graphs=True)
+                       device=dev, graphs=True, **flags)
         walls.append(time.perf_counter() - t0)  # the history's last read synchronises
         losses.append([h["loss"] for h in hist])
     steady = (walls[2] - walls[1]) / iterations
     return {"first_run": walls[0] / iterations, "second_run": walls[1] / iterations, "steady": steady,
             "capture_seconds": walls[1] - iterations * steady, "walls": walls, "iterations": iterations,
             "first_losses": losses[0][:5], "last_loss": losses[2][-1],
+            "flags": {k: str(v) for k, v in flags.items()},
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
 
 
@@ -391,7 +399,8 @@ def _quick_arms(path, iters: int, graph_iters: int, networks: int, epochs: int) 
     dd = _spawn("ddkit", "quick", None, iterations=iters, epochs=epochs, networks=networks,
                 **{"graph-iterations": graph_iters})
     errors = [r["error"] for r in (pub, dd) if "error" in r]
-    dm = {"public": pub.get("dm", {}).get("times", [])[1:], "ddkit": dd.get("dm", {}).get("times", [])[1:]}
+    dm = {"public": pub.get("dm", {}).get("times", [])[1:], "ddkit": dd.get("dm", {}).get("times", [])[1:],
+          "public_first_iteration": pub.get("dm", {}).get("times", [])[:1]}
     extra = [dd["dm"]["extra"]] if "dm" in dd else []
     ev = {"N5": {"public": [pub.get("eval", pub)], "ddkit": [dd.get("eval", dd)]}}
     if "eval_first" in dd:
@@ -412,6 +421,8 @@ def _full_arms(path, rounds: int, iters: int, graph_iters: int, arms: dict) -> t
             res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
             errors += [res["error"]] if "error" in res else []
             dm[side] += res.get("times", [])[1:]  # the first iteration carries one-time costs
+            if side == "public":
+                dm.setdefault("public_first_iteration", []).extend(res.get("times", [])[:1])
             extra += [res.get("extra")] if side == "ddkit" and "extra" in res else []
     graphs = _spawn("ddkit_graphs", "dm", None, iterations=graph_iters) if torch.cuda.is_available() else \
         {"skipped": "graphs need CUDA"}
@@ -441,6 +452,9 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
         dm, extra, graphs, ev, accuracy, errors = _quick_arms(path, iters, graph_iters, *arms["N5"])
     else:
         dm, extra, graphs, ev, accuracy, errors = _full_arms(path, rounds, iters, graph_iters, arms)
+    levers = _spawn_levers(graph_iters, LEVERS_TIMEOUT[quick]) if torch.cuda.is_available() else \
+        {"skipped": "graphs need CUDA"}
+    errors += [levers["error"]] if "error" in levers else []
     med = {s: statistics.median(t) for s, t in dm.items() if t}
     flops = _flops((1, 300))
     evaluation = {}
@@ -464,16 +478,47 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "patches": [list(p) for p in PATCHES], "path": str(path),
            "dm_seconds_per_iteration": {s: {"median": med[s], "times": dm[s]} for s in med},
-           "ddkit_dm": extra, "ddkit_dm_graphs": graphs, "evaluation": evaluation, "dm_accuracy": accuracy,
-           "errors": errors}
+           "ddkit_dm": extra, "ddkit_dm_graphs": graphs, "ddkit_dm_graph_levers": levers, "evaluation": evaluation,
+           "dm_accuracy": accuracy, "errors": errors}
     if "public" in med:
         for side, key in (("ddkit", "dm_ratio"), ("ddkit_bf16", "dm_ratio_bf16")):
             if side in med:
                 out[key] = med["public"] / med[side]
         if "steady" in graphs:
-            out["dm_ratio_graphs"] = {k: med["public"] / graphs[k] for k in ("steady", "first_run", "second_run")}
+            out["dm_ratio_graphs"] = _graph_ratios(med, graphs)
+        out["dm_ratio_graph_levers"] = {name: _graph_ratios(med, r) for name, r in levers.get("levers", {}).items()
+                                        if "steady" in r}
         out["dm_floor"] = _floor(flops["dm_iteration"], med["public"], graphs.get("steady", med.get("ddkit", 1.0)))
     return out
+
+
+def _graph_ratios(med: dict, graphs: dict) -> dict:
+    """The public iteration's median over a graph arm's seconds per iteration (steady, first and second run),
+    and ``first_run_both_cold``: the first ``n`` iterations of each side in a fresh process, start-up included
+    on both (the public side's first iteration, which the median leaves out, plus ``n - 1`` medians)."""
+    ratios = {k: med["public"] / graphs[k] for k in ("steady", "first_run", "second_run")}
+    if "public_first_iteration" in med:
+        n = graphs["iterations"]
+        public_first_run = (med["public_first_iteration"] + (n - 1) * med["public"]) / n
+        ratios["first_run_both_cold"] = public_first_run / graphs["first_run"]
+    return ratios
+
+
+def _spawn_levers(iterations: int, timeout: float) -> dict:
+    """``bench.graph_levers`` in its own process, stopped after ``timeout`` seconds: what it measured until
+    then (it rewrites its JSON after every lever), with ``error`` when it failed or ran out of time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "levers.json"
+        cmd = [sys.executable, "-m", "bench.graph_levers", "--iterations", str(iterations), "--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+            error = None if proc.returncode == 0 else f"graph levers worker failed:\n{proc.stderr[-3000:]}"
+        except subprocess.TimeoutExpired:
+            error = f"graph levers worker stopped after {timeout:.0f} s (what it measured until then is kept)"
+        record = json.loads(out.read_text()) if out.is_file() else {}
+        return {**record, **({"error": error} if error else {})}
 
 
 def _paired(a_runs: list, b_runs: list) -> dict:
@@ -502,6 +547,16 @@ def rows(r: dict):
                           ("second_run", "second run, capture included")):
             yield (f"public DM iteration vs graphs ({key})", pub, g[key], r["dm_ratio_graphs"][key],
                    f"s/iteration, {what}; {g['iterations']} iterations per call, capture {g['capture_seconds']:.2f} s")
+        if "first_run_both_cold" in r["dm_ratio_graphs"]:
+            yield ("public DM iteration vs graphs (first run, both cold)", None, g["first_run"],
+                   r["dm_ratio_graphs"]["first_run_both_cold"],
+                   f"the first {g['iterations']} iterations of a fresh process, start-up included on both sides")
+    levers = r.get("ddkit_dm_graph_levers", {}).get("levers", {})
+    for name, ratios in r.get("dm_ratio_graph_levers", {}).items():
+        yield (f"public DM iteration vs graphs + {name} (steady)", pub, levers[name]["steady"], ratios["steady"],
+               f"second run {ratios['second_run']:.2f}x, first run {ratios['first_run']:.2f}x, "
+               f"both cold {ratios.get('first_run_both_cold', float('nan')):.2f}x; last loss "
+               f"{levers[name]['last_loss']:.4g} (float32 graphs: {g.get('last_loss', float('nan')):.4g})")
     for arm in r["evaluation"].values():
         sec = arm["seconds"]
         accs = {s: [a for run in v["runs"] for a in run["accs"]] for s, v in sec.items()}

@@ -4,11 +4,16 @@ import pytest
 import torch
 
 from ddkit.augment import DSA
-from ddkit.methods.distill import (DeviceIteration, distill, dm_objective, graphs_unsupported, init_synthetic)
+from ddkit.methods.device_loop import DeviceIteration, graphs_unsupported
+from ddkit.methods.distill import distill, dm_objective, init_synthetic
 from ddkit.core.utils import make_generator
+from ddkit.fast.speed import compile_available
 from ddkit.fast.graphs import capture, class_table, reinit_on_device_, reinit_unsupported, sample_class_batches
 from ddkit.methods.pools import IDMQueue, RandomPool
 from ddkit.models import ConvNet, reinit_
+
+
+needs_compiler = pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler here")
 
 
 def _params_with_every_family(aug, groups, seed=0):
@@ -84,11 +89,11 @@ def test_reinit_on_device_refuses_unknown_layers():
         reinit_on_device_(net, make_generator(0))
 
 
-def _loop(ds, net, lr=1.0, momentum=0.5, batch_real=5, seed=0):
+def _loop(ds, net, lr=1.0, momentum=0.5, batch_real=5, seed=0, **flags):
     syn = init_synthetic(ds, 2, generator=make_generator(seed), device="cpu")
     gen = make_generator(seed, ds.x_train.device)
     loop = DeviceIteration(syn, ds, dm_objective, net, DSA(ds.dsa_strategy), batch_real, lr, momentum, None, gen,
-                           torch.zeros_like(syn.images))
+                           torch.zeros_like(syn.images), **flags)
     return syn, loop
 
 
@@ -146,9 +151,10 @@ class _NoHostReads:
         return refuse
 
 
-def test_device_iteration_step_reads_nothing_on_the_host(tiny_ds, monkeypatch):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_device_iteration_step_reads_nothing_on_the_host(tiny_ds, monkeypatch, amp):
     net = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu").net
-    syn, loop = _loop(tiny_ds, net)
+    syn, loop = _loop(tiny_ds, net, amp=amp)
     loop.step()  # the first call may set things up
     before = syn.images.detach().clone()
     # as under capture: the losses skip their value checks then (the labels were checked up front)
@@ -159,6 +165,44 @@ def test_device_iteration_step_reads_nothing_on_the_host(tiny_ds, monkeypatch):
     assert not torch.equal(syn.images.detach(), before)
     with pytest.raises(AssertionError, match="host read"), _NoHostReads():
         loop.aug.apply(syn.images, loop.aug.sample(4, generator=make_generator(0)), syn.labels)  # it does work
+
+
+def _conv_output_dtypes(net):
+    dtypes = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    return dtypes
+
+
+def test_device_iteration_under_bf16_runs_the_network_in_bf16_and_steps_in_float32(tiny_ds):
+    nets = [RandomPool.for_dataset("ConvNet", tiny_ds, width=16, device="cpu").net for _ in range(2)]
+    (syn32, loop32), (syn16, loop16) = _loop(tiny_ds, nets[0]), _loop(tiny_ds, nets[1], amp="bf16")
+    dtypes = _conv_output_dtypes(nets[1])
+    for _ in range(2):
+        before = syn32.images.detach().clone()
+        t32, t16 = loop32.update(*loop32.draw()), loop16.update(*loop16.draw())  # same generator seed: same draws
+        assert set(dtypes) == {torch.bfloat16} and syn16.images.dtype == loop16.buf.dtype == torch.float32
+        # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation): the loss and the step
+        # agree with float32 to a few percent, not more
+        torch.testing.assert_close(t16, t32, rtol=0.05, atol=0)
+        step32, step16 = syn32.images.detach() - before, syn16.images.detach() - before
+        assert torch.nn.functional.cosine_similarity(step16.flatten(), step32.flatten(), dim=0) > 0.98
+        with torch.no_grad():
+            syn16.images.copy_(syn32.images)
+            loop16.buf.copy_(loop32.buf)
+
+
+@needs_compiler
+def test_device_iteration_compiled_channels_last_equals_plain(tiny_ds):
+    torch._dynamo.reset()
+    nets = [RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu").net for _ in range(2)]
+    (syn_a, plain), (syn_b, fast) = _loop(tiny_ds, nets[0]), _loop(tiny_ds, nets[1], compile=True, channels_last=True)
+    for _ in range(3):
+        plain.step()
+        fast.step()
+        torch.testing.assert_close(fast.terms, plain.terms, rtol=1e-4, atol=1e-6)  # reassociation only
+    torch.testing.assert_close(syn_b.images.detach(), syn_a.images.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_distill_graphs_on_cpu_runs_the_device_loop_and_resumes(tiny_ds, tmp_path):
@@ -183,6 +227,34 @@ def test_distill_graphs_on_cpu_runs_the_device_loop_and_resumes(tiny_ds, tmp_pat
     assert not torch.equal(eager.images.detach(), straight)  # its own draws: not the eager loop's
 
 
+def test_distill_graphs_takes_bf16(tiny_ds):
+    syn = init_synthetic(tiny_ds, 2, generator=make_generator(0), device="cpu")
+    pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu")
+    dtypes = _conv_output_dtypes(pool.net)
+    before = syn.images.detach().clone()
+    hist = distill(syn, tiny_ds, dm_objective, pool, 3, batch_real=5, progress=False, graphs=True, amp="bf16",
+                   device="cpu")
+    assert set(dtypes) == {torch.bfloat16} and syn.images.dtype == torch.float32
+    assert len(hist) == 3 and all(h["loss"] > 0 for h in hist) and not torch.equal(syn.images.detach(), before)
+
+
+@pytest.mark.parametrize("amp, speed_flags, taken", [("off", False, True), ("bf16", False, False),
+                                                    ("off", True, False)])
+def test_graphs_auto_on_cuda_takes_the_device_loop_only_for_the_float32_configuration(tiny_ds, monkeypatch, amp,
+                                                                                      speed_flags, taken):
+    import ddkit.methods.distill as distill_module
+    from ddkit.methods.distill import _use_graphs
+
+    # the pool is on the CPU here: on CUDA it would be on the run's device, which graphs_unsupported checks
+    monkeypatch.setattr(distill_module, "graphs_unsupported", lambda *a: None)
+    syn = init_synthetic(tiny_ds, 2, generator=make_generator(0), device="cpu")
+    pool = RandomPool.for_dataset("ConvNet", tiny_ds, width=8, device="cpu")
+    args = (syn, tiny_ds, dm_objective, pool, 5, "joint", None, None, amp, speed_flags)
+    assert _use_graphs("auto", torch.device("cuda"), *args) is taken  # the decision, before any CUDA work
+    assert _use_graphs("auto", torch.device("cpu"), *args) is False
+    assert _use_graphs(True, torch.device("cpu"), *args) is True  # asked for: the levers run inside the loop
+
+
 def test_graphs_auto_on_cpu_is_the_eager_loop(tiny_ds):
     out = []
     for graphs in ("auto", False):
@@ -202,8 +274,12 @@ def test_graphs_unsupported_names_the_reason(tiny_ds):
     assert "graph_safe" in graphs_unsupported(syn, tiny_ds, lambda b: dm_objective(b), pool, 5)
     queue = IDMQueue("ConvNet", 1, 4, (28, 28), initial_nets=1, width=8, generator=make_generator(0))
     assert "IDMQueue" in graphs_unsupported(syn, tiny_ds, dm_objective, queue, 5)
+    assert "fp16" in graphs_unsupported(syn, tiny_ds, dm_objective, pool, 5, amp="fp16")
+    assert graphs_unsupported(syn, tiny_ds, dm_objective, pool, 5, amp="bf16") is None
     with pytest.raises(ValueError, match="graphs=True.*image_step"):
         distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs=True, image_step="per_class", device="cpu")
+    with pytest.raises(ValueError, match="graphs=True.*fp16"):
+        distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs=True, amp="fp16", device="cpu")
     with pytest.raises(ValueError, match="graphs='yes'"):
         distill(syn, tiny_ds, dm_objective, pool, 1, batch_real=5, progress=False, graphs="yes", device="cpu")
 

@@ -194,13 +194,14 @@ def check_amp(amp) -> str:
     return amp
 
 
-def autocast(amp: str, device):
+def autocast(amp: str, device, cache: bool = True):
     """``torch.autocast`` on ``device``'s type (CPU or CUDA) with the dtype of ``amp``; a no-op
-    context for ``"off"`` (the float32 path, bit for bit)."""
+    context for ``"off"`` (the float32 path, bit for bit). ``cache=False`` turns off autocast's cache
+    of cast weights (needed inside a captured CUDA graph)."""
     dtype = AMP_MODES[check_amp(amp)]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=cache)
 
 
 def grad_scaler(amp: str, device) -> "torch.amp.GradScaler":

@@ -37,25 +37,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..augment import DSA, decode
 from ..core import timebox
 from ..core.checks import check_int, check_interval, check_number
-from ..fast.distributed import ClassShard, current
-from ..fast.graphs import (capture, check_class_batch, class_table, draw_class_batches, reinit_on_device_,
-                           reinit_unsupported)
+from ..fast.distributed import ClassShard
 from ..core.utils import atomic_torch_save, check_same_device, make_generator, resolve_device, safe_torch_load
 from ..fast.speed import autocast, check_amp, fast_view, forward_flops, grad_scaler, resolve_channels_last, resolve_compile
-from ..fast.storage import ImageStore
-from ..models import has_batchnorm
+from .device_loop import distill_on_device, graphs_unsupported
 from .synthetic import (IMAGE_STEPS, MatchBatch, SyntheticSet, class_rows, dm_objective, init_synthetic,
                         per_class_forward, real_class_rows)
 
 #: The loop's own names, and the synthetic set's (``ddkit.methods.synthetic``) that callers take from here.
-__all__ = ["distill", "sample_match_batch", "graphs_unsupported", "distill_on_device", "DeviceIteration",
-           "IMAGE_STEPS", "MatchBatch", "SyntheticSet", "dm_objective", "init_synthetic", "per_class_forward"]
+__all__ = ["distill", "sample_match_batch", "IMAGE_STEPS", "MatchBatch", "SyntheticSet", "dm_objective",
+           "init_synthetic", "per_class_forward"]
 
 
 def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict], pool, iterations: int,
@@ -94,11 +90,15 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     - ``amp``: "off" (float32, the exact previous path), "bf16" or "fp16": the objective (the no-grad
       real-side forward and the synthetic forward) runs under ``torch.autocast`` on ``device``
       (``ddkit.fast.speed.autocast``); the backward and the image step stay float32 ("fp16" scales the loss).
-    - ``graphs``: "auto" (default), True or False: the device-side loop (:func:`distill_on_device`:
-      every draw from one generator on the device, the whole iteration one CUDA graph on CUDA, eager
-      on the CPU). "auto" takes it on CUDA when :func:`graphs_unsupported` finds nothing against the
-      configuration (else the loop below, whose numbers it leaves unchanged); True insists (a
-      ``ValueError`` gives the reason); its draws differ from this loop's (same distributions).
+    - ``graphs``: "auto" (default), True or False: the device-side loop
+      (:func:`ddkit.methods.device_loop.distill_on_device`: every draw from one generator on the device, the
+      whole iteration one CUDA graph on CUDA, eager on the CPU). "auto" takes it on CUDA when
+      :func:`ddkit.methods.device_loop.graphs_unsupported` finds nothing against the configuration (else the
+      loop below, whose numbers it leaves unchanged); True insists (a ``ValueError`` gives the reason); its
+      draws differ from this loop's (same distributions). "auto" takes it for the float32 configuration
+      measured against the public code (bench/README.md): with ``amp`` on, ``compile=True`` or
+      ``channels_last=True`` it keeps this loop. With ``graphs=True`` these act inside the captured step
+      (``amp="bf16"``; "fp16" is refused) and ``compile="auto"`` does not compile.
     Returns the history: one dict of floats per iteration.
     """
     if image_step not in IMAGE_STEPS:
@@ -113,10 +113,12 @@ def distill(syn: SyntheticSet, dataset, objective: Callable[[MatchBatch], dict],
     data = dataset.to(dev)
     aug = DSA(data.dsa_strategy) if dsa is True else (None if dsa in (False, None, "", "none") else
                                                       DSA(dsa) if isinstance(dsa, str) else dsa)
-    if _use_graphs(graphs, dev, syn, data, objective, pool, batch_real, image_step, after_step, extra_state,
-                   compile, amp):
+    if _use_graphs(graphs, dev, syn, data, objective, pool, batch_real, image_step, after_step, extra_state, amp,
+                   compile is True or channels_last is True):
+        use_compile = compile is True
         return distill_on_device(syn, data, objective, pool, iterations, lr_img, momentum, batch_real, aug, seed,
-                                 dev, clamp, checkpoint, checkpoint_every, progress, desc)
+                                 dev, clamp, checkpoint, checkpoint_every, progress, desc, amp, use_compile,
+                                 resolve_channels_last(channels_last, use_compile))
     g_data, g_aug, g_pool = make_generator(seed, "cpu"), make_generator(seed + 1, dev), \
         make_generator(seed + 2, "cpu")
     opt = torch.optim.SGD([syn.images], lr=lr_img, momentum=momentum)
@@ -315,185 +317,20 @@ def _clamp(syn: SyntheticSet, clamp) -> None:
             syn.images.clamp_(*clamp)
 
 
-# =========================================================================== device-side loop (CUDA graphs)
-
-#: Iterations between two reads of the logged terms by the host in :func:`distill_on_device` (one
-#: host sync per read; a checkpoint and the last iteration read too).
-LOG_EVERY = 50
-
 #: ``distill(graphs=...)`` values.
 GRAPHS = ("auto", True, False)
 
 
-def graphs_unsupported(syn: SyntheticSet, dataset, objective, pool, batch_real: int, image_step: str = "joint",
-                       after_step=None, extra_state=None, compile=False, amp: str = "off", device=None) -> str | None:
-    """Why :func:`distill_on_device` cannot run this ``distill`` configuration, or None. It needs: a pool
-    whose ``draw`` only re-initialises its ``net`` (``fresh_init_per_draw``: :class:`ddkit.methods.pools.RandomPool`;
-    re-drawn in place on the device) of a network without BatchNorm (its class-by-class forward splits the
-    batch on the host) on ``device``; ``image_step="joint"``; an objective
-    free of host syncs: :func:`dm_objective` or one marked ``objective.graph_safe = True``; no ``after_step``,
-    ``extra_state``, ``amp``, ``compile=True`` or data parallelism; ``batch_real`` at most the smallest class;
-    the dataset's images in memory (not a memmap)."""
-    fresh = getattr(pool, "fresh_init_per_draw", False) and isinstance(getattr(pool, "net", None), nn.Module)
-    net = pool.net if fresh else None
-    reasons = [
-        (not fresh, f"the pool ({type(pool).__name__}) does not draw a freshly initialised net (a RandomPool does)"),
-        (image_step != "joint", f"image_step={image_step!r} (the device loop steps jointly)"),
-        (not (objective is dm_objective or getattr(objective, "graph_safe", False)),
-         f"objective {getattr(objective, '__name__', objective)!r} is neither dm_objective nor marked graph_safe"),
-        (after_step is not None, "an after_step callback runs on the host every iteration"),
-        (bool(extra_state), "extra_state is updated on the host"),
-        (amp != "off", f"amp={amp!r}"),
-        (compile is True, "compile=True asks for torch.compile"),
-        (current().world_size > 1, "data-parallel runs sync the images between ranks"),
-        (isinstance(dataset.x_train, ImageStore) and dataset.x_train.kind != "uint8",
-         "the training images are a memmap, not in memory"),
-        (batch_real > min(len(dataset.class_indices(c)) for c in range(dataset.num_classes)),
-         f"batch_real={batch_real} exceeds the smallest class"),
-    ]
-    if fresh:
-        reasons += [(has_batchnorm(net), "the network has BatchNorm (class-by-class forward)"),
-                    (reinit_unsupported(net) is not None, f"re-initialisation: {reinit_unsupported(net)}"),
-                    (device is not None and not _same_device(next(net.parameters()).device, device),
-                     f"the pool's network is on {next(net.parameters()).device}, the run on {device}")]
-    return next((why for bad, why in reasons if bad), None)
-
-
-def _same_device(a, b) -> bool:
-    """``cuda`` and ``cuda:<current>`` are the same device."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    current_index = torch.cuda.current_device() if a.type == "cuda" else None
-    return (a.index if a.index is not None else current_index) == (b.index if b.index is not None else current_index)
-
-
 def _use_graphs(graphs, dev, syn, data, objective, pool, batch_real, image_step, after_step, extra_state,
-                compile, amp) -> bool:
-    """``distill``'s dispatch: True when the device-side loop runs (see ``graphs`` in its docstring)."""
+                amp, speed_flags: bool) -> bool:
+    """``distill``'s dispatch: True when the device-side loop runs (see ``graphs`` in its docstring).
+    ``speed_flags``: ``compile=True`` or ``channels_last=True`` asked for; with them or ``amp`` on, "auto"
+    keeps the eager loop."""
     if graphs not in GRAPHS:
         raise ValueError(f"graphs={graphs!r}; expected one of {list(GRAPHS)}")
-    if graphs is False or (graphs == "auto" and dev.type != "cuda"):
+    if graphs is False or (graphs == "auto" and (dev.type != "cuda" or amp != "off" or speed_flags)):
         return False
-    why = graphs_unsupported(syn, data, objective, pool, batch_real, image_step, after_step, extra_state, compile,
-                             amp, dev)
+    why = graphs_unsupported(syn, data, objective, pool, batch_real, image_step, after_step, extra_state, amp, dev)
     if why and graphs is True:
         raise ValueError(f"graphs=True: the device-side loop cannot run this configuration: {why}")
     return why is None
-
-
-class DeviceIteration:
-    """One iteration of the joint DM-family step with every draw on the device (what the graph captures).
-
-    :meth:`draw`: the network re-drawn in place, ``batch_real`` real indices per class, one DSA draw per
-    class, all from ``generator``; :meth:`update`: siamese DSA (row c for class c's real and synthetic
-    images), ``objective``, the gradient of its ``"loss"`` w.r.t. the images, SGD with momentum
-    (``buf = momentum * buf + grad; images -= lr * buf``, torch's SGD) and the clamp; returns the
-    logged terms as one tensor (names in :attr:`names`). ``batch.iteration`` is the constant ``iteration``.
-    """
-
-    def __init__(self, syn: SyntheticSet, data, objective, net: nn.Module, aug, batch_real: int, lr: float,
-                 momentum: float, clamp, generator: torch.Generator, momentum_buffer: torch.Tensor,
-                 iteration: int = 0):
-        self.syn, self.data, self.objective, self.net, self.aug = syn, data, objective, net, aug
-        self.batch_real, self.lr, self.momentum, self.clamp = batch_real, lr, momentum, clamp
-        self.generator, self.buf, self.iteration = generator, momentum_buffer, iteration
-        k, dev = data.num_classes, syn.images.device
-        self.table, self.valid = class_table([data.class_indices(c) for c in range(k)], dev)
-        check_class_batch(self.valid, batch_real)
-        self.y_real = torch.arange(k, device=dev).repeat_interleave(batch_real)
-        self.names: list = []
-        self.terms = None
-
-    def draw(self) -> tuple:
-        """``(real indices, DSA params)`` of this iteration; re-draws :attr:`net` in place."""
-        reinit_on_device_(self.net, self.generator)
-        idx = draw_class_batches(self.table, self.valid, self.batch_real, self.generator)
-        k = self.data.num_classes
-        return idx, (self.aug.sample(k, generator=self.generator) if self.aug is not None else None)
-
-    def update(self, idx: torch.Tensor, p) -> torch.Tensor:
-        """The objective on the real images ``idx`` and the current set, augmented with ``p``; one image step."""
-        syn, k = self.syn, self.data.num_classes
-        x_real = self.data.get_images(idx)
-        x_syn, y_syn = decode(syn.images, syn.labels, syn.factor)
-        if self.aug is not None:
-            x_real = self.aug.apply_on_device(x_real, p, self.y_real)
-            x_syn = self.aug.apply_on_device(x_syn, p, y_syn if y_syn.dim() == 1 else y_syn.argmax(1))
-        terms = self.objective(MatchBatch(self.net, x_real, self.y_real, x_syn, y_syn, self.iteration, k))
-        (grad,) = torch.autograd.grad(terms["loss"], syn.images)
-        with torch.no_grad():
-            self.buf.mul_(self.momentum).add_(grad)
-            syn.images.add_(self.buf, alpha=-self.lr)
-        _clamp(syn, self.clamp)
-        self.names = list(terms)
-        return torch.stack([t.detach().float().reshape(()) for t in terms.values()])
-
-    def step(self) -> None:
-        """:meth:`draw` then :meth:`update`; the terms land in :attr:`terms` (kept for graph replays)."""
-        terms = self.update(*self.draw())
-        if self.terms is None:
-            self.terms = terms
-        else:
-            self.terms.copy_(terms)
-
-
-def distill_on_device(syn: SyntheticSet, data, objective, pool, iterations: int, lr_img: float, momentum: float,
-                      batch_real: int, aug, seed: int, dev: torch.device, clamp=None, checkpoint=None,
-                      checkpoint_every: int = 200, progress: bool = True, desc: str = "distill") -> list:
-    """``distill``'s device-side loop (``graphs``): :class:`DeviceIteration` from one generator on ``dev``
-    seeded with ``seed``, captured once as a CUDA graph and replayed on CUDA (eager on the CPU); the logged
-    terms are read back every :data:`LOG_EVERY` iterations. The checkpoint is ``distill``'s (images, the
-    optimiser state with its momentum buffer, iteration, history) plus this generator's state
-    (``"g_device"``); the eager loop can resume it (its own generators restart from ``seed``)."""
-    gen = make_generator(seed, dev)
-    opt = torch.optim.SGD([syn.images], lr=lr_img, momentum=momentum)  # holds the buffer for checkpoints
-    history, start = [], 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        history, start = _load_device_checkpoint(checkpoint, syn, opt, gen, iterations)
-    buf = opt.state[syn.images].setdefault("momentum_buffer", torch.zeros_like(syn.images).detach())
-    loop = DeviceIteration(syn, data, objective, pool.net.train(), aug, batch_real, lr_img, momentum, clamp,
-                           gen, buf, start)
-    step = loop.step
-    if dev.type == "cuda" and start < iterations:  # the warm-up allocates loop.terms, which the graph writes
-        step = capture(loop.step, gen, [syn.images, buf]).replay
-    bar = tqdm(total=iterations, initial=start, desc=desc, disable=not progress)
-    pending = []
-    for it in range(start, iterations):
-        step()
-        pending.append(loop.terms.clone())
-        saving = checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations)
-        if saving or len(pending) == LOG_EVERY or it + 1 == iterations:
-            history += [dict(zip(loop.names, row)) for row in torch.stack(pending).tolist()]
-            bar.update(len(pending))
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
-            pending = []
-        if saving:
-            _save_device_checkpoint(checkpoint, syn, opt, gen, it + 1, history, seed, dev)
-    bar.close()
-    return history
-
-
-def _load_device_checkpoint(path, syn: SyntheticSet, opt, gen: torch.Generator, iterations: int) -> tuple:
-    state = safe_torch_load(path, expect={"shape": list(syn.images.shape)})
-    if state["iteration"] > iterations:
-        raise ValueError(f"checkpoint {path} is at iteration {state['iteration']} but iterations={iterations}: "
-                         "ask for at least as many iterations, or delete the checkpoint to start over")
-    with torch.no_grad():
-        syn.images.copy_(state["images"].to(syn.images.device))
-    opt.load_state_dict(state["opt"])
-    if "g_device" in state:
-        gen.set_state(state["g_device"])
-    return state["history"], state["iteration"]
-
-
-def _save_device_checkpoint(path, syn: SyntheticSet, opt, gen: torch.Generator, iteration: int, history: list,
-                            seed: int, dev: torch.device) -> None:
-    if not current().is_main:
-        return
-    fresh = {"g_data": make_generator(seed).get_state(), "g_aug": make_generator(seed + 1, dev).get_state(),
-             "g_pool": make_generator(seed + 2).get_state()}
-    atomic_torch_save({
-        "meta": {"shape": list(syn.images.shape), "kind": "distill-checkpoint"},
-        "images": syn.images.detach().cpu(), "opt": opt.state_dict(), "iteration": iteration,
-        "history": history, "g_device": gen.get_state(), "extra": {}, **fresh}, path)
