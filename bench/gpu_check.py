@@ -14,7 +14,9 @@ limit, all within ``--budget`` seconds (default 480):
    timings are not shared; its table is copied into the JSON.
 
 Writes ``--out`` (default ``results/bench/gpu_check.json``: GPU name, torch and CUDA versions, date,
-budget, seconds, and per check its command, status, seconds and last output line). Exits 0 when every
+budget, seconds, and per check its command, status, seconds and last output line) and beside it the same
+as Markdown tables for bench/README.md (``gpu_check.md``: the checks; the public-code comparison's rows;
+the graph loop's kernel profile). Exits 0 when every
 check passed, 1 when one failed, timed out or did not fit the budget, 2 (with a message, before
 anything runs) when no CUDA device is present.
 """
@@ -187,13 +189,42 @@ def gpu_info() -> dict:
 
 
 def write_report(path: Path, info: dict, results: list, budget: float, seconds: float, public_dm: dict | None):
-    from ddkit.core.utils import atomic_write_json
+    from ddkit.core.utils import atomic_write_bytes, atomic_write_json
 
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info, "budget_s": budget,
               "seconds": round(seconds, 1), "passed": all(r["status"] == "pass" for r in results),
               "checks": results, **({"public_dm": public_dm} if public_dm is not None else {})}
     atomic_write_json(path, record)
+    atomic_write_bytes(path.with_suffix(".md"), markdown(record).encode())
     return record
+
+
+def markdown(record: dict) -> str:
+    """``record`` (:func:`write_report`'s) as Markdown: a heading line, the checks, and when the public-code
+    comparison ran, its rows (``bench.public_dm.rows``) and the graph loop's kernel profile."""
+    from bench.public_dm import rows
+
+    def num(v, fmt="{:.4g}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = [f"`make gpu-check` on {record['gpu']} (torch {record['torch']}, CUDA {record['cuda']}), "
+             f"{record['date']}, {record['seconds']:.0f} s of a {record['budget_s']:.0f} s budget", "",
+             "| check | status | seconds | last line |", "|---|---|---|---|"]
+    lines += [f"| {c['name']} | {c['status']} | {c['seconds']:.0f} | {'' if c['status'] == 'pass' else c['tail']} |"
+              for c in record["checks"]]
+    public = record.get("public_dm") or {}
+    if "dm_seconds_per_iteration" in public:
+        lines += ["", "| task | public | ddkit | ratio | note |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {num(ref)} | {num(dd)} | {num(ratio, '{:.2f}x')} | {note} |"
+                  for name, ref, dd, ratio, note in rows(public)]
+    prof = public.get("ddkit_dm_graph_levers", {}).get("profile", {})
+    if "top" in prof:
+        lines += ["", f"GPU time of one uncaptured graph-loop iteration: {prof['gpu_ms_per_iteration']:.2f} ms "
+                      f"(wall {prof['wall_ms_per_uncaptured_iteration']:.2f} ms)", "",
+                  "| kernel | ms per iteration | calls per iteration |", "|---|---|---|"]
+        lines += [f"| `{k['name']}` | {k['ms_per_iteration']:.3f} | {k['calls_per_iteration']:.0f} |"
+                  for k in prof["top"]]
+    return "\n".join(lines) + "\n"
 
 
 def public_dm_record(tmp: Path) -> dict | None:

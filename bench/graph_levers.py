@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,16 +73,12 @@ def profile(steps: int = PROFILE_STEPS, device: str = "cuda") -> dict:
                      "calls_per_iteration": e.count / steps} for e in kernels[:PROFILE_TOP]]}
 
 
-def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-
-
 def run(iterations: int, out: Path, levers=tuple(LEVERS)) -> dict:
     """Profile, then every lever in ``levers``; ``out`` holds the record so far after each piece (a piece
     that raises is recorded with its error and the next one runs)."""
     import torch
+
+    from ddkit.core.utils import atomic_write_json
 
     from .public_dm import _ddkit_dm_graphs
 
@@ -102,7 +97,7 @@ def run(iterations: int, out: Path, levers=tuple(LEVERS)) -> dict:
             record["profile"] = result
         else:
             record["levers"][name] = result
-        _write(out, record)
+        atomic_write_json(out, record)
     return record
 
 

@@ -114,6 +114,32 @@ def test_main_writes_the_json_and_fails_when_a_check_fails(monkeypatch, tmp_path
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("gpu-check on NVIDIA H200") and len(printed) == len(rec["checks"]) + 2
     assert "FAIL    notebook 03_iid (device=cuda) (1 s): ValueError: something" in printed
+    table = out.with_suffix(".md").read_text()  # the same, as Markdown for bench/README.md
+    assert table.startswith("`make gpu-check` on NVIDIA H200 (torch 2.x, CUDA 13.0)")
+    assert "| notebook 03_iid (device=cuda) | fail | 1 | ValueError: something |" in table
+    assert table.count("\n| ") == len(rec["checks"]) + 1
+
+
+def test_the_markdown_has_the_public_comparison_and_the_kernel_profile():
+    graphs = {"steady": 0.0125, "first_run": 0.0518, "second_run": 0.0178, "iterations": 20, "capture_seconds": 0.1,
+              "last_loss": 3.0}
+    public = {"dm_seconds_per_iteration": {"public": {"median": 0.0767}, "ddkit": {"median": 0.021}},
+              "dm_ratio": 3.65, "ddkit_dm": [{"compile": False}], "ddkit_dm_graphs": graphs,
+              "dm_ratio_graphs": {"steady": 6.136, "first_run": 1.48, "second_run": 4.31},
+              "ddkit_dm_graph_levers": {"levers": {"bf16": {**graphs, "steady": 0.007}}, "profile": {
+                  "gpu_ms_per_iteration": 9.5, "wall_ms_per_uncaptured_iteration": 21.0,
+                  "top": [{"name": "cudnn_conv", "ms_per_iteration": 4.25, "calls_per_iteration": 16}]}},
+              "dm_ratio_graph_levers": {"bf16": {"steady": 10.96, "first_run": 1.48, "second_run": 4.31}},
+              "evaluation": {}, "dm_floor": {"ceiling_ratio": 20.0}}
+    record = {"gpu": "G", "torch": "t", "cuda": "c", "date": "2026-12-05", "seconds": 400.0, "budget_s": 480,
+              "checks": [{"name": "unit tests 1/3", "status": "pass", "seconds": 100.0, "tail": "x"}],
+              "public_dm": public}
+    table = gc.markdown(record)
+    assert "| unit tests 1/3 | pass | 100 |  |" in table
+    assert "| public DM iteration vs graphs (steady) | 0.0767 | 0.0125 | 6.14x |" in table
+    assert "| public DM iteration vs graphs + bf16 (steady) | 0.0767 | 0.007 | 10.96x |" in table
+    assert "GPU time of one uncaptured graph-loop iteration: 9.50 ms (wall 21.00 ms)" in table
+    assert "| `cudnn_conv` | 4.250 | 16 |" in table
 
 
 def test_a_check_past_its_limit_is_killed_with_its_children():
