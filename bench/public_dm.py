@@ -393,13 +393,13 @@ def _errors(results: dict) -> list:
     return [r["error"] for runs in results.values() for r in runs if "error" in r]
 
 
-def _quick_arms(path, iters: int, graph_iters: int, networks: int, epochs: int) -> tuple:
+def _quick_arms(path, iters: int, warm: int, graph_iters: int, networks: int, epochs: int) -> tuple:
     """``--quick``: one worker per side (:func:`_quick_side`)."""
     pub = _spawn("public", "quick", path, iterations=iters, epochs=epochs, networks=networks)
     dd = _spawn("ddkit", "quick", None, iterations=iters, epochs=epochs, networks=networks,
                 **{"graph-iterations": graph_iters})
     errors = [r["error"] for r in (pub, dd) if "error" in r]
-    dm = {"public": pub.get("dm", {}).get("times", [])[1:], "ddkit": dd.get("dm", {}).get("times", [])[1:],
+    dm = {"public": pub.get("dm", {}).get("times", [])[warm:], "ddkit": dd.get("dm", {}).get("times", [])[warm:],
           "public_first_iteration": pub.get("dm", {}).get("times", [])[:1]}
     extra = [dd["dm"]["extra"]] if "dm" in dd else []
     ev = {"N5": {"public": [pub.get("eval", pub)], "ddkit": [dd.get("eval", dd)]}}
@@ -408,7 +408,7 @@ def _quick_arms(path, iters: int, graph_iters: int, networks: int, epochs: int) 
     return dm, extra, dd.get("graphs", {"skipped": "the ddkit worker failed"}), ev, {}, errors
 
 
-def _full_arms(path, rounds: int, iters: int, graph_iters: int, arms: dict) -> tuple:
+def _full_arms(path, rounds: int, iters: int, warm: int, graph_iters: int, arms: dict) -> tuple:
     """Each side its own process, alternating round by round; the accuracy arm on CUDA."""
     import torch
 
@@ -420,7 +420,7 @@ def _full_arms(path, rounds: int, iters: int, graph_iters: int, arms: dict) -> t
         for side in (sides if r % 2 == 0 else sides[::-1]):
             res = _spawn(side, "dm", path if side == "public" else None, iterations=iters)
             errors += [res["error"]] if "error" in res else []
-            dm[side] += res.get("times", [])[1:]  # the first iteration carries one-time costs
+            dm[side] += res.get("times", [])[warm:]  # the first iterations carry one-time costs
             if side == "public":
                 dm.setdefault("public_first_iteration", []).extend(res.get("times", [])[:1])
             extra += [res.get("extra")] if side == "ddkit" and "extra" in res else []
@@ -434,6 +434,17 @@ def _full_arms(path, rounds: int, iters: int, graph_iters: int, arms: dict) -> t
     return dm, extra, graphs, ev, accuracy, errors
 
 
+def dm_schedule(quick: bool, cuda: bool) -> tuple:
+    """``(rounds, iterations per eager worker, warm-up iterations left out of the median, graph iterations)``.
+    On the CPU an iteration takes seconds: a few per worker. On CUDA it takes tens of milliseconds and
+    the first ones are slower and vary while the GPU's clocks and cuDNN settle (bench/README.md), so each
+    worker runs 60 and its median leaves out the first 10, and the graph arm's calls are 100 iterations
+    long (its first run then spreads start-up over 100)."""
+    if cuda:
+        return (1 if quick else 2), 60, 10, 100
+    return (1, 10, 1, 20) if quick else (2, 12, 1, 100)
+
+
 def run(quick: bool = False, public_dm: str | None = None) -> dict:
     import torch
 
@@ -443,15 +454,15 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
     path = Path(public_dm).expanduser().resolve()
     if not (path / "main_DM.py").is_file():
         raise ValueError(f"--public-dm {path}: no main_DM.py there; give a checkout of VICO-UoE/DatasetCondensation")
-    # DM: rounds x iterations per side (the eager arms drop their first iteration); evaluation (seconds to
-    # minutes per side): one round of one network and, unless quick, one of the protocol's N = 5 (the float32
-    # and the bf16 ddkit sides train the same networks)
-    rounds, iters, graph_iters = (1, 10, 20) if quick else (2, 12, 100)
+    # DM: rounds x iterations per side (the eager arms' medians leave out their first `warm` iterations);
+    # evaluation (seconds to minutes per side): one round of one network and, unless quick, one of the
+    # protocol's N = 5 (the float32 and the bf16 ddkit sides train the same networks)
+    rounds, iters, warm, graph_iters = dm_schedule(quick, torch.cuda.is_available())
     arms = {"N5": (5, 300)} if quick else {"N1": (1, 300), "N5": (5, 300)}
     if quick:
-        dm, extra, graphs, ev, accuracy, errors = _quick_arms(path, iters, graph_iters, *arms["N5"])
+        dm, extra, graphs, ev, accuracy, errors = _quick_arms(path, iters, warm, graph_iters, *arms["N5"])
     else:
-        dm, extra, graphs, ev, accuracy, errors = _full_arms(path, rounds, iters, graph_iters, arms)
+        dm, extra, graphs, ev, accuracy, errors = _full_arms(path, rounds, iters, warm, graph_iters, arms)
     levers = _spawn_levers(graph_iters, LEVERS_TIMEOUT[quick]) if torch.cuda.is_available() else \
         {"skipped": "graphs need CUDA"}
     errors += [levers["error"]] if "error" in levers else []
@@ -473,7 +484,8 @@ def run(quick: bool = False, public_dm: str | None = None) -> dict:
         if "ddkit_bf16" in emed:
             evaluation[arm]["ratio_bf16"] = emed["public"] / emed["ddkit_bf16"]
             evaluation[arm]["bf16_minus_float32"] = _paired(ok["ddkit_bf16"], ok["ddkit"])
-    out = {"settings": {**SETTINGS, "iterations_per_round": iters, "rounds": rounds, "graph_iterations": graph_iters,
+    out = {"settings": {**SETTINGS, "iterations_per_round": iters, "warm_up_iterations": warm, "rounds": rounds,
+                        "graph_iterations": graph_iters,
                         "eval_arms": arms},
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "patches": [list(p) for p in PATCHES], "path": str(path),
@@ -564,6 +576,9 @@ def rows(r: dict):
         yield (name, sec["public"]["median"], sec["ddkit"]["median"], arm["ratio"],
                f"{arm['epochs']} ep; acc public {statistics.mean(accs['public']):.2f} ddkit "
                f"{statistics.mean(accs['ddkit']):.2f}; float32 ceiling {arm['floor']['ceiling_ratio']:.2f}x")
+        if "ratio_first_run" in arm:
+            yield (f"{name}, ddkit's first call", sec["public"]["median"], sec["ddkit_first_run"]["median"],
+                   arm["ratio_first_run"], "one-time costs of the process included (cuDNN autotuning, capture)")
         if "ratio_bf16" in arm:
             d = arm["bf16_minus_float32"]
             yield (f"{name} vs eval amp=bf16", sec["public"]["median"], sec["ddkit_bf16"]["median"],
