@@ -305,6 +305,12 @@ def worker(argv=None) -> None:
 
 # --------------------------------------------------------------------------- suite side
 
+def _worker_env() -> dict:
+    """The environment of a worker process: this one's, with the repository on ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                         os.environ.get("PYTHONPATH", "")])}
+
+
 def _spawn(side: str, task: str, path, **kw) -> dict:
     """One worker process; a failed worker gives ``{"error": ...}`` (its stderr's end), not an exception."""
     import torch
@@ -315,9 +321,7 @@ def _spawn(side: str, task: str, path, **kw) -> dict:
                "--threads", str(torch.get_num_threads())] + (["--path", str(path)] if path else [])
         for k, v in kw.items():
             cmd += [f"--{k}", str(v)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                            os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
         if proc.returncode != 0:
             return {"error": f"{side} {task} worker failed:\n{proc.stderr[-3000:]}"}
         return json.loads(out.read_text())
@@ -522,10 +526,8 @@ def _spawn_levers(iterations: int, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "levers.json"
         cmd = [sys.executable, "-m", "bench.graph_levers", "--iterations", str(iterations), "--out", str(out)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                            os.environ.get("PYTHONPATH", "")])}
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
             error = None if proc.returncode == 0 else f"graph levers worker failed:\n{proc.stderr[-3000:]}"
         except subprocess.TimeoutExpired:
             error = f"graph levers worker stopped after {timeout:.0f} s (what it measured until then is kept)"

@@ -18,7 +18,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..augment import decode
-from ..core.utils import atomic_torch_save, make_generator, safe_torch_load
+from ..core.utils import atomic_torch_save, make_generator, safe_torch_load, same_device
 from ..fast.distributed import current
 from ..fast.graphs import capture, check_class_batch, class_table, draw_class_batches, reinit_on_device_, \
     reinit_unsupported
@@ -62,18 +62,9 @@ def graphs_unsupported(syn: SyntheticSet, dataset, objective, pool, batch_real: 
     if fresh:
         reasons += [(has_batchnorm(net), "the network has BatchNorm (class-by-class forward)"),
                     (reinit_unsupported(net) is not None, f"re-initialisation: {reinit_unsupported(net)}"),
-                    (device is not None and not _same_device(next(net.parameters()).device, device),
+                    (device is not None and not same_device(next(net.parameters()).device, device),
                      f"the pool's network is on {next(net.parameters()).device}, the run on {device}")]
     return next((why for bad, why in reasons if bad), None)
-
-
-def _same_device(a, b) -> bool:
-    """``cuda`` and ``cuda:<current>`` are the same device."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    current_index = torch.cuda.current_device() if a.type == "cuda" else None
-    return (a.index if a.index is not None else current_index) == (b.index if b.index is not None else current_index)
 
 
 class DeviceIteration:
